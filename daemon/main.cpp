@@ -1,9 +1,4 @@
 // loftqd: turns Hugging Face checkpoints into ready-to-fine-tune LoftQ models.
-#include <cstdio>
+#include "daemon/cli.h"
 
-int main(int argc, char** argv) {
-  (void)argc;
-  (void)argv;
-  std::puts("loftqd " LOFTQD_VERSION);
-  return 0;
-}
+int main(int argc, char** argv) { return loftqd::daemon::run_cli(argc, argv); }

@@ -1,0 +1,60 @@
+// The compute interface LoftQ is written against (STYLE §1): the CPU backend (OpenBLAS +
+// LAPACKE) is the reference; the CUDA backend mirrors it. Matrices are row-major float32 and
+// live in backend-owned buffers (host memory on the CPU, device memory on a GPU).
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "quant/quantizer.h"
+
+namespace loftqd::quant {
+
+class Buffer {
+ public:
+  virtual ~Buffer() = default;
+  size_t size() const { return n_; }
+
+ protected:
+  explicit Buffer(size_t n) : n_(n) {}
+  size_t n_;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+
+  virtual std::unique_ptr<Buffer> alloc(size_t n) = 0;
+  virtual void upload(Buffer& dst, const float* src, size_t n) = 0;
+  virtual void download(float* dst, const Buffer& src, size_t n) = 0;
+  virtual void copy(const Buffer& src, Buffer& dst, size_t n) = 0;
+
+  // C (m x n) = alpha * op(A) * op(B) + beta * C, op(X) = X^T when the flag is set.
+  virtual void gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const Buffer& a,
+                    const Buffer& b, float beta, Buffer& c) = 0;
+  // out = a - b, elementwise over n values.
+  virtual void sub(const Buffer& a, const Buffer& b, Buffer& out, size_t n) = 0;
+  // sum (a - b)^2 over n values, accumulated in double.
+  virtual double sq_dist(const Buffer& a, const Buffer& b, size_t n) = 0;
+  virtual double sq_norm(const Buffer& a, size_t n) = 0;
+  // out = dequantize(quantize(in)) blockwise with spec (DESIGN §4).
+  virtual void quant_dequant(const QuantSpec& spec, const Buffer& in, Buffer& out, size_t n) = 0;
+
+  // Replaces the m x k matrix a (k <= m) by an orthonormal basis of its column space (thin QR).
+  virtual void orthonormalize(Buffer& a, int m, int k) = 0;
+  // Thin SVD of the m x n matrix a (destroyed): u (m x p), s (p, descending), vt (p x n),
+  // p = min(m, n).
+  virtual void svd(Buffer& a, int m, int n, Buffer& u, std::vector<float>& s, Buffer& vt) = 0;
+  // l (m x r) = u[:, :r] * diag(sqrt(s[:r])), r_out (r x n) = diag(sqrt(s[:r])) * vt[:r, :],
+  // where u is m x p and vt is p x n. Columns/rows at or past `valid` (<= r) are zero.
+  virtual void make_factors(const Buffer& u, int m, int p, const std::vector<float>& s,
+                            const Buffer& vt, int n, int r, Buffer& l, Buffer& r_out) = 0;
+};
+
+// OpenBLAS/LAPACKE backend. `threads` sets the BLAS and quantizer threads (0 = all cores).
+std::unique_ptr<Backend> make_cpu_backend(int threads = 0);
+
+}  // namespace loftqd::quant

@@ -1,0 +1,80 @@
+// Per-layer bit plans and model naming conventions (DESIGN §4 "Bit plan", §3.2 targets).
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace loftqd::quant {
+
+// Layer index parsed from a tensor name: the number after the first `layers.`, `layer.`,
+// `h.`, `block.` or `blocks.` component (model.layers.3., model.decoder.layers.3.,
+// encoder.layer.3., encoder.block.3.layer.0., transformer.h.3.). nullopt when there is none.
+std::optional<int> layer_index(std::string_view tensor_name);
+
+// "model.layers.3.self_attn.q_proj.weight" -> "model.layers.3.self_attn.q_proj".
+std::string module_path(std::string_view tensor_name);
+// Last dotted component of the module path ("q_proj").
+std::string module_leaf(std::string_view tensor_name);
+
+// Target modules as the LoftQ authors use them, by config.json model_type; empty if unknown.
+std::vector<std::string> default_target_modules(std::string_view model_type);
+// PEFT task_type for a model_type: CAUSAL_LM, SEQ_2_SEQ_LM or SEQ_CLS.
+std::string default_task_type(std::string_view model_type);
+// Is this tensor the weight of a target module? (PEFT's rule: the module path equals a target
+// or ends with "." + target.)
+bool is_target_weight(std::string_view tensor_name, const std::vector<std::string>& targets);
+
+// One rule: layers [first, last] (last = -1: open-ended; first = -1: every layer, and tensors
+// without a layer index too), optionally restricted to modules, gets `bits`.
+struct PlanRule {
+  int first = -1;
+  int last = -1;
+  std::vector<std::string> modules;
+  int bits = 4;
+};
+
+// A bit plan. Layer rules (no modules) must not overlap; module rules override layer rules for
+// their modules and must not overlap each other for a same module.
+class BitPlan {
+ public:
+  static BitPlan uniform(int bits);
+  // CLI form: "0-7:4,8-:2", "*:4", "down_proj@0-3:4,12:2", "gate_proj+up_proj@*:4".
+  static BitPlan parse(std::string_view spec);
+  // The LoftQ authors' mixed precision: first floor(L*(b-2)/2) layers 4-bit, the rest 2-bit.
+  // Resolved against the layer count when the model is known.
+  static BitPlan average(double avg_bits);
+  // Config form: [{"layers": "0-7", "bits": 4}, {"layers": "8-", "bits": 2},
+  //               {"modules": ["down_proj"], "bits": 4}]. std::invalid_argument naming the index.
+  static BitPlan from_json(const nlohmann::json& j);
+
+  // Adds rules (e.g. per-module overrides after --avg-bits). Validated by resolve().
+  void add(PlanRule r) { rules_.push_back(std::move(r)); }
+
+  // Fixes an average plan for `num_layers` and checks the rules: ranges well formed, no
+  // overlap, bits in `allowed`. std::invalid_argument with a clear message otherwise.
+  void resolve(int num_layers, const std::set<int>& allowed_bits);
+
+  // Bits for a tensor with this layer index (nullopt = unindexed) and module leaf. Unindexed
+  // targets (e.g. bert.pooler.dense) take the highest bits of the plan unless a rule covers
+  // every layer (`*`) or the module. nullopt when no rule covers the layer.
+  std::optional<int> bits_for(std::optional<int> layer, std::string_view module) const;
+
+  // Short label for repo names: "4bit", "2bit", "mixed3.00bit"... ("avg3bit" for averages).
+  std::string label() const;
+  // The plan in config form, after resolve().
+  nlohmann::json to_json() const;
+  std::string to_string() const;  // CLI form
+  const std::vector<PlanRule>& rules() const { return rules_; }
+  std::optional<double> average_bits() const { return avg_; }
+
+ private:
+  std::vector<PlanRule> rules_;
+  std::optional<double> avg_;
+  bool resolved_ = false;
+};
+
+}  // namespace loftqd::quant

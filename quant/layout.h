@@ -1,0 +1,84 @@
+// The published layout (DESIGN §3.2): quantized backbone + loftq_init/ adapter + loftq.json +
+// model card, written to a staging directory and renamed into place.
+#pragma once
+
+#include <filesystem>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "quant/backend.h"
+#include "quant/bitplan.h"
+#include "quant/loftq.h"
+
+namespace loftqd::quant {
+
+struct SourceInfo {
+  std::optional<std::string> repo, revision, commit;
+};
+
+struct QuantizeOptions {
+  int rank = 64;
+  int iters = 5;
+  QuantMethod method = QuantMethod::NF;
+  int block_size = kDefaultBlockSize;
+  BitPlan plan = BitPlan::uniform(4);
+  std::vector<std::string> target_modules;  // empty: by config.json model_type
+  SvdMode svd = SvdMode::Randomized;
+  std::optional<double> lora_alpha;  // default: rank
+  double lora_dropout = 0.0;
+  std::string repo_id;  // adapter base_model_name_or_path; default: OUT_DIR's name
+  SourceInfo source;
+  bool force = false;  // replace a non-empty OUT_DIR
+  // Called before each tensor of the backbone (done, total, tensor name).
+  std::function<void(size_t, size_t, const std::string&)> progress;
+};
+
+struct LayerReport {
+  std::string tensor;
+  std::optional<int> layer;
+  std::string module;
+  std::string quant;  // "nf4", "uniform2", ...
+  int bits = 0;
+  int out_features = 0, in_features = 0;
+  double qlora_error = 0, loftq_error = 0;
+  int best_iter = 0;
+  double seconds = 0;
+};
+
+struct QuantizeReport {
+  std::string model_type;
+  std::vector<LayerReport> layers;
+  double seconds = 0;
+  nlohmann::json loftq_json;
+};
+
+// The error thrown when OUT_DIR exists, is not empty and force is off.
+class OutputExistsError : public std::invalid_argument {
+ public:
+  using std::invalid_argument::invalid_argument;
+};
+
+// Runs LoftQ over every target weight of the checkpoint in model_dir and writes the layout to
+// out_dir. Streams: one target tensor in float32 at a time (plus the adapter factors).
+// std::invalid_argument for bad options, FormatError for malformed inputs, runtime_error for
+// I/O; in every failure case out_dir is left as it was.
+QuantizeReport quantize_model(const std::filesystem::path& model_dir,
+                              const std::filesystem::path& out_dir, const QuantizeOptions& opt,
+                              Backend& backend);
+
+// Names of the adapter tensors for a target weight ("M.weight" -> base_model.model.M.lora_A.weight).
+std::string lora_a_key(const std::string& weight_name);
+std::string lora_b_key(const std::string& weight_name);
+
+// The summary table printed by quantize and verify (fixed-width text).
+std::string layer_table(const std::vector<LayerReport>& layers);
+
+// Files of a checkpoint directory that are copied to the output unchanged: everything regular at
+// the top level except weights (*.safetensors, *.bin, *.pt, *.pth, *.ckpt, *.h5, *.msgpack, the
+// safetensors index) and README.md (replaced by the model card).
+std::vector<std::string> passthrough_files(const std::filesystem::path& model_dir);
+
+}  // namespace loftqd::quant

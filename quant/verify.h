@@ -1,0 +1,42 @@
+// `loftqd verify`: re-reads a published layout and checks it against the original checkpoint.
+#pragma once
+
+#include <filesystem>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "quant/backend.h"
+#include "quant/dtype.h"
+#include "quant/layout.h"
+
+namespace loftqd::quant {
+
+struct VerifyLayer {
+  LayerReport report;          // recomputed: qlora_error unused (taken from loftq.json)
+  double recorded_error = 0;   // loftq.json loftq_error
+  double effective_error = 0;  // ||W - (Q + (alpha/r) B A)|| / ||W||, from the files
+  double nf4_reload_error = 0; // the same after a bitsandbytes NF4 round trip of Q
+  bool representable = true;   // every Q block is table[code] * scale (up to the dtype)
+};
+
+struct VerifyReport {
+  std::vector<VerifyLayer> layers;
+  std::vector<std::string> problems;  // empty = the layout is right
+  bool ok() const { return problems.empty(); }
+};
+
+// Checks keys, shapes and dtypes of backbone and adapter against the original, non-target
+// tensors and copied files byte for byte, adapter_config.json fields, every Q block against its
+// layer's code table, and each layer's effective weight error against loftq.json.
+VerifyReport verify_layout(const std::filesystem::path& out_dir, const std::filesystem::path& original_dir,
+                           Backend& backend);
+
+// Formats the per-layer verification table.
+std::string verify_table(const VerifyReport& r);
+
+// Is this block of values (already rounded to dtype) table[code_i] * s for one scale s, up to
+// the rounding of dtype? Exposed for tests.
+bool block_representable(const float* q, size_t n, std::span<const float> table, DType dtype);
+
+}  // namespace loftqd::quant

@@ -1,0 +1,173 @@
+// The LoftQ loop against an independent computation and the paper's qualitative claims.
+#include "quant/loftq.h"
+
+#include <gtest/gtest.h>
+#include <lapacke.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+using namespace loftqd::quant;
+
+namespace {
+
+// A weight-like test matrix: a decaying low-rank part, Gaussian noise and a few outlier
+// columns (the structure that makes a low-rank correction worth having).
+std::vector<float> structured(int m, int n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> g(0.0, 1.0);
+  const int k = 24;
+  std::vector<double> u(size_t(m) * k), v(size_t(n) * k);
+  for (auto& x : u) x = g(rng);
+  for (auto& x : v) x = g(rng);
+  std::vector<float> w(size_t(m) * n);
+  for (int i = 0; i < m; ++i)
+    for (int j = 0; j < n; ++j) {
+      double s = 0;
+      for (int c = 0; c < k; ++c) s += u[size_t(i) * k + c] * v[size_t(j) * k + c] / (1.0 + c);
+      double val = 0.004 * s + 0.01 * g(rng);
+      if (j % 97 == 5) val *= 6.0;  // outlier channels
+      w[size_t(i) * n + j] = static_cast<float>(val);
+    }
+  return w;
+}
+
+double rel_err(const std::vector<float>& w, const std::vector<float>& q, const std::vector<float>& a,
+               const std::vector<float>& b, int m, int n, int r) {
+  double num = 0, den = 0;
+  for (int i = 0; i < m; ++i)
+    for (int j = 0; j < n; ++j) {
+      double ba = 0;
+      for (int c = 0; c < r; ++c) ba += double(b[size_t(i) * r + c]) * a[size_t(c) * n + j];
+      const double d = w[size_t(i) * n + j] - q[size_t(i) * n + j] - ba;
+      num += d * d;
+      den += double(w[size_t(i) * n + j]) * w[size_t(i) * n + j];
+    }
+  return std::sqrt(num / den);
+}
+
+LoftqOptions opts(int bits, int iters, SvdMode mode, int rank = 16) {
+  LoftqOptions o;
+  o.rank = rank;
+  o.iters = iters;
+  o.quant = QuantSpec{QuantMethod::NF, bits, 64};
+  o.svd = mode;
+  return o;
+}
+
+}  // namespace
+
+TEST(Loftq, OneIterationIsQuantizeThenTruncatedSvd) {
+  const int m = 96, n = 128, r = 8;
+  auto w = structured(m, n, 1);
+  auto be = make_cpu_backend(1);
+  auto res = loftq(*be, w.data(), m, n, opts(4, 1, SvdMode::Exact, r));
+
+  // Independent: NF4 by the scalar rules, residual SVD in double precision (LAPACK dgesvd).
+  std::vector<float> q(w.size());
+  for (size_t b = 0; b < w.size(); b += 64) {
+    float amax = 0;
+    for (size_t i = 0; i < 64; ++i) amax = std::max(amax, std::fabs(w[b + i]));
+    for (size_t i = 0; i < 64; ++i) {
+      const float y = w[b + i] * (1.0f / amax);
+      int c = 0;
+      for (float t : kNF4Thresholds) c += y > t;
+      q[b + i] = kNF4Table[c] * amax;
+    }
+  }
+  EXPECT_EQ(res.q, q);
+  std::vector<double> e(w.size()), s(n), u(size_t(m) * m), vt(size_t(n) * n), sup(n);
+  for (size_t i = 0; i < w.size(); ++i) e[i] = double(w[i]) - q[i];
+  ASSERT_EQ(LAPACKE_dgesvd(LAPACK_ROW_MAJOR, 'A', 'A', m, n, e.data(), n, s.data(), u.data(), m,
+                           vt.data(), n, sup.data()),
+            0);
+  double max_diff = 0, max_val = 0;
+  for (int i = 0; i < m; ++i)
+    for (int j = 0; j < n; ++j) {
+      double ref = 0, got = 0;
+      for (int c = 0; c < r; ++c) {
+        ref += u[size_t(i) * m + c] * s[c] * vt[size_t(c) * n + j];
+        got += double(res.b[size_t(i) * r + c]) * res.a[size_t(c) * n + j];
+      }
+      max_diff = std::max(max_diff, std::fabs(ref - got));
+      max_val = std::max(max_val, std::fabs(ref));
+    }
+  EXPECT_LT(max_diff, 1e-4 * max_val);
+  // sqrt(S) split: the factors have equal row/column norms.
+  double a0 = 0, b0 = 0;
+  for (int j = 0; j < n; ++j) a0 += double(res.a[j]) * res.a[j];
+  for (int i = 0; i < m; ++i) b0 += double(res.b[size_t(i) * r]) * res.b[size_t(i) * r];
+  EXPECT_NEAR(a0, s[0], 1e-3 * s[0]);
+  EXPECT_NEAR(b0, s[0], 1e-3 * s[0]);
+  EXPECT_EQ(res.best_iter, 1);
+  EXPECT_NEAR(res.loftq_error, rel_err(w, res.q, res.a, res.b, m, n, r), 1e-6);
+}
+
+TEST(Loftq, BeatsQloraByThreePercentAt4BitsAndMoreAt2Bits) {
+  const int m = 256, n = 384, r = 16;
+  auto w = structured(m, n, 2);
+  auto be = make_cpu_backend(2);
+  auto r4 = loftq(*be, w.data(), m, n, opts(4, 5, SvdMode::Exact, r));
+  auto r2 = loftq(*be, w.data(), m, n, opts(2, 5, SvdMode::Exact, r));
+  const double gain4 = 1.0 - r4.loftq_error / r4.qlora_error;
+  const double gain2 = 1.0 - r2.loftq_error / r2.qlora_error;
+  EXPECT_GE(gain4, 0.03) << r4.qlora_error << " -> " << r4.loftq_error;
+  EXPECT_GE(gain2, 0.03) << r2.qlora_error << " -> " << r2.loftq_error;
+  // "More at 2 bits": the error LoftQ removes, in units of ||W||, grows as the bits shrink.
+  EXPECT_GT(r2.qlora_error - r2.loftq_error, 2.0 * (r4.qlora_error - r4.loftq_error));
+  EXPECT_NEAR(r4.loftq_error, rel_err(w, r4.q, r4.a, r4.b, m, n, r), 1e-5);
+  EXPECT_NEAR(r2.loftq_error, rel_err(w, r2.q, r2.a, r2.b, m, n, r), 1e-5);
+}
+
+TEST(Loftq, KeepsTheBestIterate) {
+  const int m = 128, n = 192;
+  auto w = structured(m, n, 3);
+  auto be = make_cpu_backend(1);
+  auto res = loftq(*be, w.data(), m, n, opts(2, 6, SvdMode::Exact, 8));
+  ASSERT_EQ(res.iter_errors.size(), 6u);
+  double mn = res.iter_errors[0];
+  int arg = 1;
+  for (size_t i = 0; i < res.iter_errors.size(); ++i)
+    if (res.iter_errors[i] < mn) mn = res.iter_errors[i], arg = int(i) + 1;
+  EXPECT_EQ(res.loftq_error, mn);
+  EXPECT_EQ(res.best_iter, arg);
+  EXPECT_LE(res.loftq_error, res.iter_errors[0]);
+  EXPECT_NEAR(res.loftq_error, rel_err(w, res.q, res.a, res.b, m, n, 8), 1e-5);
+}
+
+TEST(Loftq, RandomizedWithinHalfAPercentOfExact) {
+  const int m = 320, n = 448, r = 32;
+  auto w = structured(m, n, 4);
+  auto be = make_cpu_backend(2);
+  for (int bits : {4, 2}) {
+    auto ex = loftq(*be, w.data(), m, n, opts(bits, 5, SvdMode::Exact, r));
+    auto rnd = loftq(*be, w.data(), m, n, opts(bits, 5, SvdMode::Randomized, r));
+    EXPECT_LE(rnd.loftq_error, ex.loftq_error * 1.005) << bits << " bits";
+    EXPECT_NEAR(rnd.loftq_error, rel_err(w, rnd.q, rnd.a, rnd.b, m, n, r), 1e-5);
+  }
+}
+
+TEST(Loftq, RankAboveMatrixSizeIsZeroPadded) {
+  const int m = 8, n = 64, r = 16;
+  auto w = structured(m, n, 5);
+  auto be = make_cpu_backend(1);
+  auto res = loftq(*be, w.data(), m, n, opts(4, 2, SvdMode::Randomized, r));
+  ASSERT_EQ(res.a.size(), size_t(r) * n);
+  ASSERT_EQ(res.b.size(), size_t(m) * r);
+  for (int c = m; c < r; ++c)
+    for (int j = 0; j < n; ++j) EXPECT_EQ(res.a[size_t(c) * n + j], 0.0f);
+  EXPECT_LT(res.loftq_error, 1e-5);  // full rank: the correction is exact
+}
+
+TEST(Loftq, RejectsBadInput) {
+  auto be = make_cpu_backend(1);
+  std::vector<float> w(64 * 4, 0.1f);
+  w[7] = std::nanf("");
+  EXPECT_THROW(loftq(*be, w.data(), 4, 64, opts(4, 1, SvdMode::Exact, 2)), std::invalid_argument);
+  w[7] = 0.1f;
+  EXPECT_THROW(loftq(*be, w.data(), 4, 64, opts(4, 0, SvdMode::Exact, 2)), std::invalid_argument);
+  EXPECT_THROW(loftq(*be, w.data(), 4, 64, opts(4, 1, SvdMode::Exact, 0)), std::invalid_argument);
+  EXPECT_THROW(loftq(*be, w.data(), 4, 64, opts(5, 1, SvdMode::Exact, 2)), std::invalid_argument);
+  EXPECT_THROW(loftq(*be, w.data(), 3, 50, opts(4, 1, SvdMode::Exact, 2)), std::invalid_argument);
+}
