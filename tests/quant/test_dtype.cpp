@@ -166,7 +166,9 @@ TEST(DtypeBf16, MatchesReferenceOnSampledFloats) {
     if (std::isnan(x)) continue;
     ASSERT_EQ(f32_to_bf16(x), bf16_reference(x)) << std::hex << b;
     const float tie = f((b & 0xFFFF0000u) | 0x8000u);
-    if (!std::isnan(tie)) ASSERT_EQ(f32_to_bf16(tie), bf16_reference(tie)) << std::hex << b;
+    if (!std::isnan(tie)) {
+      ASSERT_EQ(f32_to_bf16(tie), bf16_reference(tie)) << std::hex << b;
+    }
   }
 }
 
@@ -288,7 +290,9 @@ TEST(DtypeF16, MatchesCompilerFloat16OnSampledFloats) {
     if (std::isnan(x)) continue;
     ASSERT_EQ(f32_to_f16(x), f16_reference(x)) << std::hex << b;
     const float tie = f((b & 0xFFFFE000u) | 0x1000u);
-    if (!std::isnan(tie)) ASSERT_EQ(f32_to_f16(tie), f16_reference(tie)) << std::hex << b;
+    if (!std::isnan(tie)) {
+      ASSERT_EQ(f32_to_f16(tie), f16_reference(tie)) << std::hex << b;
+    }
   }
   // Every subnormal and near-subnormal exponent, densely.
   for (uint32_t b = 0x32000000u; b < 0x39000000u; b += 97) {

@@ -1,0 +1,285 @@
+// End-to-end: loftqd synth -> quantize -> verify, through the real binary.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "common/test_util.h"
+#include "quant/safetensors.h"
+
+namespace fs = std::filesystem;
+using loftqd::testing::run_loftqd;
+using loftqd::testing::slurp;
+using loftqd::testing::spit;
+using loftqd::testing::TempDir;
+using nlohmann::json;
+using ::testing::HasSubstr;
+
+namespace {
+
+std::vector<std::string> synth_args(const std::string& arch, const fs::path& out, const std::string& dtype = "bf16",
+                                    int shards = 1) {
+  return {"synth", "--arch", arch, "--layers", "3", "--hidden", "128", "--intermediate", "256", "--heads", "4",
+          "--vocab", "256", "--dtype", dtype, "--shards", std::to_string(shards), "--seed", "7", out.string()};
+}
+
+void synth(const std::string& arch, const fs::path& out, const std::string& dtype = "bf16", int shards = 1) {
+  auto r = run_loftqd(synth_args(arch, out, dtype, shards));
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+}
+
+std::vector<std::string> quantize_args(const fs::path& model, const fs::path& out, std::vector<std::string> extra) {
+  std::vector<std::string> a = {"quantize", model.string(), out.string(), "--rank", "8", "--iters", "3", "--threads", "1"};
+  a.insert(a.end(), extra.begin(), extra.end());
+  return a;
+}
+
+bool leftovers(const fs::path& dir) {
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().filename().string().find(".staging") != std::string::npos) return true;
+  return false;
+}
+
+}  // namespace
+
+struct PlanCase {
+  std::string arch;
+  std::vector<std::string> flags;
+};
+
+class QuantizeVerify : public ::testing::TestWithParam<PlanCase> {};
+
+TEST_P(QuantizeVerify, VerifyAcceptsWhatQuantizeWrote) {
+  TempDir tmp;
+  synth(GetParam().arch, tmp / "model");
+  auto q = run_loftqd(quantize_args(tmp / "model", tmp / "out", GetParam().flags));
+  ASSERT_EQ(q.exit_code, 0) << q.out;
+  EXPECT_THAT(q.out, HasSubstr("loftq_err"));
+  auto v = run_loftqd({"verify", (tmp / "out").string(), "--original", (tmp / "model").string()});
+  EXPECT_EQ(v.exit_code, 0) << v.out;
+  EXPECT_THAT(v.out, HasSubstr("valid LoftQ layout"));
+  const json lj = json::parse(slurp(tmp / "out" / "loftq.json"));
+  ASSERT_FALSE(lj["layers"].empty());
+  for (const auto& l : lj["layers"]) {
+    EXPECT_LE(l["loftq_error"].get<double>(), l["qlora_error"].get<double>()) << l["tensor"];
+    EXPECT_GT(l["loftq_error"].get<double>(), 0.0);
+  }
+  EXPECT_FALSE(leftovers(tmp.path()));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Plans, QuantizeVerify,
+    ::testing::Values(PlanCase{"llama", {"--bits", "4"}}, PlanCase{"llama", {"--bits", "2"}},
+                      PlanCase{"llama", {"--avg-bits", "3"}}, PlanCase{"llama", {"--quant", "uniform"}},
+                      PlanCase{"bart", {"--bits", "4"}}, PlanCase{"bart", {"--bits", "2"}},
+                      PlanCase{"bart", {"--avg-bits", "3"}}, PlanCase{"bart", {"--quant", "uniform"}},
+                      PlanCase{"bert", {"--bits", "4"}}, PlanCase{"bert", {"--bits", "2"}},
+                      PlanCase{"bert", {"--avg-bits", "3"}}, PlanCase{"bert", {"--quant", "uniform"}},
+                      PlanCase{"llama", {"--bit-plan", "0:4,1-:3", "--svd", "exact"}},
+                      PlanCase{"llama", {"--bits", "2", "--override", "down_proj@*:4", "--lora-alpha", "16"}}),
+    [](const ::testing::TestParamInfo<PlanCase>& i) {
+      std::string n = i.param.arch;
+      for (const auto& f : i.param.flags)
+        for (char c : f) n += std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
+      return n;
+    });
+
+TEST(Layout, PeftKeysShapesAndConfig) {
+  TempDir tmp;
+  synth("llama", tmp / "model", "f32");
+  auto q = run_loftqd(quantize_args(tmp / "model", tmp / "out", {"--avg-bits", "3", "--repo-id", "org/tiny-loftq"}));
+  ASSERT_EQ(q.exit_code, 0) << q.out;
+  const json acfg = json::parse(slurp(tmp / "out" / "loftq_init" / "adapter_config.json"));
+  EXPECT_EQ(acfg["peft_type"], "LORA");
+  EXPECT_EQ(acfg["task_type"], "CAUSAL_LM");
+  EXPECT_EQ(acfg["r"], 8);
+  EXPECT_EQ(acfg["lora_alpha"], 8);
+  EXPECT_EQ(acfg["init_lora_weights"], true);
+  EXPECT_EQ(acfg["base_model_name_or_path"], "org/tiny-loftq");
+  EXPECT_EQ(acfg["bias"], "none");
+  EXPECT_EQ(acfg["target_modules"],
+            json({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}));
+  auto ad = loftqd::quant::SafetensorsFile::open(tmp / "out" / "loftq_init" / "adapter_model.safetensors");
+  const auto* a = ad->find("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight");
+  const auto* b = ad->find("base_model.model.model.layers.0.mlp.down_proj.lora_B.weight");
+  ASSERT_TRUE(a && b);
+  EXPECT_EQ(a->shape, (std::vector<int64_t>{8, 128}));
+  EXPECT_EQ(b->shape, (std::vector<int64_t>{128, 8}));
+  EXPECT_EQ(ad->tensors().size(), 3u * 7u * 2u);
+  // 3 layers, --avg-bits 3: floor(3 * 1 / 2) = 1 layer at 4 bits.
+  const json lj = json::parse(slurp(tmp / "out" / "loftq.json"));
+  EXPECT_EQ(lj["format_version"], 1);
+  EXPECT_TRUE(lj["source"]["repo"].is_null());
+  for (const auto& l : lj["layers"]) EXPECT_EQ(l["bits"], l["layer"] == 0 ? 4 : 2) << l["tensor"];
+  EXPECT_EQ(lj["bnb_nf4_reload_exact"], true);
+  // Non-target tensors are byte-identical; copied files too.
+  auto in = loftqd::quant::SafetensorsFile::open(tmp / "model" / "model.safetensors");
+  auto out = loftqd::quant::SafetensorsFile::open(tmp / "out" / "model.safetensors");
+  for (const char* name : {"model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"}) {
+    auto x = in->bytes(*in->find(name)), y = out->bytes(*out->find(name));
+    EXPECT_TRUE(std::equal(x.begin(), x.end(), y.begin(), y.end())) << name;
+  }
+  auto x = in->bytes(*in->find("model.layers.0.self_attn.q_proj.weight"));
+  auto y = out->bytes(*out->find("model.layers.0.self_attn.q_proj.weight"));
+  EXPECT_FALSE(std::equal(x.begin(), x.end(), y.begin(), y.end()));
+  EXPECT_EQ(slurp(tmp / "model" / "config.json"), slurp(tmp / "out" / "config.json"));
+  EXPECT_EQ(slurp(tmp / "model" / "tokenizer.json"), slurp(tmp / "out" / "tokenizer.json"));
+  const std::string card = slurp(tmp / "out" / "README.md");
+  EXPECT_THAT(card, HasSubstr("subfolder=\"loftq_init\""));
+  EXPECT_THAT(card, HasSubstr("model.layers.2.mlp.down_proj.weight"));
+}
+
+TEST(Layout, LoraAlphaPreScalesBothFactors) {
+  TempDir tmp;
+  synth("llama", tmp / "model", "f32");
+  ASSERT_EQ(run_loftqd(quantize_args(tmp / "model", tmp / "r", {"--svd", "exact"})).exit_code, 0);
+  ASSERT_EQ(run_loftqd(quantize_args(tmp / "model", tmp / "a32", {"--svd", "exact", "--lora-alpha", "32"})).exit_code, 0);
+  auto r = loftqd::quant::SafetensorsFile::open(tmp / "r" / "loftq_init" / "adapter_model.safetensors");
+  auto s = loftqd::quant::SafetensorsFile::open(tmp / "a32" / "loftq_init" / "adapter_model.safetensors");
+  const std::string key = "base_model.model.model.layers.1.mlp.up_proj.lora_A.weight";
+  auto va = r->read_f32(*r->find(key)), vb = s->read_f32(*s->find(key));
+  ASSERT_EQ(va.size(), vb.size());
+  // alpha 32 with r 8: PEFT scales B A by 4, so each factor is divided by 2.
+  for (size_t i = 0; i < va.size(); ++i) EXPECT_NEAR(vb[i], va[i] / 2.0f, 1e-6f * (1 + std::fabs(va[i])));
+  EXPECT_EQ(json::parse(slurp(tmp / "a32" / "loftq_init" / "adapter_config.json"))["lora_alpha"], 32);
+  EXPECT_EQ(run_loftqd({"verify", (tmp / "a32").string(), "--original", (tmp / "model").string()}).exit_code, 0);
+}
+
+TEST(Layout, ShardedCheckpointKeepsItsSharding) {
+  TempDir tmp;
+  synth("llama", tmp / "model", "bf16", 3);
+  auto q = run_loftqd(quantize_args(tmp / "model", tmp / "out", {"--bits", "4"}));
+  ASSERT_EQ(q.exit_code, 0) << q.out;
+  EXPECT_TRUE(fs::exists(tmp / "out" / "model-00001-of-00003.safetensors"));
+  EXPECT_TRUE(fs::exists(tmp / "out" / "model-00003-of-00003.safetensors"));
+  EXPECT_FALSE(fs::exists(tmp / "out" / "model.safetensors"));
+  EXPECT_EQ(slurp(tmp / "model" / "model.safetensors.index.json"), slurp(tmp / "out" / "model.safetensors.index.json"));
+  EXPECT_EQ(run_loftqd({"verify", (tmp / "out").string(), "--original", (tmp / "model").string()}).exit_code, 0);
+}
+
+TEST(Cli, ExistingOutputNeedsForce) {
+  TempDir tmp;
+  synth("llama", tmp / "model");
+  fs::create_directories(tmp / "out");
+  spit(tmp / "out" / "keep.txt", "precious");
+  auto q = run_loftqd(quantize_args(tmp / "model", tmp / "out", {}));
+  EXPECT_EQ(q.exit_code, 2) << q.out;
+  EXPECT_THAT(q.out, HasSubstr("--force"));
+  EXPECT_EQ(slurp(tmp / "out" / "keep.txt"), "precious");
+  auto f = run_loftqd(quantize_args(tmp / "model", tmp / "out", {"--force"}));
+  EXPECT_EQ(f.exit_code, 0) << f.out;
+  EXPECT_FALSE(fs::exists(tmp / "out" / "keep.txt"));
+  EXPECT_TRUE(fs::exists(tmp / "out" / "loftq.json"));
+  EXPECT_FALSE(leftovers(tmp.path()));
+}
+
+TEST(Cli, UsageErrorsExitTwo) {
+  TempDir tmp;
+  synth("llama", tmp / "model");
+  struct Case {
+    std::vector<std::string> args;
+    std::string message;
+  } cases[] = {
+      {{"quantize", (tmp / "nope").string(), (tmp / "o").string()}, "not a directory"},
+      {quantize_args(tmp / "model", tmp / "o", {"--bit-plan", "0-1:4,1-:2"}), "overlap"},
+      {quantize_args(tmp / "model", tmp / "o", {"--bit-plan", "0-1:4"}), "no bits for layer 2"},
+      {quantize_args(tmp / "model", tmp / "o", {"--bits", "8"}), "8 bits not supported"},
+      {quantize_args(tmp / "model", tmp / "o", {"--bits", "4", "--avg-bits", "3"}), "excludes"},
+      {quantize_args(tmp / "model", tmp / "o", {"--block-size", "100"}), "block size"},
+      {quantize_args(tmp / "model", tmp / "o", {"--target-modules", "q_proj,nonexistent"}), "nonexistent"},
+      {quantize_args(tmp / "model", tmp / "o", {"--rank", "0"}), "rank"},
+      {quantize_args(tmp / "model", tmp / "o", {"--svd", "fast"}), "svd"},
+      {{"quantize", "a", "b", "--frobnicate"}, "frobnicate"},
+      {{"synth", "--arch", "gpt9", (tmp / "s").string()}, "arch"},
+      {{"synth", "--hidden", "130", "--heads", "4", (tmp / "s").string()}, "heads"},
+  };
+  for (const auto& c : cases) {
+    auto r = run_loftqd(c.args);
+    EXPECT_EQ(r.exit_code, 2) << c.message << ": " << r.out;
+    EXPECT_THAT(r.out, HasSubstr(c.message));
+    EXPECT_FALSE(fs::exists(tmp / "o"));
+  }
+  EXPECT_FALSE(leftovers(tmp.path()));
+}
+
+TEST(Cli, MalformedCheckpointIsARuntimeErrorNamingTheFile) {
+  TempDir tmp;
+  synth("llama", tmp / "model");
+  const fs::path st = tmp / "model" / "model.safetensors";
+  fs::resize_file(st, fs::file_size(st) - 10);
+  auto r = run_loftqd(quantize_args(tmp / "model", tmp / "out", {}));
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("model.safetensors"));
+  EXPECT_FALSE(fs::exists(tmp / "out"));
+  EXPECT_FALSE(leftovers(tmp.path()));
+  fs::remove(tmp / "model" / "config.json");
+  r = run_loftqd(quantize_args(tmp / "model", tmp / "out", {}));
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("config.json"));
+}
+
+TEST(Verify, DetectsTampering) {
+  TempDir tmp;
+  synth("llama", tmp / "model", "f32");
+  ASSERT_EQ(run_loftqd(quantize_args(tmp / "model", tmp / "good", {"--bits", "4"})).exit_code, 0);
+  auto verify = [&](const fs::path& p) {
+    return run_loftqd({"verify", p.string(), "--original", (tmp / "model").string()});
+  };
+  auto copy = [&](const std::string& name) {
+    fs::copy(tmp / "good", tmp / name, fs::copy_options::recursive);
+    return tmp / name;
+  };
+  auto patch_tensor = [](const fs::path& file, const std::string& tensor, size_t elem, float value) {
+    auto f = loftqd::quant::SafetensorsFile::open(file);
+    const auto* t = f->find(tensor);
+    const size_t header = fs::file_size(file) - f->tensors().back().end;
+    std::string bytes = slurp(file);
+    std::memcpy(bytes.data() + header + t->begin + elem * 4, &value, 4);
+    f.reset();
+    spit(file, bytes);
+  };
+  ASSERT_EQ(verify(tmp / "good").exit_code, 0);
+
+  auto p1 = copy("norm");  // a non-target tensor changed
+  patch_tensor(p1 / "model.safetensors", "model.norm.weight", 3, 0.5f);
+  auto r1 = verify(p1);
+  EXPECT_EQ(r1.exit_code, 1);
+  EXPECT_THAT(r1.out, HasSubstr("model.norm.weight"));
+
+  auto p2 = copy("cfg");  // adapter_config.json r changed
+  json acfg = json::parse(slurp(p2 / "loftq_init" / "adapter_config.json"));
+  acfg["r"] = 16;
+  spit(p2 / "loftq_init" / "adapter_config.json", acfg.dump());
+  auto r2 = verify(p2);
+  EXPECT_EQ(r2.exit_code, 1);
+  EXPECT_THAT(r2.out, HasSubstr("'r'"));
+
+  auto p3 = copy("q");  // a Q value off the code table
+  {
+    auto f = loftqd::quant::SafetensorsFile::open(p3 / "model.safetensors");
+    auto v = f->read_f32(*f->find("model.layers.1.mlp.up_proj.weight"));
+    float amax = 0;
+    for (int i = 0; i < 64; ++i) amax = std::max(amax, std::fabs(v[i]));
+    f.reset();
+    patch_tensor(p3 / "model.safetensors", "model.layers.1.mlp.up_proj.weight", 5, amax * 0.6f);
+  }
+  auto r3 = verify(p3);
+  EXPECT_EQ(r3.exit_code, 1);
+  EXPECT_THAT(r3.out, HasSubstr("not representable"));
+
+  auto p4 = copy("adapter");  // the adapter no longer reconstructs W
+  patch_tensor(p4 / "loftq_init" / "adapter_model.safetensors",
+               "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", 0, 50.0f);
+  auto r4 = verify(p4);
+  EXPECT_EQ(r4.exit_code, 1);
+  EXPECT_THAT(r4.out, HasSubstr("exceeds the recorded"));
+
+  auto p5 = copy("tok");  // a copied file changed
+  spit(p5 / "tokenizer.json", "{}");
+  auto r5 = verify(p5);
+  EXPECT_EQ(r5.exit_code, 1);
+  EXPECT_THAT(r5.out, HasSubstr("tokenizer.json"));
+}
