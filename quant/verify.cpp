@@ -44,23 +44,28 @@ float nearest(std::span<const float> table, float y) {
 
 }  // namespace
 
-bool block_representable(const float* q, size_t n, std::span<const float> table, DType dtype) {
+bool block_representable(const float* q, size_t n, std::span<const float> table, DType dtype,
+                         bool absmax_scaled) {
   float qmax = 0;
   for (size_t i = 0; i < n; ++i) qmax = std::max(qmax, std::fabs(q[i]));
   if (qmax == 0) return true;
-  const float tol = 4.0f * ulp(qmax, dtype);
-  // The block's largest value is table[k] * s for one of the positive entries k (the tables
-  // are symmetric or hold both -1 and 1, so the sign of s does not matter).
-  for (float tk : table) {
-    if (tk <= 0) continue;
-    const float s = qmax / tk;
-    bool ok = true;
-    for (size_t i = 0; i < n && ok; ++i) {
+  const float eps = ulp(1.0f, dtype);
+  // q_i = round(t_i * s). A scale recovered from the block's largest value is off by at most
+  // the dtype's relative rounding, so each value may miss t_i * s by about one ulp of itself
+  // plus eps * |q_i|; twice that is the tolerance.
+  auto fits = [&](float s) {
+    for (size_t i = 0; i < n; ++i) {
       const float t = nearest(table, q[i] / s);
-      ok = std::fabs(q[i] - t * s) <= tol;
+      const float tol = 2.0f * (ulp(q[i], dtype) + eps * std::fabs(q[i]));
+      if (std::fabs(q[i] - t * s) > tol) return false;
     }
-    if (ok) return true;
-  }
+    return true;
+  };
+  // Absmax scaling puts the largest value on +-1; a uniform scale can put it on any positive
+  // entry (the tables are symmetric, so the sign of s does not matter).
+  if (absmax_scaled) return fits(qmax);
+  for (float tk : table)
+    if (tk > 0 && fits(qmax / tk)) return true;
   return false;
 }
 
@@ -161,7 +166,7 @@ VerifyReport verify_layout(const fs::path& out_dir, const fs::path& original_dir
     std::vector<float> a = adapter->read_f32(*ta), b = adapter->read_f32(*tb);
     const auto table = code_table(method, bits);
     for (size_t blk = 0; blk + block <= mn && vl.representable; blk += block)
-      vl.representable = block_representable(q.data() + blk, block, table, t->dtype);
+      vl.representable = block_representable(q.data() + blk, block, table, t->dtype, method == QuantMethod::NF);
     if (!vl.representable) problem(where + ": a block is not representable in " + spec_name(spec));
 
     auto bw = be.alloc(mn), bq = be.alloc(mn), ba = be.alloc(size_t(r) * n), bb = be.alloc(size_t(m) * r);

@@ -36,7 +36,9 @@ VerifyReport verify_layout(const std::filesystem::path& out_dir, const std::file
 std::string verify_table(const VerifyReport& r);
 
 // Is this block of values (already rounded to dtype) table[code_i] * s for one scale s, up to
-// the rounding of dtype? Exposed for tests.
-bool block_representable(const float* q, size_t n, std::span<const float> table, DType dtype);
+// the rounding of dtype? absmax_scaled: s is the block's largest magnitude (NF quantizers);
+// otherwise any scale (uniform). Exposed for tests.
+bool block_representable(const float* q, size_t n, std::span<const float> table, DType dtype,
+                         bool absmax_scaled);
 
 }  // namespace loftqd::quant
