@@ -1,6 +1,7 @@
 #include "quant/layout.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <unistd.h>
 
@@ -9,6 +10,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <map>
@@ -65,6 +67,21 @@ class StagingDir {
   fs::path path_;
   bool released_ = false;
 };
+
+// A killed run (SIGKILL, power loss) leaves its staging directory behind; remove those whose
+// process is gone so they do not pile up next to OUT_DIR.
+void remove_stale_staging(const fs::path& out_dir) {
+  const std::string prefix = "." + out_dir.filename().string() + ".staging-";
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(out_dir.parent_path(), ec)) {
+    const std::string name = e.path().filename().string();
+    if (!name.starts_with(prefix)) continue;
+    const std::string pid_str = name.substr(prefix.size());
+    if (pid_str.empty() || !std::all_of(pid_str.begin(), pid_str.end(), ::isdigit)) continue;
+    const long pid = std::stol(pid_str);
+    if (pid == ::getpid() || (::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH)) fs::remove_all(e.path(), ec);
+  }
+}
 
 bool dir_nonempty(const fs::path& p) {
   std::error_code ec;
@@ -259,6 +276,7 @@ QuantizeReport quantize_model(const fs::path& model_dir, const fs::path& out_dir
 
   // 3. Stream the backbone into a staging directory beside OUT_DIR.
   fs::create_directories(out_dir.parent_path());
+  remove_stale_staging(out_dir);
   StagingDir stage(out_dir.parent_path() / ("." + out_dir.filename().string() + ".staging-" + std::to_string(::getpid())));
   std::vector<OwnedTensor> adapter;
   size_t done = 0, total = 0;

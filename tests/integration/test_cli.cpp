@@ -283,3 +283,15 @@ TEST(Verify, DetectsTampering) {
   EXPECT_EQ(r5.exit_code, 1);
   EXPECT_THAT(r5.out, HasSubstr("tokenizer.json"));
 }
+
+TEST(Cli, StaleStagingDirectoriesOfDeadRunsAreRemoved) {
+  TempDir tmp;
+  synth("llama", tmp / "model");
+  // What a run killed with SIGKILL leaves behind (pid 99999999 cannot exist: pid_max <= 2^22).
+  fs::create_directories(tmp / ".out.staging-99999999" / "loftq_init");
+  spit(tmp / ".out.staging-99999999" / "model.safetensors", "partial");
+  auto q = run_loftqd(quantize_args(tmp / "model", tmp / "out", {}));
+  ASSERT_EQ(q.exit_code, 0) << q.out;
+  EXPECT_FALSE(fs::exists(tmp / ".out.staging-99999999"));
+  EXPECT_FALSE(leftovers(tmp.path()));
+}

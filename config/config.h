@@ -1,0 +1,128 @@
+// The daemon's JSON configuration: parse, validate (every problem with its JSON path), env
+// overrides, publish_as templates. Documented in docs/configuration.md.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace loftqd::config {
+
+// LoftQ settings of a watched repo (global defaults merged in).
+struct LoftqSettings {
+  int rank = 64;
+  int iters = 5;
+  std::string quant = "nf";  // nf | uniform
+  int block_size = 64;
+  // Exactly one plan form is set after merging; the daemon's default is avg_bits = 3.
+  std::optional<int> bits;
+  std::optional<nlohmann::json> bit_plan;  // config form: [{"layers": "0-7", "bits": 4}, ...]
+  std::optional<double> avg_bits;
+  std::vector<std::string> target_modules;  // empty: by model_type
+  std::string svd = "randomized";           // randomized | exact
+  std::optional<double> lora_alpha;         // default: rank
+  std::string plan_label() const;           // "4bit", "avg3bit", "mixed" (for {plan})
+  nlohmann::json to_json() const;           // canonical form (for the config hash)
+};
+
+struct RepoConfig {
+  std::string repo;  // org/name upstream
+  std::string revision = "main";
+  std::vector<std::string> allow_patterns;
+  std::vector<std::string> ignore_patterns;
+  std::string publish_as;  // template, rendered with render_publish_as()
+  LoftqSettings loftq;
+};
+
+struct NightlyWindow {
+  int start_minute = 0;  // minutes after midnight, in the schedule's time zone
+  int end_minute = 0;    // may be < start (the window wraps past midnight)
+  bool contains(int minute_of_day) const;
+};
+
+struct Schedule {
+  int64_t poll_interval_s = 3600;
+  std::optional<NightlyWindow> nightly;
+  std::string timezone = "UTC";  // "UTC", "local" or an IANA name from /usr/share/zoneinfo
+};
+
+struct HubSettings {
+  std::string endpoint = "https://huggingface.co";
+  std::optional<std::string> token_file;  // used when HF_TOKEN and $HF_HOME/token are absent
+};
+
+struct PublishTargets {
+  std::optional<std::string> hub_org;  // publish to the Hub under this org
+  bool mirror = true;                  // publish to the built-in mirror
+};
+
+struct MirrorSettings {
+  bool enabled = true;
+  std::string listen = "127.0.0.1:8080";
+  std::optional<std::string> write_token_file;
+  std::optional<std::string> webhook_secret_file;
+};
+
+struct Limits {
+  int concurrent_downloads = 4;
+  int concurrent_jobs = 1;
+  uint64_t disk_reserve_bytes = 10ull << 30;
+  int max_attempts = 5;
+};
+
+struct Config {
+  HubSettings hub;
+  std::string store;     // blob store root (required)
+  std::string state_db;  // default: <store>/loftqd.db
+  std::string log_level = "info";
+  std::string device = "auto";
+  LoftqSettings defaults;
+  std::vector<RepoConfig> repos;
+  Schedule schedule;
+  PublishTargets publish;
+  MirrorSettings mirror;
+  Limits limits;
+};
+
+// Every problem found, each "JSON-path: message" (e.g. "/repos/2/loftq/rank: must be > 0").
+class ConfigError : public std::invalid_argument {
+ public:
+  ConfigError(std::string source, std::vector<std::string> problems);
+  const std::vector<std::string>& problems() const { return problems_; }
+
+ private:
+  std::vector<std::string> problems_;
+};
+
+// Parses and validates; throws ConfigError listing every problem. `source` names the file in
+// messages.
+Config parse_config(const nlohmann::json& j, const std::string& source = "config");
+Config load_config(const std::filesystem::path& p);  // ConfigError also for unreadable/bad JSON
+
+// HF_ENDPOINT overrides hub.endpoint. (Tokens are resolved by the hub client.)
+void apply_env(Config& c, const std::function<std::optional<std::string>(const char*)>& getenv_fn);
+
+// "{org}/{name}-loftq-{plan}-{rank}rank" -> "my-org/Llama-2-7b-hf-loftq-avg3bit-64rank".
+// {org}: publish.hub_org if set, else the upstream org; {upstream_org}, {name}, {plan}, {rank},
+// {iters}, {quant}. std::invalid_argument for an unknown placeholder or a result that is not a
+// valid "org/name".
+std::string render_publish_as(const std::string& tmpl, const RepoConfig& repo,
+                              const std::optional<std::string>& hub_org);
+
+// Stable 16-hex hash of everything that changes a repo's published result (LoftQ settings,
+// target name). A config change re-publishes; an unchanged one never runs twice.
+std::string config_hash(const RepoConfig& repo, const std::optional<std::string>& hub_org);
+
+// "15m", "2h", "90s", "1d" or a number of seconds.
+std::optional<int64_t> parse_duration(const nlohmann::json& j);
+// "10GiB", "500MB", "0" or a number of bytes.
+std::optional<uint64_t> parse_size(const nlohmann::json& j);
+// A Hub repo id: "name" or "org/name", letters, digits, '-', '_', '.'; no "--", "..".
+bool valid_repo_id(const std::string& s);
+
+}  // namespace loftqd::config

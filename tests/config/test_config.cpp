@@ -1,0 +1,176 @@
+#include "config/config.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "common/test_util.h"
+
+using namespace loftqd::config;
+using nlohmann::json;
+using ::testing::Contains;
+using ::testing::HasSubstr;
+
+namespace {
+
+std::vector<std::string> problems_of(const json& j) {
+  try {
+    parse_config(j);
+  } catch (const ConfigError& e) {
+    return e.problems();
+  }
+  return {};
+}
+
+}  // namespace
+
+TEST(Config, ExampleConfigIsValid) {
+  const auto c = load_config(std::filesystem::path(LOFTQD_SOURCE_DIR) / "systemd" / "loftqd.example.json");
+  ASSERT_EQ(c.repos.size(), 3u);
+  EXPECT_EQ(c.repos[0].loftq.avg_bits, 3.0);
+  EXPECT_EQ(c.repos[0].loftq.rank, 64);
+  EXPECT_EQ(c.repos[1].loftq.bits, 4);
+  EXPECT_FALSE(c.repos[1].loftq.avg_bits);
+  EXPECT_EQ(c.repos[1].loftq.rank, 32);
+  EXPECT_TRUE(c.repos[2].loftq.bit_plan);
+  EXPECT_EQ(c.repos[0].allow_patterns.size(), 5u);
+  EXPECT_EQ(c.schedule.poll_interval_s, 900);
+  ASSERT_TRUE(c.schedule.nightly);
+  EXPECT_EQ(c.schedule.nightly->start_minute, 120);
+  EXPECT_EQ(c.limits.disk_reserve_bytes, 20ull << 30);
+  EXPECT_EQ(render_publish_as(c.repos[0].publish_as, c.repos[0], c.publish.hub_org),
+            "my-org/Llama-2-7b-hf-loftq-avg3bit-64rank");
+  EXPECT_EQ(render_publish_as(c.repos[2].publish_as, c.repos[2], c.publish.hub_org), "my-org/bart-large-loftq-mixed");
+}
+
+TEST(Config, MinimalConfigTakesTheDefaults) {
+  const auto c = parse_config(json::parse(R"({"store": "/srv/store", "repos": [{"repo": "org/m"}]})"));
+  EXPECT_EQ(c.state_db, "/srv/store/loftqd.db");
+  EXPECT_EQ(c.hub.endpoint, "https://huggingface.co");
+  EXPECT_EQ(c.repos[0].revision, "main");
+  EXPECT_EQ(c.repos[0].loftq.avg_bits, 3.0);  // 4-bit early layers, 2-bit later
+  EXPECT_EQ(c.repos[0].loftq.plan_label(), "avg3bit");
+  EXPECT_TRUE(c.publish.mirror);
+  EXPECT_EQ(c.mirror.listen, "127.0.0.1:8080");
+  EXPECT_EQ(render_publish_as(c.repos[0].publish_as, c.repos[0], c.publish.hub_org), "org/m-loftq-avg3bit-64rank");
+}
+
+TEST(Config, EveryProblemIsReportedWithItsPath) {
+  const auto p = problems_of(json::parse(R"({
+    "store": "/s",
+    "colour": "blue",
+    "log_level": "loud",
+    "repos": [
+      {"repo": "org/a", "loftq": {"rank": 0}},
+      {"repo": "org/b", "loftq": {"bits": 5}},
+      {"repo": "org/c", "loftq": {"bit_plan": [{"layers": "0-7", "bits": 4}, {"layers": "6-", "bits": 2}]}},
+      {"repo": "org/d", "loftq": {"bits": 4, "avg_bits": 3}},
+      {"repo": "not a repo"},
+      {"repo": "org/e", "loftq": {"iters": "five", "quant": "fp4"}, "extra": 1},
+      {"repo": "org/f", "loftq": {"quant": "uniform", "bits": 8}}
+    ],
+    "schedule": {"poll_interval": "soon", "nightly": "25:00-03:00", "timezone": "Mars/Olympus"},
+    "mirror": {"listen": "localhost"},
+    "limits": {"disk_reserve": "lots", "concurrent_downloads": 0}
+  })"));
+  const std::vector<std::string> expected_paths = {
+      "/colour: unknown key",
+      "/log_level: must be one of",
+      "/repos/0/loftq/rank: must be >= 1",
+      "/repos/1/loftq/bits: bit plan rule *:5: 5 bits not supported",
+      "/repos/2/loftq/bit_plan:",
+      "/repos/3/loftq: set only one of bits, bit_plan and avg_bits",
+      "/repos/4/repo: 'not a repo' is not an org/name repo id",
+      "/repos/5/extra: unknown key",
+      "/repos/5/loftq/iters: must be an integer",
+      "/repos/5/loftq/quant: must be \"nf\" or \"uniform\"",
+      "/schedule/poll_interval: must be a positive duration",
+      "/schedule/nightly: must look like",
+      "/schedule/timezone: 'Mars/Olympus'",
+      "/mirror/listen: must be HOST:PORT",
+      "/limits/disk_reserve: must be a size",
+      "/limits/concurrent_downloads: must be >= 1",
+  };
+  for (const auto& e : expected_paths)
+    EXPECT_TRUE(std::any_of(p.begin(), p.end(), [&](const std::string& s) { return s.starts_with(e); }))
+        << "missing: " << e << "\n got:\n" << ::testing::PrintToString(p);
+  EXPECT_THAT(p, Contains(HasSubstr("overlap")));
+  // uniform 8-bit is valid: no problem reported for repo 6.
+  EXPECT_FALSE(std::any_of(p.begin(), p.end(), [](const std::string& s) { return s.starts_with("/repos/6"); }));
+}
+
+TEST(Config, TypesAndRequiredKeys) {
+  auto p = problems_of(json::parse(R"({"repos": {"repo": "x/y"}, "publish": {"mirror": "yes"}})"));
+  EXPECT_THAT(p, Contains(HasSubstr("/store: is required")));
+  EXPECT_THAT(p, Contains(HasSubstr("/repos: must be an array")));
+  EXPECT_THAT(p, Contains(HasSubstr("/publish/mirror: must be true or false")));
+  p = problems_of(json::parse(R"([1, 2])"));
+  EXPECT_THAT(p, Contains(HasSubstr("must be an object")));
+  p = problems_of(json::parse(R"({"store": "/s", "publish": {"mirror": false}})"));
+  EXPECT_THAT(p, Contains(HasSubstr("publishes nowhere")));
+}
+
+TEST(Config, PublishTargetsMustBeDistinctAndNotTheUpstream) {
+  auto p = problems_of(json::parse(R"({"store": "/s", "repos": [
+      {"repo": "org/a", "publish_as": "me/x"}, {"repo": "org/b", "publish_as": "me/x"},
+      {"repo": "org/c", "publish_as": "{org}/{name}"}, {"repo": "org/d", "publish_as": "{org}/{nam}"}]})"));
+  EXPECT_THAT(p, Contains(HasSubstr("/repos/1/publish_as: 'me/x' is also the target")));
+  EXPECT_THAT(p, Contains(HasSubstr("/repos/2/publish_as: would overwrite the upstream")));
+  EXPECT_THAT(p, Contains(HasSubstr("unknown placeholder {nam}")));
+}
+
+TEST(Config, LoadReportsUnreadableAndInvalidJson) {
+  loftqd::testing::TempDir tmp;
+  EXPECT_THROW(load_config(tmp / "missing.json"), ConfigError);
+  loftqd::testing::spit(tmp / "bad.json", "{\"store\": ");
+  try {
+    load_config(tmp / "bad.json");
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("bad.json"));
+    EXPECT_THAT(e.what(), HasSubstr("not valid JSON"));
+  }
+}
+
+TEST(Config, HashChangesWithSettingsOnly) {
+  auto c = parse_config(json::parse(R"({"store": "/s", "repos": [{"repo": "org/a"}, {"repo": "org/b"}]})"));
+  const auto h0 = config_hash(c.repos[0], c.publish.hub_org);
+  EXPECT_EQ(h0.size(), 16u);
+  EXPECT_EQ(h0, config_hash(c.repos[0], c.publish.hub_org));
+  auto changed = c.repos[0];
+  changed.loftq.rank = 32;
+  EXPECT_NE(h0, config_hash(changed, c.publish.hub_org));
+  changed = c.repos[0];
+  changed.allow_patterns.push_back("*.md");  // does not change the published weights
+  EXPECT_EQ(h0, config_hash(changed, c.publish.hub_org));
+  EXPECT_NE(h0, config_hash(c.repos[0], std::string("other-org")));
+}
+
+TEST(Config, EnvironmentOverridesTheEndpoint) {
+  auto c = parse_config(json::parse(R"({"store": "/s"})"));
+  apply_env(c, [](const char* k) -> std::optional<std::string> {
+    if (std::string(k) == "HF_ENDPOINT") return "http://127.0.0.1:9000/";
+    return std::nullopt;
+  });
+  EXPECT_EQ(c.hub.endpoint, "http://127.0.0.1:9000");
+}
+
+TEST(Config, DurationsSizesWindowsAndRepoIds) {
+  EXPECT_EQ(parse_duration("15m"), 900);
+  EXPECT_EQ(parse_duration("1h30m"), 5400);
+  EXPECT_EQ(parse_duration(json(45)), 45);
+  EXPECT_EQ(parse_duration("10"), std::nullopt);
+  EXPECT_EQ(parse_duration("-5m"), std::nullopt);
+  EXPECT_EQ(parse_size("10GiB"), 10ull << 30);
+  EXPECT_EQ(parse_size("1.5GB"), 1500000000ull);
+  EXPECT_EQ(parse_size(json(0)), 0ull);
+  EXPECT_EQ(parse_size("ten"), std::nullopt);
+  NightlyWindow w{22 * 60, 2 * 60};
+  EXPECT_TRUE(w.contains(23 * 60));
+  EXPECT_TRUE(w.contains(60));
+  EXPECT_FALSE(w.contains(12 * 60));
+  EXPECT_TRUE(valid_repo_id("meta-llama/Llama-2-7b-hf"));
+  EXPECT_FALSE(valid_repo_id("a/b/c"));
+  EXPECT_FALSE(valid_repo_id("../x"));
+  EXPECT_FALSE(valid_repo_id("a--b/c"));
+  EXPECT_FALSE(valid_repo_id(""));
+}

@@ -1,0 +1,499 @@
+// The device choice (--device) and the CUDA backend against the CPU reference (STYLE §7).
+// Device* tests run everywhere; Cuda* tests need a CUDA build and a device, and skip otherwise.
+#include <gtest/gtest.h>
+#include <lapacke.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "quant/cuda_backend.h"
+#include "quant/device.h"
+#include "quant/loftq.h"
+
+using namespace loftqd::quant;
+
+namespace {
+
+// Named tolerances (CUDA vs CPU).
+constexpr double kGemmRelTol = 1e-5;        // float32 GEMM, different summation order
+constexpr double kSingularRelTol = 2e-4;    // float32 SVDs by different algorithms
+constexpr double kLoftqErrorRelTol = 1e-3;  // the 0.1 %
+constexpr double kSubspaceCos2 = 0.999;     // mean cos^2 of the principal angles
+
+#ifdef LOFTQD_HAVE_CUDA
+#define REQUIRE_CUDA_DEVICE()                                                             \
+  do {                                                                                    \
+    std::string why_;                                                                     \
+    if (cuda_device_count(&why_) == 0) GTEST_SKIP() << "no CUDA device (" << why_ << ")"; \
+  } while (0)
+#else
+#define REQUIRE_CUDA_DEVICE() GTEST_SKIP() << "loftqd was built without CUDA"
+#endif
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// The weight-like matrix of test_loftq.cpp: decaying low-rank part, noise, outlier columns.
+std::vector<float> structured(int m, int n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> g(0.0, 1.0);
+  const int k = 24;
+  std::vector<double> u(size_t(m) * k), v(size_t(n) * k);
+  for (auto& x : u) x = g(rng);
+  for (auto& x : v) x = g(rng);
+  std::vector<float> w(size_t(m) * n);
+  for (int i = 0; i < m; ++i)
+    for (int j = 0; j < n; ++j) {
+      double s = 0;
+      for (int c = 0; c < k; ++c) s += u[size_t(i) * k + c] * v[size_t(j) * k + c] / (1.0 + c);
+      double val = 0.004 * s + 0.01 * g(rng);
+      if (j % 97 == 5) val *= 6.0;
+      w[size_t(i) * n + j] = static_cast<float>(val);
+    }
+  return w;
+}
+
+std::vector<float> gaussian(size_t n, uint32_t seed, float sd = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> g(0.0f, sd);
+  std::vector<float> v(n);
+  for (auto& x : v) x = g(rng);
+  return v;
+}
+
+// Blocks that probe the decision rules: an all-zero block, blocks whose values sit exactly on
+// NF4 thresholds and on midpoints of the NF2/NF3/uniform tables (scale 1), a constant block.
+std::vector<float> edge_blocks(const QuantSpec& s) {
+  const size_t bs = static_cast<size_t>(s.block_size);
+  std::vector<float> v(bs * 4, 0.0f);
+  float* b1 = v.data() + bs;  // thresholds with absmax 1
+  b1[0] = 1.0f;
+  for (size_t i = 1; i < bs; ++i) b1[i] = kNF4Thresholds[(i - 1) % 15] * (i % 2 ? 1.0f : -1.0f);
+  const auto table = code_table(s.method, s.bits);
+  float* b2 = v.data() + 2 * bs;  // table midpoints with absmax 1
+  b2[0] = -1.0f;
+  for (size_t i = 1; i < bs; ++i) {
+    const size_t k = (i - 1) % (table.size() - 1);
+    b2[i] = (table[k] + table[k + 1]) / 2.0f;
+  }
+  float* b3 = v.data() + 3 * bs;
+  for (size_t i = 0; i < bs; ++i) b3[i] = 0.25f;
+  return v;
+}
+
+std::vector<float> run_quant(Backend& be, const QuantSpec& s, const std::vector<float>& x) {
+  auto in = be.alloc(x.size()), out = be.alloc(x.size());
+  be.upload(*in, x.data(), x.size());
+  be.quant_dequant(s, *in, *out, x.size());
+  std::vector<float> y(x.size());
+  be.download(y.data(), *out, y.size());
+  return y;
+}
+
+// Orthonormal basis (m x k, row-major) of the columns of a (m x k), in double.
+std::vector<double> col_basis(const std::vector<float>& a, int m, int k) {
+  std::vector<double> q(a.begin(), a.end()), tau(size_t(k));
+  EXPECT_EQ(LAPACKE_dgeqrf(LAPACK_ROW_MAJOR, m, k, q.data(), k, tau.data()), 0);
+  EXPECT_EQ(LAPACKE_dorgqr(LAPACK_ROW_MAJOR, m, k, k, q.data(), k, tau.data()), 0);
+  return q;
+}
+
+// Mean cos^2 of the principal angles between the column spaces of a and b (both m x k):
+// ||Qa^T Qb||_F^2 / k, 1 for the same subspace.
+double subspace_cos2(const std::vector<float>& a, const std::vector<float>& b, int m, int k) {
+  const auto qa = col_basis(a, m, k), qb = col_basis(b, m, k);
+  double f = 0;
+  for (int i = 0; i < k; ++i)
+    for (int j = 0; j < k; ++j) {
+      double d = 0;
+      for (int r = 0; r < m; ++r) d += qa[size_t(r) * k + i] * qb[size_t(r) * k + j];
+      f += d * d;
+    }
+  return f / k;
+}
+
+std::vector<float> transpose(const std::vector<float>& a, int m, int n) {
+  std::vector<float> t(a.size());
+  for (int i = 0; i < m; ++i)
+    for (int j = 0; j < n; ++j) t[size_t(j) * m + i] = a[size_t(i) * n + j];
+  return t;
+}
+
+LoftqOptions opts(int bits, int iters, SvdMode mode, int rank) {
+  LoftqOptions o;
+  o.rank = rank;
+  o.iters = iters;
+  o.quant = QuantSpec{QuantMethod::NF, bits, 64};
+  o.svd = mode;
+  return o;
+}
+
+// A backend whose every allocation fails as a device out of memory would.
+class OutOfMemoryBackend final : public Backend {
+ public:
+  std::string name() const override { return "oom"; }
+  std::unique_ptr<Buffer> alloc(size_t n) override {
+    throw DeviceOutOfMemory("cannot allocate " + std::to_string(n) + " floats");
+  }
+  void upload(Buffer&, const float*, size_t) override {}
+  void download(float*, const Buffer&, size_t) override {}
+  void copy(const Buffer&, Buffer&, size_t) override {}
+  void gemm(bool, bool, int, int, int, float, const Buffer&, const Buffer&, float,
+            Buffer&) override {}
+  void sub(const Buffer&, const Buffer&, Buffer&, size_t) override {}
+  double sq_dist(const Buffer&, const Buffer&, size_t) override { return 0; }
+  double sq_norm(const Buffer&, size_t) override { return 0; }
+  void quant_dequant(const QuantSpec&, const Buffer&, Buffer&, size_t) override {}
+  void orthonormalize(Buffer&, int, int) override {}
+  void svd(Buffer&, int, int, Buffer&, std::vector<float>&, Buffer&) override {}
+  void make_factors(const Buffer&, int, int, const std::vector<float>&, const Buffer&, int, int,
+                    Buffer&, Buffer&) override {}
+};
+
+}  // namespace
+
+// ---- --device, everywhere ----
+
+TEST(Device, ParsesTheDeviceStrings) {
+  EXPECT_EQ(parse_device("auto").kind, DeviceChoice::Kind::Auto);
+  EXPECT_EQ(parse_device("cpu").kind, DeviceChoice::Kind::Cpu);
+  EXPECT_EQ(parse_device("cuda").kind, DeviceChoice::Kind::Cuda);
+  EXPECT_EQ(parse_device("cuda").index, 0);
+  EXPECT_EQ(parse_device("cuda:0").index, 0);
+  EXPECT_EQ(parse_device("cuda:7").index, 7);
+  EXPECT_EQ(parse_device("cuda:12").kind, DeviceChoice::Kind::Cuda);
+  for (const char* bad : {"", "gpu", "CPU", "cuda:", "cuda:-1", "cuda:+1", "cuda:x", "cuda:1x",
+                          "cuda:0 ", "cuda0", "cuda:99999999999", "cpu:0"}) {
+    const std::string msg = error_of([&] { parse_device(bad); });
+    EXPECT_NE(msg.find("unknown device '" + std::string(bad) + "'"), std::string::npos)
+        << bad << ": " << msg;
+    EXPECT_NE(msg.find("auto, cpu, cuda or cuda:N"), std::string::npos) << msg;
+  }
+  EXPECT_THROW(make_backend("gpu", 1), std::invalid_argument);
+}
+
+TEST(Device, CpuIsTheCpuBackend) {
+  std::string chosen;
+  auto be = make_backend("cpu", 1, &chosen);
+  ASSERT_TRUE(be);
+  EXPECT_EQ(be->name(), "cpu");
+  EXPECT_EQ(chosen, "cpu (1 thread)");
+  make_backend("cpu", 3, &chosen);
+  EXPECT_EQ(chosen, "cpu (3 threads)");
+}
+
+TEST(Device, AutoPicksCudaOnlyWithADevice) {
+  std::string why, chosen;
+  const int count = cuda_device_count(&why);
+  auto be = make_backend("auto", 1, &chosen);
+  ASSERT_TRUE(be);
+  if (count == 0) {
+    EXPECT_FALSE(why.empty());
+    EXPECT_EQ(be->name(), "cpu");
+    EXPECT_EQ(chosen, "cpu (1 thread) (auto: " + why + ")");
+  } else {
+    EXPECT_TRUE(cuda_built());
+    EXPECT_EQ(be->name(), "cuda:0");
+    EXPECT_EQ(chosen.rfind("cuda:0 (", 0), 0u) << chosen;
+  }
+}
+
+TEST(Device, CudaWithoutADeviceIsAClearError) {
+  std::string why;
+  if (cuda_device_count(&why) > 0) GTEST_SKIP() << "a CUDA device is present";
+  EXPECT_FALSE(cuda_available());
+  const std::string msg = error_of([] { make_backend("cuda", 1); });
+  if (!cuda_built()) {
+    EXPECT_EQ(msg, "--device cuda: loftqd was built without CUDA");
+    EXPECT_EQ(error_of([] { make_backend("cuda:1", 1); }),
+              "--device cuda:1: loftqd was built without CUDA");
+  } else {
+    EXPECT_EQ(msg, "--device cuda: no CUDA device (" + why + ")");
+    EXPECT_EQ(error_of([] { make_cuda_backend(0); }),
+              "--device cuda: no CUDA device (" + why + ")");
+  }
+  EXPECT_THROW(make_backend("cuda:0", 1), std::invalid_argument);
+  EXPECT_EQ(cuda_device_description(0), "");
+}
+
+TEST(Device, NoSuchCudaDevice) {
+  EXPECT_THROW(make_backend("cuda:999", 1), std::invalid_argument);
+  EXPECT_THROW(make_cuda_backend(-1), std::invalid_argument);
+}
+
+TEST(Device, OutOfMemoryFallsBackToTheCpuForThatLayer) {
+  const int m = 64, n = 128;
+  const auto w = structured(m, n, 11);
+  const auto o = opts(4, 2, SvdMode::Randomized, 8);
+  auto cpu = make_cpu_backend(1);
+  OutOfMemoryBackend oom;
+  std::vector<std::string> warnings;
+  const auto got =
+      loftq_with_fallback(oom, cpu.get(), w.data(), m, n, o, "model.layers.0.mlp.up_proj.weight",
+                          [&](const std::string& s) { warnings.push_back(s); });
+  const auto ref = loftq(*cpu, w.data(), m, n, o);
+  EXPECT_EQ(got.q, ref.q);
+  EXPECT_EQ(got.a, ref.a);
+  EXPECT_EQ(got.b, ref.b);
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_NE(
+      warnings[0].find("out of memory on oom for 'model.layers.0.mlp.up_proj.weight' (64x128)"),
+      std::string::npos)
+      << warnings[0];
+  EXPECT_NE(warnings[0].find("running it on cpu"), std::string::npos) << warnings[0];
+  // Without a fallback the error propagates; other errors are never swallowed.
+  EXPECT_THROW(loftq_with_fallback(oom, nullptr, w.data(), m, n, o), DeviceOutOfMemory);
+  EXPECT_THROW(loftq_with_fallback(*cpu, cpu.get(), w.data(), m, n, opts(4, 0, SvdMode::Exact, 8)),
+               std::invalid_argument);
+  // A healthy primary is used as is, without a warning.
+  warnings.clear();
+  const auto direct = loftq_with_fallback(*cpu, &oom, w.data(), m, n, o, "t",
+                                          [&](const std::string& s) { warnings.push_back(s); });
+  EXPECT_EQ(direct.q, ref.q);
+  EXPECT_TRUE(warnings.empty());
+}
+
+// ---- CUDA vs CPU, on a device ----
+
+TEST(CudaQuant, CodesMatchTheCpuBitForBit) {
+  REQUIRE_CUDA_DEVICE();
+  auto gpu = make_cuda_backend(0);
+  auto cpu = make_cpu_backend(1);
+  const std::vector<QuantSpec> specs = {
+      {QuantMethod::NF, 4, 64},      {QuantMethod::NF, 2, 64},      {QuantMethod::NF, 3, 64},
+      {QuantMethod::NF, 4, 128},     {QuantMethod::NF, 2, 32},      {QuantMethod::NF, 4, 48},
+      {QuantMethod::Uniform, 2, 64}, {QuantMethod::Uniform, 4, 64}, {QuantMethod::Uniform, 8, 64},
+  };
+  for (const auto& s : specs) {
+    auto x = edge_blocks(s);
+    const auto g = gaussian(size_t(s.block_size) * 4099, 7, 0.02f);
+    x.insert(x.end(), g.begin(), g.end());
+    const auto want = run_quant(*cpu, s, x);
+    const auto got = run_quant(*gpu, s, x);
+    ASSERT_EQ(got.size(), want.size());
+    size_t diff = 0, first = 0;
+    for (size_t i = 0; i < got.size(); ++i)
+      if (std::memcmp(&got[i], &want[i], sizeof(float)) != 0 && diff++ == 0) first = i;
+    EXPECT_EQ(diff, 0u) << spec_name(s) << " block " << s.block_size << ": first difference at "
+                        << first << " (x " << x[first] << ": cpu " << want[first] << ", cuda "
+                        << got[first] << ")";
+    // The codes: every output is table[code(x)] * scale with the CPU's quantize().
+    std::vector<uint8_t> codes(x.size());
+    std::vector<float> scales(x.size() / size_t(s.block_size)), deq(x.size());
+    quantize(s, x.data(), x.size(), codes.data(), scales.data());
+    dequantize(s, codes.data(), scales.data(), x.size(), deq.data());
+    EXPECT_EQ(got, deq) << spec_name(s);
+  }
+}
+
+TEST(CudaBackend, ElementwiseAndNormsMatchTheCpu) {
+  REQUIRE_CUDA_DEVICE();
+  auto gpu = make_cuda_backend(0);
+  for (size_t n : {size_t(1), size_t(3), size_t(1000), size_t(1) << 20, (size_t(1) << 20) + 3}) {
+    const auto a = gaussian(n, 1), b = gaussian(n, 2);
+    auto da = gpu->alloc(n), db = gpu->alloc(n), dc = gpu->alloc(n);
+    gpu->upload(*da, a.data(), n);
+    gpu->upload(*db, b.data(), n);
+    gpu->sub(*da, *db, *dc, n);
+    std::vector<float> c(n);
+    gpu->download(c.data(), *dc, n);
+    double d2 = 0, a2 = 0;
+    for (size_t i = 0; i < n; ++i) {
+      ASSERT_EQ(c[i], a[i] - b[i]) << i;
+      d2 += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+      a2 += double(a[i]) * a[i];
+    }
+    EXPECT_NEAR(gpu->sq_dist(*da, *db, n), d2, 1e-12 * d2) << n;
+    EXPECT_NEAR(gpu->sq_norm(*da, n), a2, 1e-12 * a2) << n;
+    gpu->copy(*da, *dc, n);
+    gpu->download(c.data(), *dc, n);
+    EXPECT_EQ(c, a);
+  }
+}
+
+TEST(CudaBackend, GemmMatchesTheCpuForEveryTranspose) {
+  REQUIRE_CUDA_DEVICE();
+  auto gpu = make_cuda_backend(0);
+  auto cpu = make_cpu_backend(1);
+  const int m = 70, n = 45, k = 33;
+  const auto a = gaussian(size_t(m) * k, 3), b = gaussian(size_t(k) * n, 4),
+             c0 = gaussian(size_t(m) * n, 5);
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      std::vector<float> out[2];
+      Backend* bes[2] = {cpu.get(), gpu.get()};
+      for (int i = 0; i < 2; ++i) {
+        auto da = bes[i]->alloc(a.size()), db = bes[i]->alloc(b.size()),
+             dc = bes[i]->alloc(c0.size());
+        bes[i]->upload(*da, a.data(), a.size());  // op(A) reads the same values as A^T when ta
+        bes[i]->upload(*db, b.data(), b.size());
+        bes[i]->upload(*dc, c0.data(), c0.size());
+        bes[i]->gemm(ta, tb, m, n, k, 0.75f, *da, *db, -0.5f, *dc);
+        out[i].resize(c0.size());
+        bes[i]->download(out[i].data(), *dc, out[i].size());
+      }
+      double num = 0, den = 0;
+      for (size_t i = 0; i < out[0].size(); ++i) {
+        num += (double(out[0][i]) - out[1][i]) * (double(out[0][i]) - out[1][i]);
+        den += double(out[0][i]) * out[0][i];
+      }
+      EXPECT_LT(std::sqrt(num / den), kGemmRelTol) << "ta " << ta << " tb " << tb;
+    }
+}
+
+TEST(CudaBackend, SvdAndOrthonormalizeMatchTheCpu) {
+  REQUIRE_CUDA_DEVICE();
+  auto gpu = make_cuda_backend(0);
+  auto cpu = make_cpu_backend(1);
+  // Wide and tall, small (QR + Jacobi) and large (gesvd).
+  for (auto [m, n] : {std::pair{40, 300}, std::pair{300, 40}, std::pair{64, 64},
+                      std::pair{600, 700}, std::pair{700, 600}}) {
+    const int p = std::min(m, n);
+    const auto a = structured(m, n, 6);
+    std::vector<float> s[2], u[2], vt[2];
+    Backend* bes[2] = {cpu.get(), gpu.get()};
+    for (int i = 0; i < 2; ++i) {
+      auto da = bes[i]->alloc(a.size()), du = bes[i]->alloc(size_t(m) * p),
+           dv = bes[i]->alloc(size_t(p) * n);
+      bes[i]->upload(*da, a.data(), a.size());
+      bes[i]->svd(*da, m, n, *du, s[i], *dv);
+      u[i].resize(size_t(m) * p);
+      vt[i].resize(size_t(p) * n);
+      bes[i]->download(u[i].data(), *du, u[i].size());
+      bes[i]->download(vt[i].data(), *dv, vt[i].size());
+    }
+    ASSERT_EQ(s[1].size(), size_t(p));
+    for (int j = 0; j < p; ++j)
+      EXPECT_NEAR(s[1][j], s[0][j], kSingularRelTol * s[0][0]) << m << "x" << n << " " << j;
+    // u s vt reconstructs a.
+    double num = 0, den = 0;
+    for (int i = 0; i < m; ++i)
+      for (int j = 0; j < n; ++j) {
+        double v = 0;
+        for (int c = 0; c < p; ++c)
+          v += double(u[1][size_t(i) * p + c]) * s[1][c] * vt[1][size_t(c) * n + j];
+        num += (v - a[size_t(i) * n + j]) * (v - a[size_t(i) * n + j]);
+        den += double(a[size_t(i) * n + j]) * a[size_t(i) * n + j];
+      }
+    EXPECT_LT(std::sqrt(num / den), 1e-5) << m << "x" << n;
+    // The leading 8 singular vectors span the same subspaces (the test matrix has a gap there).
+    std::vector<float> u8[2], v8[2];
+    for (int i = 0; i < 2; ++i) {
+      for (int r = 0; r < m; ++r)
+        for (int c = 0; c < 8; ++c) u8[i].push_back(u[i][size_t(r) * p + c]);
+      for (int r = 0; r < n; ++r)
+        for (int c = 0; c < 8; ++c) v8[i].push_back(vt[i][size_t(c) * n + r]);
+    }
+    EXPECT_GT(subspace_cos2(u8[0], u8[1], m, 8), 1 - 1e-6) << m << "x" << n;
+    EXPECT_GT(subspace_cos2(v8[0], v8[1], n, 8), 1 - 1e-6) << m << "x" << n;
+  }
+  // orthonormalize: Q^T Q = I and the same column space as the CPU's.
+  const int m = 500, k = 40;
+  const auto y = gaussian(size_t(m) * k, 8);
+  std::vector<float> q[2];
+  Backend* bes[2] = {cpu.get(), gpu.get()};
+  for (int i = 0; i < 2; ++i) {
+    auto d = bes[i]->alloc(y.size());
+    bes[i]->upload(*d, y.data(), y.size());
+    bes[i]->orthonormalize(*d, m, k);
+    q[i].resize(y.size());
+    bes[i]->download(q[i].data(), *d, q[i].size());
+  }
+  for (int i = 0; i < k; ++i)
+    for (int j = 0; j < k; ++j) {
+      double d = 0;
+      for (int r = 0; r < m; ++r) d += double(q[1][size_t(r) * k + i]) * q[1][size_t(r) * k + j];
+      EXPECT_NEAR(d, i == j ? 1.0 : 0.0, 1e-5) << i << "," << j;
+    }
+  EXPECT_GT(subspace_cos2(q[0], q[1], m, k), 1 - 1e-6);
+}
+
+TEST(CudaLoftq, ErrorAndSubspacesMatchTheCpu) {
+  REQUIRE_CUDA_DEVICE();
+  auto gpu = make_cuda_backend(0);
+  auto cpu = make_cpu_backend(2);
+  const int m = 256, n = 384, r = 16;
+  const auto w = structured(m, n, 9);
+  for (SvdMode mode : {SvdMode::Exact, SvdMode::Randomized})
+    for (int bits : {4, 2}) {
+      for (int iters : {1, 5}) {
+        const auto o = opts(bits, iters, mode, r);
+        const auto want = loftq(*cpu, w.data(), m, n, o);
+        const auto got = loftq(*gpu, w.data(), m, n, o);
+        const std::string what =
+            svd_mode_name(mode) + " nf" + std::to_string(bits) + " T=" + std::to_string(iters);
+        EXPECT_EQ(got.qlora_error, want.qlora_error) << what;  // same codes, same exact sums
+        EXPECT_NEAR(got.loftq_error, want.loftq_error, kLoftqErrorRelTol * want.loftq_error)
+            << what;
+        if (iters == 1) EXPECT_EQ(got.q, want.q) << what;  // T = 1: Q = quant(W), same codes
+        // B (m x r) column spaces and A (r x n) row spaces.
+        EXPECT_GT(subspace_cos2(got.b, want.b, m, r), kSubspaceCos2) << what;
+        EXPECT_GT(subspace_cos2(transpose(got.a, r, n), transpose(want.a, r, n), n, r),
+                  kSubspaceCos2)
+            << what;
+      }
+    }
+}
+
+TEST(CudaLoftq, OutOfMemoryFallsBackToTheCpu) {
+  REQUIRE_CUDA_DEVICE();
+  CudaOptions co;
+  co.memory_budget = size_t(1) << 20;  // smaller than one 512 x 1024 float32 buffer
+  auto gpu = make_cuda_backend(0, co);
+  auto cpu = make_cpu_backend(1);
+  const int m = 512, n = 1024;
+  const auto w = structured(m, n, 10);
+  const auto o = opts(4, 2, SvdMode::Randomized, 16);
+  EXPECT_THROW(loftq(*gpu, w.data(), m, n, o), DeviceOutOfMemory);
+  std::vector<std::string> warnings;
+  const auto got = loftq_with_fallback(*gpu, cpu.get(), w.data(), m, n, o, "t",
+                                       [&](const std::string& s) { warnings.push_back(s); });
+  const auto ref = loftq(*cpu, w.data(), m, n, o);
+  EXPECT_EQ(got.q, ref.q);
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_NE(warnings[0].find("memory budget"), std::string::npos) << warnings[0];
+  // The backend is still usable for a layer that fits.
+  const auto small = structured(16, 64, 12);
+  const auto ok = loftq(*gpu, small.data(), 16, 64, opts(4, 1, SvdMode::Exact, 4));
+  EXPECT_EQ(ok.q, loftq(*cpu, small.data(), 16, 64, opts(4, 1, SvdMode::Exact, 4)).q);
+}
+
+TEST(CudaBackend, RejectsForeignBuffersAndNamesFailedCalls) {
+  REQUIRE_CUDA_DEVICE();
+  auto gpu = make_cuda_backend(0);
+  auto cpu = make_cpu_backend(1);
+  auto foreign = cpu->alloc(64);
+  auto mine = gpu->alloc(64);
+  EXPECT_NE(error_of([&] { gpu->copy(*foreign, *mine, 64); }).find("belongs to another backend"),
+            std::string::npos);
+  EXPECT_THROW(gpu->copy(*mine, *mine, 65), std::logic_error);
+  // An impossible allocation is reported as an out-of-memory naming cudaMalloc.
+  const std::string msg = error_of([&] { gpu->alloc(size_t(1) << 46); });
+  EXPECT_NE(msg.find("cudaMalloc"), std::string::npos) << msg;
+  EXPECT_THROW(gpu->alloc(size_t(1) << 46), DeviceOutOfMemory);
+}
+
+TEST(CudaBackend, Tf32OptionStillCloseToTheCpu) {
+  REQUIRE_CUDA_DEVICE();
+  CudaOptions co;
+  co.allow_tf32 = true;
+  auto gpu = make_cuda_backend(0, co);
+  auto cpu = make_cpu_backend(2);
+  const int m = 256, n = 384, r = 16;
+  const auto w = structured(m, n, 13);
+  const auto o = opts(4, 5, SvdMode::Randomized, r);
+  const auto want = loftq(*cpu, w.data(), m, n, o);
+  const auto got = loftq(*gpu, w.data(), m, n, o);
+  EXPECT_NEAR(got.loftq_error, want.loftq_error, 5e-3 * want.loftq_error);
+}

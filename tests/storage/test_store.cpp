@@ -1,0 +1,215 @@
+// storage/store.cpp: validation, hashing, patterns, disk space, cache layout, atomic commits.
+#include "storage/store.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "common/test_util.h"
+
+namespace fs = std::filesystem;
+using loftqd::testing::slurp;
+using loftqd::testing::spit;
+using loftqd::testing::TempDir;
+namespace st = loftqd::storage;
+
+TEST(StorePath, AcceptsOrdinaryRepoPaths) {
+  for (const char* p : {"config.json", "loftq_init/adapter_model.safetensors", "a/b/c.txt",
+                        ".gitattributes", "dir/.hidden", "x..y", "...", "git/.gitignore"})
+    EXPECT_EQ(st::path_problem(p), std::nullopt) << p;
+}
+
+TEST(StorePath, RefusesUnsafePaths) {
+  struct Case {
+    std::string path, why;
+  };
+  for (const auto& c : std::vector<Case>{{"/etc/passwd", "absolute"},
+                                         {"../x", "'..'"},
+                                         {"a/../../x", "'..'"},
+                                         {"a/..", "'..'"},
+                                         {".git/config", "'.git'"},
+                                         {"sub/.GIT/hooks/x", "'.git'"},
+                                         {"a\\b", "backslash"},
+                                         {std::string("a\0b", 3), "NUL"},
+                                         {"a//b", "empty"},
+                                         {"a/", "empty"},
+                                         {"./a", "'.'"},
+                                         {"", "empty"}}) {
+    auto p = st::path_problem(c.path);
+    ASSERT_TRUE(p.has_value()) << c.path;
+    EXPECT_NE(p->find(c.why), std::string::npos) << c.path << ": " << *p;
+  }
+}
+
+TEST(StorePath, RepoIdsAndRevisions) {
+  EXPECT_EQ(st::repo_id_problem("gpt2"), std::nullopt);
+  EXPECT_EQ(st::repo_id_problem("LoftQ/Llama-2-7b-hf-4bit-64rank"), std::nullopt);
+  EXPECT_TRUE(st::repo_id_problem("a/b/c"));
+  EXPECT_TRUE(st::repo_id_problem("../x"));
+  EXPECT_TRUE(st::repo_id_problem("a--b/c"));
+  EXPECT_TRUE(st::repo_id_problem("org/"));
+  EXPECT_EQ(st::revision_problem("main"), std::nullopt);
+  EXPECT_EQ(st::revision_problem("refs/pr/1"), std::nullopt);
+  EXPECT_TRUE(st::revision_problem("../main"));
+  EXPECT_TRUE(st::revision_problem("a b"));
+  EXPECT_EQ(st::repo_folder_name("org/name"), "models--org--name");
+  EXPECT_EQ(st::repo_folder_name("gpt2"), "models--gpt2");
+}
+
+TEST(StoreHash, KnownDigests) {
+  EXPECT_EQ(st::sha256_hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  EXPECT_EQ(st::git_blob_sha1("hello\n"), "ce013625030ba8dba906f756967f9e9ca394464a");
+  EXPECT_EQ(st::git_blob_sha1(""), "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391");
+  // The pointer git writes for an LFS object, and the oid the Hub lists for it.
+  std::string sha = st::sha256_hex("abc");
+  EXPECT_EQ(st::lfs_pointer(sha, 3),
+            "version https://git-lfs.github.com/spec/v1\noid sha256:" + sha + "\nsize 3\n");
+  st::FileEntry e{"x.bin", sha, 3};
+  EXPECT_TRUE(e.lfs());
+  EXPECT_EQ(e.git_oid(), st::git_blob_sha1(st::lfs_pointer(sha, 3)));
+  TempDir tmp;
+  spit(tmp / "f", "hello\n");
+  EXPECT_EQ(st::hash_file(tmp / "f", st::HashAlgo::Sha1, true).value(),
+            "ce013625030ba8dba906f756967f9e9ca394464a");
+}
+
+TEST(StorePatterns, FnmatchLikePython) {
+  EXPECT_TRUE(st::fnmatch("*.json", "config.json"));
+  EXPECT_TRUE(st::fnmatch("*.json", "loftq_init/adapter_config.json"));  // '*' spans '/'
+  EXPECT_FALSE(st::fnmatch("*.json", "model.safetensors"));
+  EXPECT_TRUE(st::fnmatch("model-0000?-of-00002.safetensors", "model-00001-of-00002.safetensors"));
+  EXPECT_TRUE(st::fnmatch("[ab]*.txt", "b1.txt"));
+  EXPECT_FALSE(st::fnmatch("[!ab]*.txt", "b1.txt"));
+  EXPECT_TRUE(st::fnmatch("[a-c]x", "bx"));
+  EXPECT_TRUE(st::fnmatch("loftq_init/", "loftq_init/adapter_model.safetensors"));
+  EXPECT_TRUE(st::fnmatch("[x", "[x"));
+  EXPECT_TRUE(st::fnmatch("*", ""));
+  EXPECT_FALSE(st::fnmatch("a", "ab"));
+  std::vector<std::string> allow = {"*.json", "*.safetensors"}, ignore = {"loftq_init/*"};
+  EXPECT_TRUE(st::path_selected("config.json", allow, ignore));
+  EXPECT_FALSE(st::path_selected("README.md", allow, ignore));
+  EXPECT_FALSE(st::path_selected("loftq_init/adapter_config.json", allow, ignore));
+  EXPECT_TRUE(st::path_selected("README.md", {}, {}));
+}
+
+TEST(StoreSpace, ReserveAndSizes) {
+  TempDir tmp;
+  EXPECT_TRUE(st::check_space(tmp.path(), 1, 0).ok());
+  auto s = st::check_space(tmp.path(), 1, uint64_t{1} << 62);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.error().code, st::Errc::NoSpace);
+  EXPECT_NE(s.error().message.find("not enough disk space"), std::string::npos);
+  EXPECT_EQ(st::parse_size("4096"), 4096u);
+  EXPECT_EQ(st::parse_size("10G"), 10ull << 30);
+  EXPECT_EQ(st::parse_size("512MiB"), 512ull << 20);
+  EXPECT_THROW(st::parse_size("12Q"), std::invalid_argument);
+}
+
+TEST(StoreLayout, CommitBlobVerifiesAndMoves) {
+  TempDir tmp;
+  st::Store store(tmp.path());
+  std::string data = "weights";
+  auto sha = st::sha256_hex(data);
+  auto partial = store.incomplete_path("org/m", sha);
+  fs::create_directories(partial.parent_path());
+  spit(partial, data);
+  ASSERT_TRUE(store.commit_blob("org/m", partial, st::Digest::lfs(sha, data.size())).ok());
+  EXPECT_FALSE(fs::exists(partial));
+  EXPECT_EQ(slurp(store.blob_path("org/m", sha)), data);
+
+  // A wrong hash deletes the partial and says what differed.
+  auto other = st::sha256_hex("other");
+  auto bad = store.incomplete_path("org/m", other);
+  spit(bad, "not other");
+  auto s = store.commit_blob("org/m", bad, st::Digest::lfs(other, std::nullopt));
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.error().code, st::Errc::HashMismatch);
+  EXPECT_NE(s.error().message.find("sha256 mismatch"), std::string::npos);
+  EXPECT_FALSE(fs::exists(bad));
+  EXPECT_FALSE(store.has_blob("org/m", other));
+
+  // Size is checked before hashing.
+  spit(bad, "x");
+  s = store.commit_blob("org/m", bad, st::Digest::lfs(other, 5));
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.error().code, st::Errc::SizeMismatch);
+}
+
+TEST(StoreLayout, SnapshotsAreRelativeSymlinksAndRefsAtomic) {
+  TempDir tmp;
+  st::Store store(tmp.path());
+  std::string a = "{\"a\": 1}\n", b = "tensor bytes";
+  auto ea = st::git_blob_sha1(a), eb = st::sha256_hex(b);
+  ASSERT_TRUE(store.put_blob("org/m", a, st::Digest::git(ea, a.size())).ok());
+  ASSERT_TRUE(store.put_blob("org/m", b, st::Digest::lfs(eb, b.size())).ok());
+  EXPECT_FALSE(store.put_blob("org/m", "zzz", st::Digest::git(ea, 3)).ok());
+  std::map<std::string, std::string> files = {{"config.json", ea}, {"sub/dir/w.safetensors", eb}};
+  auto c = store.commit_snapshot("org/m", "main", files, std::nullopt);
+  ASSERT_TRUE(c.ok()) << c.error().message;
+  EXPECT_TRUE(st::is_sha1_hex(c.value()));
+  EXPECT_EQ(c.value(), st::Store::commit_id(files, std::nullopt));
+  EXPECT_EQ(store.read_ref("org/m", "main"), c.value());
+  EXPECT_EQ(slurp(store.ref_path("org/m", "main")), c.value());  // no newline, as huggingface_hub
+  auto link = store.snapshot_dir("org/m", c.value()) / "sub/dir/w.safetensors";
+  EXPECT_EQ(fs::read_symlink(link).string(), "../../../../blobs/" + eb);
+  EXPECT_EQ(slurp(link), b);
+  auto listed = store.list_snapshot("org/m", c.value());
+  ASSERT_TRUE(listed.ok());
+  ASSERT_EQ(listed.value().size(), 2u);
+  EXPECT_EQ(listed.value()[1].path, "sub/dir/w.safetensors");
+  EXPECT_EQ(listed.value()[1].size, b.size());
+  EXPECT_TRUE(listed.value()[1].lfs());
+  EXPECT_EQ(store.resolve("org/m", c.value()), c.value());
+  EXPECT_EQ(store.resolve("org/m", "nope"), std::nullopt);
+  EXPECT_EQ(store.list_repos(), std::vector<std::string>{"org/m"});
+
+  // A second commit on top: new id, the parent's snapshot left intact, no temp dirs left.
+  files.erase("config.json");
+  auto c2 = store.commit_snapshot("org/m", "main", files, c.value());
+  ASSERT_TRUE(c2.ok());
+  EXPECT_NE(c2.value(), c.value());
+  EXPECT_EQ(store.read_ref("org/m", "main"), c2.value());
+  EXPECT_TRUE(fs::exists(store.snapshot_dir("org/m", c.value()) / "config.json"));
+  for (const auto& e : fs::directory_iterator(store.repo_dir("org/m") / "snapshots"))
+    EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos);
+  for (const auto& e : fs::directory_iterator(store.repo_dir("org/m") / "refs"))
+    EXPECT_EQ(e.path().filename().string(), "main");
+
+  // Unsafe paths and missing blobs are refused before anything is written.
+  auto bad = store.commit_snapshot("org/m", "main", {{"../evil", eb}}, c2.value());
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.error().code, st::Errc::InvalidPath);
+  auto missing =
+      store.commit_snapshot("org/m", "main", {{"x", st::sha256_hex("nope")}}, c2.value());
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.error().code, st::Errc::NotFound);
+  EXPECT_EQ(store.read_ref("org/m", "main"), c2.value());
+  EXPECT_THROW(store.repo_dir("../x"), std::invalid_argument);
+}
+
+TEST(StoreLayout, MetaRoundTrip) {
+  TempDir tmp;
+  st::Store store(tmp.path());
+  EXPECT_FALSE(store.read_meta("org/m"));
+  st::RepoMeta m{true, false, st::iso8601_now(), st::iso8601_now()};
+  ASSERT_TRUE(store.write_meta("org/m", m).ok());
+  auto r = store.read_meta("org/m");
+  ASSERT_TRUE(r);
+  EXPECT_TRUE(r->is_private);
+  EXPECT_EQ(r->last_modified, m.last_modified);
+}
+
+TEST(StoreEncoding, Base64RoundTrip) {
+  EXPECT_EQ(st::base64_encode(""), "");
+  EXPECT_EQ(st::base64_encode("f"), "Zg==");
+  EXPECT_EQ(st::base64_encode("fo"), "Zm8=");
+  EXPECT_EQ(st::base64_encode("foo"), "Zm9v");
+  std::string bin;
+  for (int i = 0; i < 256; ++i) bin += static_cast<char>(i);
+  EXPECT_EQ(st::base64_decode(st::base64_encode(bin)), bin);
+  EXPECT_EQ(st::base64_decode("Zm9v\nYmFy"), "foobar");
+  EXPECT_EQ(st::base64_decode("Zm9v!"), std::nullopt);
+  EXPECT_TRUE(st::secure_equal("abc", "abc"));
+  EXPECT_FALSE(st::secure_equal("abc", "abd"));
+}
