@@ -19,6 +19,12 @@ struct CudaOptions {
   // Upper bound on the device memory this backend allocates, in bytes (0: whatever is free).
   // Going over it is reported as DeviceOutOfMemory, like a real out-of-memory.
   size_t memory_budget = 0;
+  // Orthonormalization inside the SVDs: Householder QR (cuSOLVER geqrf + orgqr; the default)
+  // or CholeskyQR2 (twice: Gram matrix, Cholesky, triangular solve; a few GEMM-speed passes
+  // over a tall, skinny matrix instead of a column-by-column factorization). CholeskyQR2 falls
+  // back to Householder when the matrix is too ill-conditioned for it (diagonal of R spread
+  // over more than 1e3, or the Cholesky factorization breaks down).
+  bool cholesky_qr = false;
 };
 
 // True when this build contains the CUDA backend.

@@ -75,8 +75,13 @@ std::unique_ptr<Backend> make_backend(const std::string& device, int threads, st
   const int count = cuda_device_count(&why);
   if (c.kind == DeviceChoice::Kind::Auto) {
     if (count > 0) {
-      if (chosen) *chosen = "cuda:0 (" + cuda_device_description(0) + "; auto)";
-      return make_cuda_backend(0, cuda);
+      try {
+        auto be = make_cuda_backend(0, cuda);
+        if (chosen) *chosen = "cuda:0 (" + cuda_device_description(0) + "; auto)";
+        return be;
+      } catch (const std::exception& e) {  // a device that cannot be used: auto means the CPU
+        why = std::string("cuda:0 is unusable: ") + e.what();
+      }
     }
     if (chosen) *chosen = cpu_description(threads) + " (auto: " + why + ")";
     return make_cpu_backend(threads);

@@ -9,14 +9,15 @@
 #include <cstring>
 
 #include <algorithm>
-#include <chrono>
 #include <cctype>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <map>
 #include <set>
 #include <sstream>
 
+#include "quant/device.h"
 #include "quant/fsutil.h"
 #include "quant/safetensors.h"
 
@@ -27,7 +28,9 @@ namespace loftqd::quant {
 
 namespace {
 
-json opt_str(const std::optional<std::string>& s) { return s ? json(*s) : json(nullptr); }
+json opt_str(const std::optional<std::string>& s) {
+  return s ? json(*s) : json(nullptr);
+}
 
 json read_json_file(const fs::path& p) {
   try {
@@ -38,10 +41,12 @@ json read_json_file(const fs::path& p) {
 }
 
 bool is_weight_file(const std::string& name) {
-  static const char* kExt[] = {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf"};
+  static const char* kExt[] = {".safetensors", ".bin", ".pt",      ".pth",
+                               ".ckpt",        ".h5",  ".msgpack", ".gguf"};
   for (const char* e : kExt) {
     const std::string ext(e);
-    if (name.size() >= ext.size() && name.compare(name.size() - ext.size(), ext.size(), ext) == 0) return true;
+    if (name.size() >= ext.size() && name.compare(name.size() - ext.size(), ext.size(), ext) == 0)
+      return true;
   }
   return name == "model.safetensors.index.json" || name == "pytorch_model.bin.index.json";
 }
@@ -79,7 +84,8 @@ void remove_stale_staging(const fs::path& out_dir) {
     const std::string pid_str = name.substr(prefix.size());
     if (pid_str.empty() || !std::all_of(pid_str.begin(), pid_str.end(), ::isdigit)) continue;
     const long pid = std::stol(pid_str);
-    if (pid == ::getpid() || (::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH)) fs::remove_all(e.path(), ec);
+    if (pid == ::getpid() || (::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH))
+      fs::remove_all(e.path(), ec);
   }
 }
 
@@ -99,66 +105,87 @@ std::string fmt(const char* f, double v) {
 std::string model_card(const json& lj, const json& adapter_cfg, const std::string& repo_id) {
   std::ostringstream o;
   o << "---\nlibrary_name: peft\ntags:\n- loftq\n- quantization\n- lora\n";
-  if (lj["source"]["repo"].is_string()) o << "base_model: " << lj["source"]["repo"].get<std::string>() << "\n";
+  if (lj["source"]["repo"].is_string())
+    o << "base_model: " << lj["source"]["repo"].get<std::string>() << "\n";
   o << "---\n\n# " << repo_id << "\n\n";
-  o << "LoftQ initialization (rank " << lj["rank"] << ", " << lj["iters"] << " alternating iterations, "
-    << lj["quant"].get<std::string>() << " quantization, block size " << lj["block_size"] << ") made by loftqd "
-    << lj["loftqd_version"].get<std::string>() << ".\n\n";
+  o << "LoftQ initialization (rank " << lj["rank"] << ", " << lj["iters"]
+    << " alternating iterations, " << lj["quant"].get<std::string>() << " quantization, block size "
+    << lj["block_size"] << ") made by loftqd " << lj["loftqd_version"].get<std::string>()
+    << ".\n\n";
   o << "The repository root holds the backbone with every target weight replaced by its quantized "
-       "value Q (stored in the checkpoint's dtype); `loftq_init/` holds the LoRA adapter (A, B) such "
+       "value Q (stored in the checkpoint's dtype); `loftq_init/` holds the LoRA adapter (A, B) "
+       "such "
        "that Q + (lora_alpha / r) * B A approximates the original weight as LoftQ found it.\n\n";
   if (lj["source"]["repo"].is_string())
     o << "Source: `" << lj["source"]["repo"].get<std::string>() << "` at commit `"
-      << (lj["source"]["commit"].is_string() ? lj["source"]["commit"].get<std::string>() : std::string("?")) << "`.\n\n";
-  o << "## Loading\n\n```python\nimport torch\nfrom transformers import AutoModelForCausalLM, BitsAndBytesConfig\n"
+      << (lj["source"]["commit"].is_string() ? lj["source"]["commit"].get<std::string>()
+                                             : std::string("?"))
+      << "`.\n\n";
+  o << "## Loading\n\n```python\nimport torch\nfrom transformers import AutoModelForCausalLM, "
+       "BitsAndBytesConfig\n"
        "from peft import PeftModel\n\n"
     << "base = AutoModelForCausalLM.from_pretrained(\n    \"" << repo_id
-    << "\", torch_dtype=torch.bfloat16,\n    quantization_config=BitsAndBytesConfig(load_in_4bit=True, "
+    << "\", torch_dtype=torch.bfloat16,\n    "
+       "quantization_config=BitsAndBytesConfig(load_in_4bit=True, "
        "bnb_4bit_quant_type=\"nf4\"))\n"
     << "model = PeftModel.from_pretrained(base, \"" << repo_id
     << "\", subfolder=\"loftq_init\", is_trainable=True)\n```\n\n"
-    << "(Use the `AutoModel` class that matches the task type `" << adapter_cfg["task_type"].get<std::string>()
-    << "`.)\n\n";
+    << "(Use the `AutoModel` class that matches the task type `"
+    << adapter_cfg["task_type"].get<std::string>() << "`.)\n\n";
   if (lj["bnb_nf4_reload_exact"].get<bool>()) {
-    o << "Every layer uses NF4 or NF2 codes in blocks of 64, all of which are NF4 codes, so loading the "
+    o << "Every layer uses NF4 or NF2 codes in blocks of 64, all of which are NF4 codes, so "
+         "loading the "
          "backbone with bitsandbytes NF4 reproduces Q exactly (up to the dtype's rounding).\n\n";
   } else {
-    o << "**Note:** some layers use codes that are not NF4 codes (NF3 or uniform quantization, or a block "
-         "size other than 64). Their LoftQ initialization is exact only when the backbone is loaded "
-         "unquantized (or re-quantized with the same quantizer); `loftqd verify` reports the error after "
+    o << "**Note:** some layers use codes that are not NF4 codes (NF3 or uniform quantization, or "
+         "a block "
+         "size other than 64). Their LoftQ initialization is exact only when the backbone is "
+         "loaded "
+         "unquantized (or re-quantized with the same quantizer); `loftqd verify` reports the error "
+         "after "
          "an NF4 round trip for each layer.\n\n";
   }
   o << "## Bit plan\n\n`" << lj["bit_plan_spec"].get<std::string>() << "` over " << lj["num_layers"]
     << " layers; target modules: ";
   for (size_t i = 0; i < adapter_cfg["target_modules"].size(); ++i)
     o << (i ? ", " : "") << "`" << adapter_cfg["target_modules"][i].get<std::string>() << "`";
-  o << ".\n\n## Per-layer errors\n\nRelative Frobenius errors ||W - Q - B A|| / ||W|| (LoftQ) against the "
+  o << ".\n\n## Per-layer errors\n\nRelative Frobenius errors ||W - Q - B A|| / ||W|| (LoftQ) "
+       "against the "
        "QLoRA baseline ||W - Q0|| / ||W||.\n\n";
-  o << "| tensor | layer | quant | QLoRA error | LoftQ error | best iter |\n|---|---|---|---|---|---|\n";
+  o << "| tensor | layer | quant | QLoRA error | LoftQ error | best iter "
+       "|\n|---|---|---|---|---|---|\n";
   double sq = 0, sl = 0;
   for (const auto& l : lj["layers"]) {
-    o << "| `" << l["tensor"].get<std::string>() << "` | " << (l["layer"].is_null() ? std::string("-") : l["layer"].dump())
-      << " | " << l["quant"].get<std::string>() << " | " << fmt("%.5f", l["qlora_error"].get<double>()) << " | "
-      << fmt("%.5f", l["loftq_error"].get<double>()) << " | " << l["best_iter"] << " |\n";
+    o << "| `" << l["tensor"].get<std::string>() << "` | "
+      << (l["layer"].is_null() ? std::string("-") : l["layer"].dump()) << " | "
+      << l["quant"].get<std::string>() << " | " << fmt("%.5f", l["qlora_error"].get<double>())
+      << " | " << fmt("%.5f", l["loftq_error"].get<double>()) << " | " << l["best_iter"] << " |\n";
     sq += l["qlora_error"].get<double>();
     sl += l["loftq_error"].get<double>();
   }
   const double n = std::max<double>(1.0, static_cast<double>(lj["layers"].size()));
-  o << "\nMean QLoRA error " << fmt("%.5f", sq / n) << ", mean LoftQ error " << fmt("%.5f", sl / n) << ".\n";
+  o << "\nMean QLoRA error " << fmt("%.5f", sq / n) << ", mean LoftQ error " << fmt("%.5f", sl / n)
+    << ".\n";
   return o.str();
 }
 
 }  // namespace
 
-std::string lora_a_key(const std::string& w) { return "base_model.model." + module_path(w) + ".lora_A.weight"; }
-std::string lora_b_key(const std::string& w) { return "base_model.model." + module_path(w) + ".lora_B.weight"; }
+std::string lora_a_key(const std::string& w) {
+  return "base_model.model." + module_path(w) + ".lora_A.weight";
+}
+std::string lora_b_key(const std::string& w) {
+  return "base_model.model." + module_path(w) + ".lora_B.weight";
+}
 
 std::vector<std::string> passthrough_files(const fs::path& model_dir) {
   std::vector<std::string> out;
   for (const auto& e : fs::directory_iterator(model_dir)) {
     if (!e.is_regular_file()) continue;
     const std::string name = e.path().filename().string();
-    if (is_weight_file(name) || name == "README.md" || name == "loftq.json" || name.starts_with(".")) continue;
+    if (is_weight_file(name) || name == "README.md" || name == "loftq.json" ||
+        name.starts_with("."))
+      continue;
     out.push_back(name);
   }
   std::sort(out.begin(), out.end());
@@ -170,15 +197,16 @@ std::string layer_table(const std::vector<LayerReport>& layers) {
   size_t w = 6;
   for (const auto& l : layers) w = std::max(w, l.tensor.size());
   char buf[512];
-  std::snprintf(buf, sizeof buf, "%-*s %5s %-9s %11s %11s %6s %5s %8s\n", int(w), "tensor", "layer", "quant",
-                "qlora_err", "loftq_err", "gain%", "iter", "seconds");
+  std::snprintf(buf, sizeof buf, "%-*s %5s %-9s %11s %11s %6s %5s %8s\n", int(w), "tensor", "layer",
+                "quant", "qlora_err", "loftq_err", "gain%", "iter", "seconds");
   o << buf;
   double sq = 0, sl = 0, ss = 0;
   for (const auto& l : layers) {
     const std::string layer = l.layer ? std::to_string(*l.layer) : "-";
     const double gain = l.qlora_error > 0 ? 100.0 * (1.0 - l.loftq_error / l.qlora_error) : 0.0;
-    std::snprintf(buf, sizeof buf, "%-*s %5s %-9s %11.6f %11.6f %6.2f %5d %8.2f\n", int(w), l.tensor.c_str(),
-                  layer.c_str(), l.quant.c_str(), l.qlora_error, l.loftq_error, gain, l.best_iter, l.seconds);
+    std::snprintf(buf, sizeof buf, "%-*s %5s %-9s %11.6f %11.6f %6.2f %5d %8.2f\n", int(w),
+                  l.tensor.c_str(), layer.c_str(), l.quant.c_str(), l.qlora_error, l.loftq_error,
+                  gain, l.best_iter, l.seconds);
     o << buf;
     sq += l.qlora_error;
     sl += l.loftq_error;
@@ -186,30 +214,36 @@ std::string layer_table(const std::vector<LayerReport>& layers) {
   }
   if (!layers.empty()) {
     const double n = static_cast<double>(layers.size());
-    std::snprintf(buf, sizeof buf, "%-*s %5s %-9s %11.6f %11.6f %6.2f %5s %8.2f\n", int(w), "mean / total", "", "",
-                  sq / n, sl / n, sq > 0 ? 100.0 * (1.0 - sl / sq) : 0.0, "", ss);
+    std::snprintf(buf, sizeof buf, "%-*s %5s %-9s %11.6f %11.6f %6.2f %5s %8.2f\n", int(w),
+                  "mean / total", "", "", sq / n, sl / n, sq > 0 ? 100.0 * (1.0 - sl / sq) : 0.0,
+                  "", ss);
     o << buf;
   }
   return o.str();
 }
 
-QuantizeReport quantize_model(const fs::path& model_dir, const fs::path& out_dir_in, const QuantizeOptions& opt,
-                              Backend& backend) {
+QuantizeReport quantize_model(const fs::path& model_dir, const fs::path& out_dir_in,
+                              const QuantizeOptions& opt, Backend& backend) {
   const auto t0 = std::chrono::steady_clock::now();
   if (opt.rank <= 0) throw std::invalid_argument("--rank must be > 0");
   if (opt.iters < 1) throw std::invalid_argument("--iters must be >= 1");
   if (opt.block_size <= 0) throw std::invalid_argument("--block-size must be > 0");
-  if (opt.lora_alpha && !(*opt.lora_alpha > 0)) throw std::invalid_argument("--lora-alpha must be > 0");
-  if (!fs::is_directory(model_dir)) throw std::invalid_argument(model_dir.string() + ": not a directory");
+  if (opt.lora_alpha && !(*opt.lora_alpha > 0))
+    throw std::invalid_argument("--lora-alpha must be > 0");
+  if (!fs::is_directory(model_dir))
+    throw std::invalid_argument(model_dir.string() + ": not a directory");
   const fs::path out_dir = fs::absolute(out_dir_in).lexically_normal();
-  if (fs::equivalent(model_dir, out_dir.parent_path()) || (fs::exists(out_dir) && fs::equivalent(model_dir, out_dir)))
+  if (fs::equivalent(model_dir, out_dir.parent_path()) ||
+      (fs::exists(out_dir) && fs::equivalent(model_dir, out_dir)))
     throw std::invalid_argument(out_dir.string() + ": output must not be the model directory");
   if (dir_nonempty(out_dir) && !opt.force)
-    throw OutputExistsError(out_dir.string() + ": exists and is not empty (use --force to replace it)");
+    throw OutputExistsError(out_dir.string() +
+                            ": exists and is not empty (use --force to replace it)");
 
   // 1. The checkpoint and its config.
   const fs::path cfg_path = model_dir / "config.json";
-  if (!fs::exists(cfg_path)) throw FormatError(cfg_path.string() + ": missing (needed for model_type)");
+  if (!fs::exists(cfg_path))
+    throw FormatError(cfg_path.string() + ": missing (needed for model_type)");
   const json cfg = read_json_file(cfg_path);
   if (!cfg.is_object() || !cfg.contains("model_type") || !cfg["model_type"].is_string())
     throw FormatError(cfg_path.string() + ": field 'model_type' is missing or not a string");
@@ -265,7 +299,8 @@ QuantizeReport quantize_model(const fs::path& model_dir, const fs::path& out_dir
     throw std::invalid_argument(model_dir.string() + ": no tensor matches the target modules");
   for (const auto& tm : targets)
     if (!opt.target_modules.empty() && !used_targets.count(tm))
-      throw std::invalid_argument("target module '" + tm + "' matches no weight in " + model_dir.string());
+      throw std::invalid_argument("target module '" + tm + "' matches no weight in " +
+                                  model_dir.string());
   std::vector<std::string> adapter_targets;
   for (const auto& tm : targets)
     if (used_targets.count(tm)) adapter_targets.push_back(tm);
@@ -277,7 +312,8 @@ QuantizeReport quantize_model(const fs::path& model_dir, const fs::path& out_dir
   // 3. Stream the backbone into a staging directory beside OUT_DIR.
   fs::create_directories(out_dir.parent_path());
   remove_stale_staging(out_dir);
-  StagingDir stage(out_dir.parent_path() / ("." + out_dir.filename().string() + ".staging-" + std::to_string(::getpid())));
+  StagingDir stage(out_dir.parent_path() /
+                   ("." + out_dir.filename().string() + ".staging-" + std::to_string(::getpid())));
   std::vector<OwnedTensor> adapter;
   size_t done = 0, total = 0;
   for (size_t s = 0; s < ckpt.num_shards(); ++s) total += ckpt.shard(s).tensors().size();
@@ -301,7 +337,7 @@ QuantizeReport quantize_model(const fs::path& model_dir, const fs::path& out_dir
         lo.quant = it->second.spec;
         LoftqResult r;
         try {
-          r = loftq(backend, wf.data(), m, n, lo);
+          r = loftq_with_fallback(backend, opt.fallback, wf.data(), m, n, lo, t.name);
         } catch (const std::invalid_argument& e) {
           throw FormatError(in.path().string() + ": tensor '" + t.name + "': " + e.what());
         }
@@ -335,34 +371,37 @@ QuantizeReport quantize_model(const fs::path& model_dir, const fs::path& out_dir
     }
     w.commit();
   }
-  if (ckpt.sharded()) copy_file_atomic(ckpt.index_path(), stage.path() / "model.safetensors.index.json");
+  if (ckpt.sharded())
+    copy_file_atomic(ckpt.index_path(), stage.path() / "model.safetensors.index.json");
 
   // 4. The adapter, as PEFT saves it.
   write_safetensors(stage.path() / "loftq_init" / "adapter_model.safetensors", adapter);
-  json acfg = {{"peft_type", "LORA"},
-               {"task_type", default_task_type(report.model_type)},
-               {"base_model_name_or_path", repo_id},
-               {"revision", nullptr},
-               {"r", opt.rank},
-               {"lora_alpha", alpha == std::floor(alpha) ? json(static_cast<int64_t>(alpha)) : json(alpha)},
-               {"lora_dropout", opt.lora_dropout},
-               {"target_modules", adapter_targets},
-               {"init_lora_weights", true},
-               {"bias", "none"},
-               {"fan_in_fan_out", false},
-               {"inference_mode", false},
-               {"modules_to_save", nullptr},
-               {"layers_to_transform", nullptr},
-               {"layers_pattern", nullptr},
-               {"rank_pattern", json::object()},
-               {"alpha_pattern", json::object()},
-               {"use_rslora", false},
-               {"use_dora", false},
-               {"loftq_config", json::object()}};
+  json acfg = {
+      {"peft_type", "LORA"},
+      {"task_type", default_task_type(report.model_type)},
+      {"base_model_name_or_path", repo_id},
+      {"revision", nullptr},
+      {"r", opt.rank},
+      {"lora_alpha", alpha == std::floor(alpha) ? json(static_cast<int64_t>(alpha)) : json(alpha)},
+      {"lora_dropout", opt.lora_dropout},
+      {"target_modules", adapter_targets},
+      {"init_lora_weights", true},
+      {"bias", "none"},
+      {"fan_in_fan_out", false},
+      {"inference_mode", false},
+      {"modules_to_save", nullptr},
+      {"layers_to_transform", nullptr},
+      {"layers_pattern", nullptr},
+      {"rank_pattern", json::object()},
+      {"alpha_pattern", json::object()},
+      {"use_rslora", false},
+      {"use_dora", false},
+      {"loftq_config", json::object()}};
   write_file_atomic(stage.path() / "loftq_init" / "adapter_config.json", acfg.dump(2) + "\n");
 
   // 5. Everything else of the checkpoint, the record and the card.
-  for (const auto& name : passthrough_files(model_dir)) copy_file_atomic(model_dir / name, stage.path() / name);
+  for (const auto& name : passthrough_files(model_dir))
+    copy_file_atomic(model_dir / name, stage.path() / name);
   bool reload_exact = opt.block_size == 64;
   json layers = json::array();
   for (const auto& l : report.layers) {
@@ -380,7 +419,10 @@ QuantizeReport quantize_model(const fs::path& model_dir, const fs::path& out_dir
   }
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   json lj = {{"format_version", 1},
-             {"source", {{"repo", opt_str(opt.source.repo)}, {"revision", opt_str(opt.source.revision)}, {"commit", opt_str(opt.source.commit)}}},
+             {"source",
+              {{"repo", opt_str(opt.source.repo)},
+               {"revision", opt_str(opt.source.revision)},
+               {"commit", opt_str(opt.source.commit)}}},
              {"model_type", report.model_type},
              {"rank", opt.rank},
              {"iters", opt.iters},
@@ -405,8 +447,10 @@ QuantizeReport quantize_model(const fs::path& model_dir, const fs::path& out_dir
   fsync_dir(stage.path());
   if (fs::exists(out_dir)) {
     // --force: swap old and new in one atomic step, then drop the old tree.
-    if (::renameat2(AT_FDCWD, stage.path().c_str(), AT_FDCWD, out_dir.c_str(), RENAME_EXCHANGE) != 0)
-      throw std::runtime_error(out_dir.string() + ": cannot replace (" + std::strerror(errno) + ")");
+    if (::renameat2(AT_FDCWD, stage.path().c_str(), AT_FDCWD, out_dir.c_str(), RENAME_EXCHANGE) !=
+        0)
+      throw std::runtime_error(out_dir.string() + ": cannot replace (" + std::strerror(errno) +
+                               ")");
   } else {
     fs::rename(stage.path(), out_dir);
     stage.release();

@@ -34,6 +34,10 @@ struct QuantizeOptions {
   bool force = false;  // replace a non-empty OUT_DIR
   // Called before each tensor of the backbone (done, total, tensor name).
   std::function<void(size_t, size_t, const std::string&)> progress;
+  // When the backend runs out of device memory on a layer, that layer is redone on this one
+  // (normally the CPU) with a warning on stderr (quant/device.h loftq_with_fallback). Null: the
+  // error propagates.
+  Backend* fallback = nullptr;
 };
 
 struct LayerReport {
@@ -69,7 +73,8 @@ QuantizeReport quantize_model(const std::filesystem::path& model_dir,
                               const std::filesystem::path& out_dir, const QuantizeOptions& opt,
                               Backend& backend);
 
-// Names of the adapter tensors for a target weight ("M.weight" -> base_model.model.M.lora_A.weight).
+// Names of the adapter tensors for a target weight ("M.weight" ->
+// base_model.model.M.lora_A.weight).
 std::string lora_a_key(const std::string& weight_name);
 std::string lora_b_key(const std::string& weight_name);
 

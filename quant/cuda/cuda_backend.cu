@@ -226,8 +226,13 @@ class CudaBackend final : public Backend {
   }
 
   // In place: the column-major M x N matrix x (ld M, M >= N) becomes Q of its thin QR. When r is
-  // set, it receives R (N x N, column-major) first.
+  // set, it receives R (N x N, column-major, zero below the diagonal).
   void thin_q(float* x, int rows, int cols, float* r) {
+    if (res_->options().cholesky_qr && cholesky_qr2(x, rows, cols, r)) return;
+    householder_q(x, rows, cols, r);
+  }
+
+  void householder_q(float* x, int rows, int cols, float* r) {
     auto h = res_->solver();
     Scratch tau(*res_, size_t(cols));
     int lw_qr = 0, lw_q = 0;
@@ -240,6 +245,55 @@ class CudaBackend final : public Backend {
     if (r) upper_triangle(x, rows, cols, r, res_->stream());
     CUSOLVER_CHECK(cusolverDnSorgqr(h, rows, cols, cols, x, rows, tau.get(), work.get(), lwork,
                                     res_->dev_info()));
+  }
+
+  // CholeskyQR2: twice { G = x^T x; G = R^T R (potrf); x = x R^-1 (trsm) }, R = R2 R1. The Gram
+  // matrix is always formed in full float32, TF32 or not. Returns false, with x restored, when
+  // the first pass finds x too ill-conditioned (then Householder takes over).
+  bool cholesky_qr2(float* x, int rows, int cols, float* r) {
+    auto h = res_->solver();
+    const size_t n = size_t(rows) * cols;
+    Scratch backup(*res_, n), g(*res_, size_t(cols) * cols), r1(*res_, size_t(cols) * cols);
+    CUDA_CHECK(cudaMemcpyAsync(backup.get(), x, n * sizeof(float), cudaMemcpyDeviceToDevice,
+                               res_->stream()));
+    int lwork = 0;
+    CUSOLVER_CHECK(
+        cusolverDnSpotrf_bufferSize(h, CUBLAS_FILL_MODE_UPPER, cols, g.get(), cols, &lwork));
+    Scratch work(*res_, size_t(std::max(lwork, 1)));
+    std::vector<float> diag(static_cast<size_t>(cols));
+    const float one = 1.0f, zero = 0.0f;
+    for (int pass = 0; pass < 2; ++pass) {
+      CUBLAS_CHECK(cublasGemmEx(res_->blas(), CUBLAS_OP_T, CUBLAS_OP_N, cols, cols, rows, &one, x,
+                                CUDA_R_32F, rows, x, CUDA_R_32F, rows, &zero, g.get(), CUDA_R_32F,
+                                cols, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      CUSOLVER_CHECK(cusolverDnSpotrf(h, CUBLAS_FILL_MODE_UPPER, cols, g.get(), cols, work.get(),
+                                      lwork, res_->dev_info()));
+      if (pass == 0) {
+        // One synchronization: the factorization's status and R's diagonal (a lower bound on
+        // its condition number).
+        CUDA_CHECK(cudaMemcpy2DAsync(diag.data(), sizeof(float), g.get(),
+                                     sizeof(float) * (size_t(cols) + 1), sizeof(float),
+                                     size_t(cols), cudaMemcpyDeviceToHost, res_->stream()));
+        const int info = check_info(*res_, "potrf");
+        float lo = diag.empty() ? 0.0f : std::fabs(diag[0]), hi = lo;
+        for (float d : diag) lo = std::min(lo, std::fabs(d)), hi = std::max(hi, std::fabs(d));
+        if (info != 0 || !(lo > 0.0f) || !std::isfinite(hi) || hi > 1e3f * lo) {
+          CUDA_CHECK(cudaMemcpyAsync(x, backup.get(), n * sizeof(float), cudaMemcpyDeviceToDevice,
+                                     res_->stream()));
+          return false;
+        }
+      }
+      CUBLAS_CHECK(cublasStrsm(res_->blas(), CUBLAS_SIDE_RIGHT, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N,
+                               CUBLAS_DIAG_NON_UNIT, rows, cols, &one, g.get(), cols, x, rows));
+      if (r && pass == 0) upper_triangle(g.get(), cols, cols, r1.get(), res_->stream());
+    }
+    if (r) {
+      // R = R2 R1 (both upper triangular).
+      CUBLAS_CHECK(cublasStrmm(res_->blas(), CUBLAS_SIDE_LEFT, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N,
+                               CUBLAS_DIAG_NON_UNIT, cols, cols, &one, g.get(), cols, r1.get(),
+                               cols, r, cols));
+    }
+    return true;
   }
 
   // Thin SVD of the column-major M x N matrix x (ld M, M >= N; destroyed): u (M x N), s (N,
