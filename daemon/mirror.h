@@ -1,0 +1,55 @@
+// The built-in Hub-compatible mirror (DESIGN §5): serves the Hub's read API from a store in the
+// Hugging Face cache layout and, when a write token is configured, the write API (create repo,
+// preupload, LFS batch + upload + verify, NDJSON commit, branches). HF_ENDPOINT=<url> makes
+// stock Hub clients and `loftqd fetch` / `loftqd publish` talk to it.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+namespace loftqd::daemon {
+
+struct MirrorOptions {
+  std::filesystem::path store;
+  std::string host = "127.0.0.1";
+  int port = 8080;                         // 0: any free port (see Mirror::port())
+  std::optional<std::string> write_token;  // write API enabled only when set
+  int threads = 8;                         // worker threads
+  int keep_alive_timeout_s = 5;            // idle keep-alive connections close after this
+  size_t tree_page_size = 1000;            // entries per tree page (Link: rel="next")
+  // LFS objects at least this large are offered the multipart transfer, in parts of
+  // multipart_chunk bytes, when the client lists "multipart".
+  uint64_t multipart_threshold = uint64_t{256} << 20;
+  uint64_t multipart_chunk = uint64_t{64} << 20;
+  // Called once per request after it is answered (method, path, status); for logs.
+  std::function<void(const std::string&, const std::string&, int)> on_request;
+};
+
+class Mirror {
+ public:
+  explicit Mirror(MirrorOptions opt);
+  ~Mirror();
+  Mirror(const Mirror&) = delete;
+  Mirror& operator=(const Mirror&) = delete;
+
+  // Binds the listening socket; returns the port. Throws std::runtime_error on failure.
+  int bind();
+  // Serves until stop() (call bind() first). Blocks.
+  void serve();
+  // bind() + serve() on a background thread; returns the port once listening.
+  int start();
+  // Stops serving (from any thread); joins the background thread of start().
+  void stop();
+  int port() const;
+  std::string url() const;  // http://host:port
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace loftqd::daemon

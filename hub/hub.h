@@ -1,0 +1,183 @@
+// The Hub client (DESIGN §5): repo info, tree listing, resolve/download with resume and
+// verification into the store (HF cache layout) or a plain local dir, and the commit API with
+// LFS uploads for publishing. libcurl underneath; one curl handle per thread.
+//
+// Routine failures come back as Result<T> with a typed Error whose message names the repo,
+// revision and file. The token is sent only in the Authorization header to the endpoint's host:
+// it never appears in a URL, a log line, an error message or a file.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <utility>
+#include <variant>
+#include <vector>
+
+namespace loftqd::hub {
+
+enum class ErrorKind {
+  RepoNotFound,         // X-Error-Code RepoNotFound (or 401 for a repo we cannot see)
+  RevisionNotFound,     // X-Error-Code RevisionNotFound
+  EntryNotFound,        // X-Error-Code EntryNotFound, or a 404 on a file
+  GatedRepo,            // X-Error-Code GatedRepo
+  Unauthorized,         // 401: missing or invalid token
+  Forbidden,            // 403: the token lacks the rights
+  RangeNotSatisfiable,  // 416
+  RateLimited,          // 429 after every retry
+  Server,               // 5xx after every retry
+  Conflict,             // 409/412
+  BadRequest,           // another 4xx
+  Network,              // connection refused/reset/dropped after every retry
+  Timeout,              // connect timeout or a stalled transfer after every retry
+  Offline,              // HF_HUB_OFFLINE=1 and the answer is not in the store
+  InvalidResponse,      // the server sent something we cannot use
+  UnsafePath,           // an upstream file name that must not touch the disk
+  HashMismatch,         // a download that does not hash to its etag (after one retry)
+  NoSpace,              // the disk-space check failed
+  Io,                   // a local file system error
+};
+const char* kind_name(ErrorKind k);
+
+struct Error {
+  ErrorKind kind;
+  std::string message;
+  int http_status = 0;
+};
+
+template <class T>
+class [[nodiscard]] Result {
+ public:
+  Result(T v) : v_(std::move(v)) {}      // NOLINT: implicit on purpose
+  Result(Error e) : v_(std::move(e)) {}  // NOLINT
+  bool ok() const { return v_.index() == 0; }
+  explicit operator bool() const { return ok(); }
+  const T& value() const& { return std::get<0>(v_); }
+  T& value() & { return std::get<0>(v_); }
+  T&& value() && { return std::get<0>(std::move(v_)); }
+  const Error& error() const { return std::get<1>(v_); }
+
+ private:
+  std::variant<T, Error> v_;
+};
+struct Ok {};
+
+struct ClientOptions {
+  std::string endpoint = "https://huggingface.co";
+  std::optional<std::string> token;
+  bool offline = false;
+  int max_retries = 5;             // for 408/429/5xx and network errors
+  double backoff_base_s = 1.0;     // first delay; doubles per attempt, with jitter
+  double backoff_cap_s = 30.0;     // cap of one delay
+  double max_retry_after_s = 300;  // cap on Retry-After / RateLimit t=
+  long connect_timeout_s = 10;
+  long stall_timeout_s = 30;  // a transfer with no byte for this long is cut and retried
+  long api_timeout_s = 120;   // whole-request limit for API calls (not downloads)
+  int parallel = 4;           // files downloaded at once; also ranges per large file
+  uint64_t range_threshold = uint64_t{256} << 20;  // files at least this large use ranges
+  uint64_t disk_reserve = uint64_t{1} << 30;       // keep this much free after a download
+  uint64_t max_recv_bytes_per_s = 0;               // per connection; 0: unlimited
+  std::string user_agent = "loftqd";
+};
+
+// Token lookup order: HF_TOKEN, then $HF_HOME/token (HF_HOME defaults to ~/.cache/huggingface),
+// then `config_token`. Empty values count as absent.
+std::optional<std::string> find_token(const std::optional<std::string>& config_token = {});
+// Options from the environment: HF_ENDPOINT (else `endpoint`, else huggingface.co),
+// HF_HUB_OFFLINE, the token as find_token.
+ClientOptions options_from_env(const std::optional<std::string>& endpoint = {},
+                               const std::optional<std::string>& config_token = {});
+
+struct RepoInfo {
+  std::string id, sha, last_modified;
+  bool is_private = false, gated = false;
+  std::vector<std::string> siblings;
+};
+
+struct TreeEntry {
+  std::string type;  // "file" or "directory"
+  std::string path;
+  std::string oid;  // git oid (blob sha1; for LFS files the pointer's sha1)
+  uint64_t size = 0;
+  std::optional<std::string> lfs_sha256;
+  // The cache's blob name: sha256 for LFS files, the git sha1 otherwise.
+  const std::string& etag() const { return lfs_sha256 ? *lfs_sha256 : oid; }
+};
+
+// What HEAD on resolve/{rev}/{path} says.
+struct FileMetadata {
+  std::string commit;    // X-Repo-Commit
+  std::string etag;      // X-Linked-Etag, else ETag (unquoted)
+  uint64_t size = 0;     // X-Linked-Size, else Content-Length
+  std::string location;  // where GET goes (after a redirect to another host)
+};
+
+// Called from download threads: bytes done, bytes total, a file name.
+using ProgressFn = std::function<void(uint64_t done, uint64_t total, const std::string& file)>;
+
+struct SnapshotRequest {
+  std::string repo;
+  std::string revision = "main";
+  std::vector<std::string> allow, ignore;          // fnmatch patterns (as snapshot_download)
+  std::optional<std::filesystem::path> store;      // HF cache layout
+  std::optional<std::filesystem::path> local_dir;  // plain files (snapshot_download local_dir)
+};
+
+struct SnapshotResult {
+  std::string commit;
+  std::filesystem::path dir;  // snapshots/{commit} or the local dir
+  size_t files = 0;           // files in the selection
+  size_t downloaded = 0;      // files fetched over the network (the rest were present)
+  uint64_t bytes = 0;         // bytes fetched over the network
+};
+
+struct PublishRequest {
+  std::filesystem::path dir;
+  std::string repo;
+  std::string branch = "main";
+  bool is_private = false;
+  std::string summary;  // commit title; default "Upload with loftqd"
+  std::string description;
+  bool delete_missing = true;  // remove remote files that the dir lacks (branch == dir)
+};
+
+struct CommitInfo {
+  std::string commit_oid, commit_url;
+  size_t files = 0, lfs_uploaded = 0, deleted = 0;
+};
+
+class Client {
+ public:
+  explicit Client(ClientOptions opt);
+  const ClientOptions& options() const { return opt_; }
+
+  Result<RepoInfo> repo_info(const std::string& repo, const std::string& revision = "main");
+  // The whole tree at a revision (following Link: rel="next"), files and directories.
+  Result<std::vector<TreeEntry>> list_tree(const std::string& repo, const std::string& revision,
+                                           bool recursive = true, const std::string& path = "");
+  // HEAD on resolve (relative redirects followed; an absolute one is returned as `location`).
+  Result<FileMetadata> file_metadata(const std::string& repo, const std::string& revision,
+                                     const std::string& path);
+  // Downloads the selected files of a revision into the store or a local dir: partials
+  // resumed with Range, every file verified before it is moved into place, the snapshot
+  // linked and the ref written only when every file is there.
+  Result<SnapshotResult> snapshot_download(const SnapshotRequest& req,
+                                           const ProgressFn& progress = {});
+
+  // Write side.
+  Result<Ok> create_repo(const std::string& repo, bool is_private);  // 409 (exists) is fine
+  Result<Ok> create_branch(const std::string& repo, const std::string& branch,
+                           const std::string& from = "main");
+  // Uploads `dir` as one commit on `branch` (creating the repo and the branch if needed).
+  Result<CommitInfo> upload_folder(const PublishRequest& req, const ProgressFn& progress = {});
+
+  struct Impl;
+
+ private:
+  ClientOptions opt_;
+};
+
+}  // namespace loftqd::hub
