@@ -34,7 +34,9 @@ class Reader {
  public:
   std::vector<std::string> problems;
 
-  void bad(const std::string& path, const std::string& msg) { problems.push_back((path.empty() ? "/" : path) + ": " + msg); }
+  void bad(const std::string& path, const std::string& msg) {
+    problems.push_back((path.empty() ? "/" : path) + ": " + msg);
+  }
 
   bool object(const json& j, const std::string& path) {
     if (j.is_object()) return true;
@@ -55,24 +57,33 @@ class Reader {
 
   void str(const json& j, const std::string& path, const char* key, std::string& out) {
     field(j, path, key, [&](const json& v, const std::string& p) {
-      if (v.is_string()) out = v.get<std::string>();
-      else bad(p, "must be a string");
+      if (v.is_string())
+        out = v.get<std::string>();
+      else
+        bad(p, "must be a string");
     });
   }
-  void opt_str(const json& j, const std::string& path, const char* key, std::optional<std::string>& out) {
+  void opt_str(const json& j, const std::string& path, const char* key,
+               std::optional<std::string>& out) {
     field(j, path, key, [&](const json& v, const std::string& p) {
-      if (v.is_null()) out.reset();
-      else if (v.is_string()) out = v.get<std::string>();
-      else bad(p, "must be a string or null");
+      if (v.is_null())
+        out.reset();
+      else if (v.is_string())
+        out = v.get<std::string>();
+      else
+        bad(p, "must be a string or null");
     });
   }
   void boolean(const json& j, const std::string& path, const char* key, bool& out) {
     field(j, path, key, [&](const json& v, const std::string& p) {
-      if (v.is_boolean()) out = v.get<bool>();
-      else bad(p, "must be true or false");
+      if (v.is_boolean())
+        out = v.get<bool>();
+      else
+        bad(p, "must be true or false");
     });
   }
-  void integer(const json& j, const std::string& path, const char* key, int& out, int min, int max) {
+  void integer(const json& j, const std::string& path, const char* key, int& out, int min,
+               int max) {
     field(j, path, key, [&](const json& v, const std::string& p) {
       if (!v.is_number_integer()) return bad(p, "must be an integer");
       const int64_t x = v.get<int64_t>();
@@ -81,37 +92,49 @@ class Reader {
       out = static_cast<int>(x);
     });
   }
-  void strings(const json& j, const std::string& path, const char* key, std::vector<std::string>& out) {
+  void strings(const json& j, const std::string& path, const char* key,
+               std::vector<std::string>& out) {
     field(j, path, key, [&](const json& v, const std::string& p) {
       if (!v.is_array()) return bad(p, "must be an array of strings");
       out.clear();
       for (size_t i = 0; i < v.size(); ++i) {
-        if (!v[i].is_string() || v[i].get<std::string>().empty()) bad(p + "/" + std::to_string(i), "must be a non-empty string");
-        else out.push_back(v[i].get<std::string>());
+        if (!v[i].is_string() || v[i].get<std::string>().empty())
+          bad(p + "/" + std::to_string(i), "must be a non-empty string");
+        else
+          out.push_back(v[i].get<std::string>());
       }
     });
   }
 };
 
 // LoftQ settings on top of `base` (the defaults). Plan forms: one of bits, bit_plan, avg_bits.
-LoftqSettings read_loftq(Reader& r, const json& j, const std::string& path, const LoftqSettings& base) {
+LoftqSettings read_loftq(Reader& r, const json& j, const std::string& path,
+                         const LoftqSettings& base) {
   LoftqSettings s = base;
   if (!r.object(j, path)) return s;
-  r.known_keys(j, path, {"rank", "iters", "quant", "block_size", "bits", "bit_plan", "avg_bits", "target_modules", "svd", "lora_alpha"});
+  r.known_keys(j, path,
+               {"rank", "iters", "quant", "block_size", "bits", "bit_plan", "avg_bits",
+                "target_modules", "svd", "lora_alpha"});
   r.integer(j, path, "rank", s.rank, 1, 65536);
   r.integer(j, path, "iters", s.iters, 1, 1000);
   r.integer(j, path, "block_size", s.block_size, 1, 1 << 20);
   r.str(j, path, "quant", s.quant);
-  if (s.quant != "nf" && s.quant != "uniform") r.bad(path + "/quant", "must be \"nf\" or \"uniform\"");
+  if (s.quant != "nf" && s.quant != "uniform")
+    r.bad(path + "/quant", "must be \"nf\" or \"uniform\"");
   r.str(j, path, "svd", s.svd);
-  if (s.svd != "randomized" && s.svd != "exact") r.bad(path + "/svd", "must be \"randomized\" or \"exact\"");
+  if (s.svd != "randomized" && s.svd != "exact")
+    r.bad(path + "/svd", "must be \"randomized\" or \"exact\"");
   r.strings(j, path, "target_modules", s.target_modules);
   r.field(j, path, "lora_alpha", [&](const json& v, const std::string& p) {
-    if (v.is_null()) s.lora_alpha.reset();
-    else if (!v.is_number() || !(v.get<double>() > 0)) r.bad(p, "must be a number > 0");
-    else s.lora_alpha = v.get<double>();
+    if (v.is_null())
+      s.lora_alpha.reset();
+    else if (!v.is_number() || !(v.get<double>() > 0))
+      r.bad(p, "must be a number > 0");
+    else
+      s.lora_alpha = v.get<double>();
   });
-  const int forms = int(j.contains("bits")) + int(j.contains("bit_plan")) + int(j.contains("avg_bits"));
+  const int forms =
+      int(j.contains("bits")) + int(j.contains("bit_plan")) + int(j.contains("avg_bits"));
   if (forms > 1) r.bad(path, "set only one of bits, bit_plan and avg_bits");
   if (forms >= 1) s.bits.reset(), s.bit_plan.reset(), s.avg_bits.reset();
   r.field(j, path, "bits", [&](const json& v, const std::string& p) {
@@ -119,7 +142,8 @@ LoftqSettings read_loftq(Reader& r, const json& j, const std::string& path, cons
     s.bits = v.get<int>();
   });
   r.field(j, path, "avg_bits", [&](const json& v, const std::string& p) {
-    if (!v.is_number() || v.get<double>() < 2.0 || v.get<double>() > 4.0) return r.bad(p, "must be a number in [2, 4]");
+    if (!v.is_number() || v.get<double>() < 2.0 || v.get<double>() > 4.0)
+      return r.bad(p, "must be a number in [2, 4]");
     s.avg_bits = v.get<double>();
   });
   r.field(j, path, "bit_plan", [&](const json& v, const std::string& p) {
@@ -141,7 +165,7 @@ void check_loftq(Reader& r, const LoftqSettings& s, const std::string& path) {
   for (int b : {2, 3, 4, 8})
     if (quant::supports(method, b)) allowed.insert(b);
   try {
-    quant::BitPlan plan = s.bits ? quant::BitPlan::uniform(*s.bits)
+    quant::BitPlan plan = s.bits       ? quant::BitPlan::uniform(*s.bits)
                           : s.bit_plan ? quant::BitPlan::from_json(*s.bit_plan)
                                        : quant::BitPlan::average(s.avg_bits.value_or(3.0));
     plan.resolve(1 << 20, allowed);
@@ -156,9 +180,10 @@ NightlyWindow parse_window(Reader& r, const std::string& s, const std::string& p
   int h1, m1, h2, m2;
   char c1, dash, c2;
   std::istringstream in(s);
-  ok = static_cast<bool>(in >> h1 >> c1 >> m1 >> dash >> h2 >> c2 >> m2) && c1 == ':' && c2 == ':' && dash == '-' &&
-       in.peek() == std::char_traits<char>::eof() && h1 >= 0 && h1 < 24 && h2 >= 0 && h2 <= 24 && m1 >= 0 &&
-       m1 < 60 && m2 >= 0 && m2 < 60 && !(h2 == 24 && m2 != 0);
+  ok = static_cast<bool>(in >> h1 >> c1 >> m1 >> dash >> h2 >> c2 >> m2) && c1 == ':' &&
+       c2 == ':' && dash == '-' && in.peek() == std::char_traits<char>::eof() && h1 >= 0 &&
+       h1 < 24 && h2 >= 0 && h2 <= 24 && m1 >= 0 && m1 < 60 && m2 >= 0 && m2 < 60 &&
+       !(h2 == 24 && m2 != 0);
   if (!ok) {
     r.bad(path, "must look like \"02:00-05:00\"");
     return w;
@@ -184,7 +209,8 @@ bool valid_listen(const std::string& s) {
 }  // namespace
 
 bool NightlyWindow::contains(int m) const {
-  return start_minute < end_minute ? (m >= start_minute && m < end_minute) : (m >= start_minute || m < end_minute);
+  return start_minute < end_minute ? (m >= start_minute && m < end_minute)
+                                   : (m >= start_minute || m < end_minute);
 }
 
 std::string LoftqSettings::plan_label() const {
@@ -194,20 +220,27 @@ std::string LoftqSettings::plan_label() const {
 }
 
 json LoftqSettings::to_json() const {
-  json j = {{"rank", rank}, {"iters", iters}, {"quant", quant}, {"block_size", block_size}, {"svd", svd}, {"target_modules", target_modules}};
+  json j = {{"rank", rank},   {"iters", iters},
+            {"quant", quant}, {"block_size", block_size},
+            {"svd", svd},     {"target_modules", target_modules}};
   j["lora_alpha"] = lora_alpha ? json(*lora_alpha) : json(nullptr);
-  if (bits) j["bits"] = *bits;
-  else if (bit_plan) j["bit_plan"] = *bit_plan;
-  else j["avg_bits"] = avg_bits.value_or(3.0);
+  if (bits)
+    j["bits"] = *bits;
+  else if (bit_plan)
+    j["bit_plan"] = *bit_plan;
+  else
+    j["avg_bits"] = avg_bits.value_or(3.0);
   return j;
 }
 
 ConfigError::ConfigError(std::string source, std::vector<std::string> problems)
-    : std::invalid_argument(source + ": " + std::to_string(problems.size()) + " problem(s):\n  " + join(problems, "\n  ")),
+    : std::invalid_argument(source + ": " + std::to_string(problems.size()) + " problem(s):\n  " +
+                            join(problems, "\n  ")),
       problems_(std::move(problems)) {}
 
 std::optional<int64_t> parse_duration(const json& j) {
-  if (j.is_number_integer()) return j.get<int64_t>() > 0 ? std::optional<int64_t>(j.get<int64_t>()) : std::nullopt;
+  if (j.is_number_integer())
+    return j.get<int64_t>() > 0 ? std::optional<int64_t>(j.get<int64_t>()) : std::nullopt;
   if (!j.is_string()) return std::nullopt;
   const std::string s = j.get<std::string>();
   size_t pos = 0;
@@ -218,7 +251,11 @@ std::optional<int64_t> parse_duration(const json& j) {
     if (end == pos || end == s.size() || end - pos > 9) return std::nullopt;
     const int64_t v = std::stoll(s.substr(pos, end - pos));
     const char unit = s[end];
-    const int64_t mul = unit == 's' ? 1 : unit == 'm' ? 60 : unit == 'h' ? 3600 : unit == 'd' ? 86400 : 0;
+    const int64_t mul = unit == 's'   ? 1
+                        : unit == 'm' ? 60
+                        : unit == 'h' ? 3600
+                        : unit == 'd' ? 86400
+                                      : 0;
     if (mul == 0) return std::nullopt;
     total += v * mul;
     pos = end + 1;
@@ -227,11 +264,13 @@ std::optional<int64_t> parse_duration(const json& j) {
 }
 
 std::optional<uint64_t> parse_size(const json& j) {
-  if (j.is_number_unsigned() || (j.is_number_integer() && j.get<int64_t>() >= 0)) return j.get<uint64_t>();
+  if (j.is_number_unsigned() || (j.is_number_integer() && j.get<int64_t>() >= 0))
+    return j.get<uint64_t>();
   if (!j.is_string()) return std::nullopt;
   const std::string s = j.get<std::string>();
   size_t end = 0;
-  while (end < s.size() && (std::isdigit(static_cast<unsigned char>(s[end])) || s[end] == '.')) ++end;
+  while (end < s.size() && (std::isdigit(static_cast<unsigned char>(s[end])) || s[end] == '.'))
+    ++end;
   if (end == 0) return std::nullopt;
   double v;
   try {
@@ -239,35 +278,48 @@ std::optional<uint64_t> parse_size(const json& j) {
   } catch (...) {
     return std::nullopt;
   }
-  static const std::map<std::string, double> units = {{"", 1},      {"B", 1},          {"KB", 1e3},     {"MB", 1e6},
-                                                      {"GB", 1e9},  {"TB", 1e12},      {"KiB", 1024.0}, {"MiB", 1048576.0},
-                                                      {"GiB", 1073741824.0}, {"TiB", 1099511627776.0}};
+  static const std::map<std::string, double> units = {{"", 1},
+                                                      {"B", 1},
+                                                      {"KB", 1e3},
+                                                      {"MB", 1e6},
+                                                      {"GB", 1e9},
+                                                      {"TB", 1e12},
+                                                      {"KiB", 1024.0},
+                                                      {"MiB", 1048576.0},
+                                                      {"GiB", 1073741824.0},
+                                                      {"TiB", 1099511627776.0}};
   auto it = units.find(s.substr(end));
   if (it == units.end()) return std::nullopt;
   return static_cast<uint64_t>(v * it->second);
 }
 
 bool valid_repo_id(const std::string& s) {
-  if (s.empty() || s.size() > 96 || s.find("--") != std::string::npos || s.find("..") != std::string::npos) return false;
+  if (s.empty() || s.size() > 96 || s.find("--") != std::string::npos ||
+      s.find("..") != std::string::npos)
+    return false;
   const size_t slash = s.find('/');
-  if (slash != std::string::npos && (slash == 0 || slash + 1 == s.size() || s.find('/', slash + 1) != std::string::npos))
+  if (slash != std::string::npos &&
+      (slash == 0 || slash + 1 == s.size() || s.find('/', slash + 1) != std::string::npos))
     return false;
   for (char c : s)
-    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.' || c == '/')) return false;
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.' ||
+          c == '/'))
+      return false;
   return s.front() != '.' && s.front() != '-' && s.back() != '.' && s.back() != '-';
 }
 
-std::string render_publish_as(const std::string& tmpl, const RepoConfig& repo, const std::optional<std::string>& hub_org) {
+std::string render_publish_as(const std::string& tmpl, const RepoConfig& repo,
+                              const std::optional<std::string>& hub_org) {
   const size_t slash = repo.repo.find('/');
   const std::string up_org = slash == std::string::npos ? "" : repo.repo.substr(0, slash);
   const std::string name = slash == std::string::npos ? repo.repo : repo.repo.substr(slash + 1);
   const std::map<std::string, std::string> vars = {{"org", hub_org.value_or(up_org)},
-                                                    {"upstream_org", up_org},
-                                                    {"name", name},
-                                                    {"plan", repo.loftq.plan_label()},
-                                                    {"rank", std::to_string(repo.loftq.rank)},
-                                                    {"iters", std::to_string(repo.loftq.iters)},
-                                                    {"quant", repo.loftq.quant}};
+                                                   {"upstream_org", up_org},
+                                                   {"name", name},
+                                                   {"plan", repo.loftq.plan_label()},
+                                                   {"rank", std::to_string(repo.loftq.rank)},
+                                                   {"iters", std::to_string(repo.loftq.iters)},
+                                                   {"quant", repo.loftq.quant}};
   std::string out;
   for (size_t i = 0; i < tmpl.size(); ++i) {
     if (tmpl[i] != '{') {
@@ -275,7 +327,8 @@ std::string render_publish_as(const std::string& tmpl, const RepoConfig& repo, c
       continue;
     }
     const size_t close = tmpl.find('}', i);
-    if (close == std::string::npos) throw std::invalid_argument("publish_as '" + tmpl + "': unclosed '{'");
+    if (close == std::string::npos)
+      throw std::invalid_argument("publish_as '" + tmpl + "': unclosed '{'");
     const std::string key = tmpl.substr(i + 1, close - i - 1);
     auto it = vars.find(key);
     if (it == vars.end())
@@ -285,12 +338,14 @@ std::string render_publish_as(const std::string& tmpl, const RepoConfig& repo, c
     i = close;
   }
   if (!valid_repo_id(out) || out.find('/') == std::string::npos)
-    throw std::invalid_argument("publish_as '" + tmpl + "' gives '" + out + "', which is not a valid org/name repo id");
+    throw std::invalid_argument("publish_as '" + tmpl + "' gives '" + out +
+                                "', which is not a valid org/name repo id");
   return out;
 }
 
 std::string config_hash(const RepoConfig& repo, const std::optional<std::string>& hub_org) {
-  const json j = {{"loftq", repo.loftq.to_json()}, {"publish_as", render_publish_as(repo.publish_as, repo, hub_org)}};
+  const json j = {{"loftq", repo.loftq.to_json()},
+                  {"publish_as", render_publish_as(repo.publish_as, repo, hub_org)}};
   uint64_t h = 1469598103934665603ull;  // FNV-1a over the canonical JSON (keys sorted)
   for (unsigned char c : j.dump()) h = (h ^ c) * 1099511628211ull;
   char buf[17];
@@ -302,7 +357,9 @@ Config parse_config(const json& j, const std::string& source) {
   Reader r;
   Config c;
   if (!r.object(j, "")) throw ConfigError(source, r.problems);
-  r.known_keys(j, "", {"hub", "store", "state_db", "log_level", "device", "defaults", "repos", "schedule", "publish", "mirror", "limits"});
+  r.known_keys(j, "",
+               {"hub", "store", "state_db", "log_level", "device", "defaults", "repos", "schedule",
+                "publish", "mirror", "limits"});
 
   r.field(j, "", "hub", [&](const json& v, const std::string& p) {
     if (!r.object(v, p)) return;
@@ -318,8 +375,10 @@ Config parse_config(const json& j, const std::string& source) {
   r.str(j, "", "state_db", c.state_db);
   if (c.state_db.empty() && !c.store.empty()) c.state_db = c.store + "/loftqd.db";
   r.str(j, "", "log_level", c.log_level);
-  static const std::set<std::string> levels = {"trace", "debug", "info", "warn", "error", "critical", "off"};
-  if (!levels.count(c.log_level)) r.bad("/log_level", "must be one of trace, debug, info, warn, error, critical, off");
+  static const std::set<std::string> levels = {"trace", "debug",    "info", "warn",
+                                               "error", "critical", "off"};
+  if (!levels.count(c.log_level))
+    r.bad("/log_level", "must be one of trace, debug, info, warn, error, critical, off");
   r.str(j, "", "device", c.device);
   if (!(c.device == "auto" || c.device == "cpu" || c.device == "cuda" ||
         (c.device.starts_with("cuda:") && c.device.size() > 5 &&
@@ -337,7 +396,9 @@ Config parse_config(const json& j, const std::string& source) {
     r.strings(v, p, "allow_patterns", default_allow);
     r.strings(v, p, "ignore_patterns", default_ignore);
     r.str(v, p, "publish_as", default_publish_as);
-    r.field(v, p, "loftq", [&](const json& l, const std::string& lp) { c.defaults = read_loftq(r, l, lp, c.defaults); });
+    r.field(v, p, "loftq", [&](const json& l, const std::string& lp) {
+      c.defaults = read_loftq(r, l, lp, c.defaults);
+    });
   });
   if (!c.defaults.bits && !c.defaults.bit_plan && !c.defaults.avg_bits) c.defaults.avg_bits = 3.0;
 
@@ -346,9 +407,11 @@ Config parse_config(const json& j, const std::string& source) {
     r.known_keys(v, p, {"hub_org", "mirror"});
     r.opt_str(v, p, "hub_org", c.publish.hub_org);
     r.boolean(v, p, "mirror", c.publish.mirror);
-    if (c.publish.hub_org && !valid_repo_id(*c.publish.hub_org)) r.bad(p + "/hub_org", "is not a valid org name");
+    if (c.publish.hub_org && !valid_repo_id(*c.publish.hub_org))
+      r.bad(p + "/hub_org", "is not a valid org name");
   });
-  if (!c.publish.hub_org && !c.publish.mirror) r.bad("/publish", "publishes nowhere: set hub_org or mirror: true");
+  if (!c.publish.hub_org && !c.publish.mirror)
+    r.bad("/publish", "publishes nowhere: set hub_org or mirror: true");
 
   std::set<std::string> seen_targets;
   r.field(j, "", "repos", [&](const json& v, const std::string& p) {
@@ -357,7 +420,8 @@ Config parse_config(const json& j, const std::string& source) {
       const std::string rp = p + "/" + std::to_string(i);
       const json& o = v[i];
       if (!r.object(o, rp)) continue;
-      r.known_keys(o, rp, {"repo", "revision", "allow_patterns", "ignore_patterns", "publish_as", "loftq"});
+      r.known_keys(
+          o, rp, {"repo", "revision", "allow_patterns", "ignore_patterns", "publish_as", "loftq"});
       RepoConfig rc;
       rc.revision = default_revision;
       rc.allow_patterns = default_allow;
@@ -373,13 +437,17 @@ Config parse_config(const json& j, const std::string& source) {
       r.strings(o, rp, "allow_patterns", rc.allow_patterns);
       r.strings(o, rp, "ignore_patterns", rc.ignore_patterns);
       r.str(o, rp, "publish_as", rc.publish_as);
-      r.field(o, rp, "loftq", [&](const json& l, const std::string& lp) { rc.loftq = read_loftq(r, l, lp, c.defaults); });
+      r.field(o, rp, "loftq", [&](const json& l, const std::string& lp) {
+        rc.loftq = read_loftq(r, l, lp, c.defaults);
+      });
       check_loftq(r, rc.loftq, rp + "/loftq");
       if (valid_repo_id(rc.repo)) {
         try {
           const std::string target = render_publish_as(rc.publish_as, rc, c.publish.hub_org);
-          if (target == rc.repo) r.bad(rp + "/publish_as", "would overwrite the upstream repo '" + rc.repo + "'");
-          if (!seen_targets.insert(target).second) r.bad(rp + "/publish_as", "'" + target + "' is also the target of another repo");
+          if (target == rc.repo)
+            r.bad(rp + "/publish_as", "would overwrite the upstream repo '" + rc.repo + "'");
+          if (!seen_targets.insert(target).second)
+            r.bad(rp + "/publish_as", "'" + target + "' is also the target of another repo");
         } catch (const std::invalid_argument& e) {
           r.bad(rp + "/publish_as", e.what());
         }
@@ -397,9 +465,12 @@ Config parse_config(const json& j, const std::string& source) {
     r.known_keys(v, p, {"poll_interval", "nightly", "timezone"});
     r.field(v, p, "poll_interval", [&](const json& d, const std::string& dp) {
       auto s = parse_duration(d);
-      if (!s) r.bad(dp, "must be a positive duration such as \"15m\", \"1h\" or a number of seconds");
-      else if (*s < 10) r.bad(dp, "must be at least 10 seconds");
-      else c.schedule.poll_interval_s = *s;
+      if (!s)
+        r.bad(dp, "must be a positive duration such as \"15m\", \"1h\" or a number of seconds");
+      else if (*s < 10)
+        r.bad(dp, "must be at least 10 seconds");
+      else
+        c.schedule.poll_interval_s = *s;
     });
     r.field(v, p, "nightly", [&](const json& n, const std::string& np) {
       if (n.is_null()) return c.schedule.nightly.reset();
@@ -413,7 +484,8 @@ Config parse_config(const json& j, const std::string& source) {
     if (tz != "UTC" && tz != "local" &&
         (tz.find("..") != std::string::npos || tz.empty() || tz[0] == '/' ||
          !std::filesystem::is_regular_file(std::filesystem::path("/usr/share/zoneinfo") / tz)))
-      r.bad(p + "/timezone", "'" + tz + "' is not UTC, local or a time zone in /usr/share/zoneinfo");
+      r.bad(p + "/timezone",
+            "'" + tz + "' is not UTC, local or a time zone in /usr/share/zoneinfo");
   });
 
   r.field(j, "", "mirror", [&](const json& v, const std::string& p) {
@@ -421,11 +493,13 @@ Config parse_config(const json& j, const std::string& source) {
     r.known_keys(v, p, {"enabled", "listen", "write_token_file", "webhook_secret_file"});
     r.boolean(v, p, "enabled", c.mirror.enabled);
     r.str(v, p, "listen", c.mirror.listen);
-    if (!valid_listen(c.mirror.listen)) r.bad(p + "/listen", "must be HOST:PORT, e.g. 127.0.0.1:8080");
+    if (!valid_listen(c.mirror.listen))
+      r.bad(p + "/listen", "must be HOST:PORT, e.g. 127.0.0.1:8080");
     r.opt_str(v, p, "write_token_file", c.mirror.write_token_file);
     r.opt_str(v, p, "webhook_secret_file", c.mirror.webhook_secret_file);
   });
-  if (c.publish.mirror && !c.mirror.enabled) r.bad("/publish/mirror", "is true but /mirror/enabled is false");
+  if (c.publish.mirror && !c.mirror.enabled)
+    r.bad("/publish/mirror", "is true but /mirror/enabled is false");
 
   r.field(j, "", "limits", [&](const json& v, const std::string& p) {
     if (!r.object(v, p)) return;
@@ -435,8 +509,10 @@ Config parse_config(const json& j, const std::string& source) {
     r.integer(v, p, "max_attempts", c.limits.max_attempts, 1, 1000);
     r.field(v, p, "disk_reserve", [&](const json& d, const std::string& dp) {
       auto s = parse_size(d);
-      if (!s) r.bad(dp, "must be a size such as \"10GiB\" or a number of bytes");
-      else c.limits.disk_reserve_bytes = *s;
+      if (!s)
+        r.bad(dp, "must be a size such as \"10GiB\" or a number of bytes");
+      else
+        c.limits.disk_reserve_bytes = *s;
     });
   });
 

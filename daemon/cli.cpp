@@ -8,11 +8,15 @@
 #include <filesystem>
 #include <optional>
 
+#include "config/config.h"
+#include "daemon/cmd_hub.h"
 #include "daemon/progress.h"
+#include "quant/device.h"
 #include "quant/layout.h"
 #include "quant/safetensors.h"
 #include "quant/synth.h"
 #include "quant/verify.h"
+#include "storage/state.h"
 
 namespace fs = std::filesystem;
 namespace q = loftqd::quant;
@@ -34,7 +38,7 @@ struct QuantizeArgs {
   std::string bit_plan;
   std::optional<double> avg_bits;
   std::vector<std::string> overrides;
-  std::string quant = "nf", svd = "randomized", repo_id;
+  std::string quant = "nf", svd = "randomized", repo_id, device = "auto";
   std::vector<std::string> targets;
   std::optional<double> lora_alpha;
   double lora_dropout = 0.0;
@@ -42,7 +46,7 @@ struct QuantizeArgs {
 };
 
 struct VerifyArgs {
-  std::string out, original;
+  std::string out, original, device = "cpu";
   int threads = 0;
 };
 
@@ -61,12 +65,13 @@ int cmd_synth(SynthArgs& a) {
 }
 
 q::BitPlan plan_from(const QuantizeArgs& a) {
-  q::BitPlan plan = a.avg_bits ? q::BitPlan::average(*a.avg_bits)
+  q::BitPlan plan = a.avg_bits            ? q::BitPlan::average(*a.avg_bits)
                     : !a.bit_plan.empty() ? q::BitPlan::parse(a.bit_plan)
                                           : q::BitPlan::uniform(a.bits.value_or(4));
   for (const auto& o : a.overrides) {
     if (o.find('@') == std::string::npos)
-      throw std::invalid_argument("--override '" + o + "': expected MODULES@RANGE:BITS, e.g. down_proj@*:4");
+      throw std::invalid_argument("--override '" + o +
+                                  "': expected MODULES@RANGE:BITS, e.g. down_proj@*:4");
     const q::BitPlan extra = q::BitPlan::parse(o);
     for (const auto& r : extra.rules()) plan.add(r);
   }
@@ -86,9 +91,15 @@ int cmd_quantize(const QuantizeArgs& a) {
   opt.lora_dropout = a.lora_dropout;
   opt.repo_id = a.repo_id;
   opt.force = a.force;
-  auto backend = q::make_cpu_backend(a.threads);
-  spdlog::info("quantize {} -> {}: rank {}, {} iterations, {} {}, svd {}, device {}", a.model, a.out, a.rank,
-               a.iters, a.quant, opt.plan.to_string(), a.svd, backend->name());
+  std::string chosen;
+  auto backend = q::make_backend(a.device, a.threads, &chosen);
+  std::unique_ptr<q::Backend> cpu;
+  if (backend->name() != "cpu") {
+    cpu = q::make_cpu_backend(a.threads);  // a layer that does not fit on the device runs here
+    opt.fallback = cpu.get();
+  }
+  spdlog::info("quantize {} -> {}: rank {}, {} iterations, {} {}, svd {}, device {}", a.model,
+               a.out, a.rank, a.iters, a.quant, opt.plan.to_string(), a.svd, chosen);
   std::optional<Progress> bar;
   opt.progress = [&](size_t done, size_t total, const std::string& tensor) {
     if (!bar) bar.emplace("quantize", total);
@@ -97,13 +108,13 @@ int cmd_quantize(const QuantizeArgs& a) {
   auto report = q::quantize_model(a.model, a.out, opt, *backend);
   if (bar) bar->finish();
   std::fputs(q::layer_table(report.layers).c_str(), stdout);
-  std::printf("%zu target weights quantized in %.1f s; wrote %s\n", report.layers.size(), report.seconds,
-              a.out.c_str());
+  std::printf("%zu target weights quantized in %.1f s; wrote %s\n", report.layers.size(),
+              report.seconds, a.out.c_str());
   return kExitOk;
 }
 
 int cmd_verify(const VerifyArgs& a) {
-  auto backend = q::make_cpu_backend(a.threads);
+  auto backend = q::make_backend(a.device, a.threads);
   auto rep = q::verify_layout(a.out, a.original, *backend);
   std::fputs(q::verify_table(rep).c_str(), stdout);
   for (const auto& p : rep.problems) std::fprintf(stderr, "verify: %s\n", p.c_str());
@@ -111,8 +122,36 @@ int cmd_verify(const VerifyArgs& a) {
     std::fprintf(stderr, "verify: %zu problem(s) in %s\n", rep.problems.size(), a.out.c_str());
     return kExitRuntime;
   }
-  std::printf("verify: %s is a valid LoftQ layout of %s (%zu layers)\n", a.out.c_str(), a.original.c_str(),
-              rep.layers.size());
+  std::printf("verify: %s is a valid LoftQ layout of %s (%zu layers)\n", a.out.c_str(),
+              a.original.c_str(), rep.layers.size());
+  return kExitOk;
+}
+
+int cmd_status(const std::string& config_path) {
+  auto cfg = config::load_config(config_path);
+  config::apply_env(cfg, [](const char* k) -> std::optional<std::string> {
+    const char* v = std::getenv(k);
+    return v ? std::optional<std::string>(v) : std::nullopt;
+  });
+  if (!fs::exists(cfg.state_db)) {
+    std::printf("no state database at %s yet (the daemon has not run)\n", cfg.state_db.c_str());
+    return kExitOk;
+  }
+  auto db = storage::StateDb::open(cfg.state_db);
+  std::printf("%-40s %-10s %-12s %-12s\n", "repo", "revision", "last seen", "last done");
+  for (const auto& r : db->repos())
+    std::printf("%-40s %-10s %-12.12s %-12.12s\n", r.repo.c_str(), r.revision.c_str(),
+                r.last_seen_commit.c_str(), r.last_processed_commit.c_str());
+  std::printf("\n%-6s %-32s %-12s %-16s %-12s %-8s %s\n", "job", "repo", "commit", "config",
+              "state", "attempts", "last error");
+  for (const auto& j : db->jobs(50))
+    std::printf("%-6lld %-32s %-12.12s %-16s %-12s %-8d %s\n", static_cast<long long>(j.id),
+                j.repo.c_str(), j.upstream_commit.c_str(), j.config_hash.c_str(),
+                storage::job_state_name(j.state), j.attempts, j.last_error.c_str());
+  std::printf("\n");
+  for (const auto& [state, n] : db->count_by_state())
+    std::printf("%s=%lld ", storage::job_state_name(state), static_cast<long long>(n));
+  std::printf("\n");
   return kExitOk;
 }
 
@@ -125,7 +164,8 @@ int run_cli(int argc, char** argv) {
 
   SynthArgs sa;
   auto* synth = app.add_subcommand("synth", "write a deterministic synthetic checkpoint");
-  synth->add_option("--arch", sa.opt.arch, "llama | bart | bert")->check(CLI::IsMember({"llama", "bart", "bert"}));
+  synth->add_option("--arch", sa.opt.arch, "llama | bart | bert")
+      ->check(CLI::IsMember({"llama", "bart", "bert"}));
   synth->add_option("--layers", sa.opt.layers, "number of layers (per stack for bart)");
   synth->add_option("--hidden", sa.opt.hidden, "hidden size");
   synth->add_option("--intermediate", sa.opt.intermediate, "MLP size");
@@ -138,34 +178,57 @@ int run_cli(int argc, char** argv) {
   synth->add_option("OUT_DIR", sa.out, "output directory (must not exist or be empty)")->required();
 
   QuantizeArgs qa;
-  auto* quant = app.add_subcommand("quantize", "run LoftQ on a local checkpoint and write the PEFT layout");
-  quant->add_option("MODEL_DIR", qa.model, "checkpoint directory (safetensors + config.json)")->required();
+  auto* quant =
+      app.add_subcommand("quantize", "run LoftQ on a local checkpoint and write the PEFT layout");
+  quant->add_option("MODEL_DIR", qa.model, "checkpoint directory (safetensors + config.json)")
+      ->required();
   quant->add_option("OUT_DIR", qa.out, "output directory")->required();
   quant->add_option("--rank", qa.rank, "LoRA rank r")->capture_default_str();
   quant->add_option("--iters", qa.iters, "LoftQ alternating iterations T")->capture_default_str();
   auto* o_bits = quant->add_option("--bits", qa.bits, "bits for every layer (default 4)");
   auto* o_plan = quant->add_option("--bit-plan", qa.bit_plan, "per-layer bits, e.g. 0-7:4,8-:2");
-  auto* o_avg = quant->add_option("--avg-bits", qa.avg_bits, "LoftQ mixed precision: average bits in [2, 4]");
+  auto* o_avg =
+      quant->add_option("--avg-bits", qa.avg_bits, "LoftQ mixed precision: average bits in [2, 4]");
   o_bits->excludes(o_plan)->excludes(o_avg);
   o_plan->excludes(o_avg);
-  quant->add_option("--override", qa.overrides, "per-module bits on top of the plan, e.g. down_proj@*:4 (repeatable)");
-  quant->add_option("--quant", qa.quant, "nf | uniform")->check(CLI::IsMember({"nf", "uniform"}))->capture_default_str();
-  quant->add_option("--block-size", qa.block_size, "quantization block size")->capture_default_str();
-  quant->add_option("--target-modules", qa.targets, "modules to quantize (default: by model_type)")->delimiter(',');
+  quant->add_option("--override", qa.overrides,
+                    "per-module bits on top of the plan, e.g. down_proj@*:4 (repeatable)");
+  quant->add_option("--quant", qa.quant, "nf | uniform")
+      ->check(CLI::IsMember({"nf", "uniform"}))
+      ->capture_default_str();
+  quant->add_option("--block-size", qa.block_size, "quantization block size")
+      ->capture_default_str();
+  quant->add_option("--target-modules", qa.targets, "modules to quantize (default: by model_type)")
+      ->delimiter(',');
   quant->add_option("--svd", qa.svd, "randomized | exact")
       ->check(CLI::IsMember({"randomized", "exact"}))
       ->capture_default_str();
   quant->add_option("--lora-alpha", qa.lora_alpha, "adapter lora_alpha (default: rank)");
-  quant->add_option("--lora-dropout", qa.lora_dropout, "adapter lora_dropout")->capture_default_str();
+  quant->add_option("--lora-dropout", qa.lora_dropout, "adapter lora_dropout")
+      ->capture_default_str();
   quant->add_option("--threads", qa.threads, "CPU threads (0 = all cores)")->capture_default_str();
-  quant->add_option("--repo-id", qa.repo_id, "repo id written as base_model_name_or_path (default: OUT_DIR name)");
+  quant
+      ->add_option("--device", qa.device,
+                   "auto | cpu | cuda | cuda:N (auto: CUDA when built and present)")
+      ->capture_default_str();
+  quant->add_option("--repo-id", qa.repo_id,
+                    "repo id written as base_model_name_or_path (default: OUT_DIR name)");
   quant->add_flag("--force", qa.force, "replace a non-empty OUT_DIR");
 
   VerifyArgs va;
-  auto* verify = app.add_subcommand("verify", "check a LoftQ layout against its original checkpoint");
+  auto* verify =
+      app.add_subcommand("verify", "check a LoftQ layout against its original checkpoint");
   verify->add_option("OUT_DIR", va.out, "directory written by loftqd quantize")->required();
   verify->add_option("--original", va.original, "the original checkpoint directory")->required();
   verify->add_option("--threads", va.threads, "CPU threads (0 = all cores)");
+  verify->add_option("--device", va.device, "auto | cpu | cuda | cuda:N")->capture_default_str();
+
+  std::string status_config;
+  auto* status =
+      app.add_subcommand("status", "print the jobs table from the daemon's state database");
+  status->add_option("--config", status_config, "daemon configuration file")->required();
+
+  auto hub = add_hub_commands(app);  // serve, fetch, publish
 
   try {
     app.parse(argc, argv);
@@ -186,6 +249,8 @@ int run_cli(int argc, char** argv) {
     if (*synth) return cmd_synth(sa);
     if (*quant) return cmd_quantize(qa);
     if (*verify) return cmd_verify(va);
+    if (*status) return cmd_status(status_config);
+    if (auto rc = run_hub_commands(*hub)) return *rc;
   } catch (const q::FormatError& e) {
     std::fprintf(stderr, "loftqd: error: %s\n", e.what());
     return kExitRuntime;

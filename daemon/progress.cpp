@@ -14,7 +14,9 @@ Progress::Progress(std::string label, size_t total, FILE* out)
       start_(std::chrono::steady_clock::now()),
       last_draw_(start_) {}
 
-Progress::~Progress() { finish(); }
+Progress::~Progress() {
+  finish();
+}
 
 void Progress::update(size_t done, const std::string& detail) {
   auto now = std::chrono::steady_clock::now();
@@ -23,14 +25,15 @@ void Progress::update(size_t done, const std::string& detail) {
   if (since_draw < (tty_ ? 0.1 : 10.0) && done < total_) return;
   last_draw_ = now;
   double elapsed = std::chrono::duration<double>(now - start_).count();
-  double frac = total_ ? std::min(1.0, static_cast<double>(done) / static_cast<double>(total_)) : 1.0;
+  double frac =
+      total_ ? std::min(1.0, static_cast<double>(done) / static_cast<double>(total_)) : 1.0;
   if (tty_) {
     constexpr int kWidth = 30;
     int filled = static_cast<int>(frac * kWidth);
     std::string bar(filled, '#');
     bar.resize(kWidth, '.');
-    std::fprintf(out_, "\r\033[K%s [%s] %zu/%zu %3.0f%% %.0fs %s", label_.c_str(), bar.c_str(), done,
-                 total_, frac * 100.0, elapsed, detail.substr(0, 40).c_str());
+    std::fprintf(out_, "\r\033[K%s [%s] %zu/%zu %3.0f%% %.0fs %s", label_.c_str(), bar.c_str(),
+                 done, total_, frac * 100.0, elapsed, detail.substr(0, 40).c_str());
   } else {
     std::fprintf(out_, "%s: %zu/%zu (%.0f%%) after %.0fs %s\n", label_.c_str(), done, total_,
                  frac * 100.0, elapsed, detail.c_str());

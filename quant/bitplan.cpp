@@ -15,7 +15,8 @@ std::vector<std::string> split(std::string_view s, char sep) {
   size_t start = 0;
   while (true) {
     const size_t pos = s.find(sep, start);
-    out.emplace_back(s.substr(start, pos == std::string_view::npos ? std::string_view::npos : pos - start));
+    out.emplace_back(
+        s.substr(start, pos == std::string_view::npos ? std::string_view::npos : pos - start));
     if (pos == std::string_view::npos) break;
     start = pos + 1;
   }
@@ -45,7 +46,8 @@ std::pair<int, int> parse_range(std::string_view r, const std::string& what) {
   const int first = parse_int(r.substr(0, dash), what);
   if (dash + 1 == r.size()) return {first, -1};
   const int last = parse_int(r.substr(dash + 1), what);
-  if (last < first) throw std::invalid_argument(what + ": range '" + std::string(r) + "' ends before it starts");
+  if (last < first)
+    throw std::invalid_argument(what + ": range '" + std::string(r) + "' ends before it starts");
   return {first, last};
 }
 
@@ -187,11 +189,13 @@ BitPlan BitPlan::from_json(const nlohmann::json& j) {
       } else if (o["layers"].is_string()) {
         std::tie(r.first, r.last) = parse_range(o["layers"].get<std::string>(), what + " 'layers'");
       } else {
-        throw std::invalid_argument(what + ": 'layers' must be a string such as \"0-7\" or an integer");
+        throw std::invalid_argument(what +
+                                    ": 'layers' must be a string such as \"0-7\" or an integer");
       }
     }
     if (o.contains("modules")) {
-      if (!o["modules"].is_array()) throw std::invalid_argument(what + ": 'modules' must be an array");
+      if (!o["modules"].is_array())
+        throw std::invalid_argument(what + ": 'modules' must be an array");
       for (const auto& m : o["modules"]) {
         if (!m.is_string() || m.get<std::string>().empty())
           throw std::invalid_argument(what + ": 'modules' must hold non-empty strings");
@@ -218,8 +222,9 @@ void BitPlan::resolve(int num_layers, const std::set<int>& allowed) {
     if (!allowed.count(a.bits)) {
       std::string list;
       for (int b : allowed) list += (list.empty() ? "" : ", ") + std::to_string(b);
-      throw std::invalid_argument("bit plan rule " + range_string(a) + ":" + std::to_string(a.bits) +
-                                  ": " + std::to_string(a.bits) + " bits not supported (allowed: " + list + ")");
+      throw std::invalid_argument("bit plan rule " + range_string(a) + ":" +
+                                  std::to_string(a.bits) + ": " + std::to_string(a.bits) +
+                                  " bits not supported (allowed: " + list + ")");
     }
     for (size_t k = 0; k < i; ++k) {
       const auto& b = rules_[k];
@@ -228,8 +233,9 @@ void BitPlan::resolve(int num_layers, const std::set<int>& allowed) {
       for (const auto& m : a.modules)
         clash |= std::find(b.modules.begin(), b.modules.end(), m) != b.modules.end();
       if (clash)
-        throw std::invalid_argument("bit plan rules '" + range_string(b) + ":" + std::to_string(b.bits) +
-                                    "' and '" + range_string(a) + ":" + std::to_string(a.bits) + "' overlap");
+        throw std::invalid_argument("bit plan rules '" + range_string(b) + ":" +
+                                    std::to_string(b.bits) + "' and '" + range_string(a) + ":" +
+                                    std::to_string(a.bits) + "' overlap");
     }
   }
 }
@@ -238,7 +244,8 @@ std::optional<int> BitPlan::bits_for(std::optional<int> layer, std::string_view 
   auto match = [&](bool module_rules) -> std::optional<int> {
     for (const auto& r : rules_) {
       if (r.modules.empty() == module_rules) continue;
-      if (module_rules && std::find(r.modules.begin(), r.modules.end(), module) == r.modules.end()) continue;
+      if (module_rules && std::find(r.modules.begin(), r.modules.end(), module) == r.modules.end())
+        continue;
       if (layer ? covers(r, *layer) : r.first < 0) return r.bits;
     }
     return std::nullopt;

@@ -10,12 +10,30 @@ namespace loftqd::quant {
 
 // Every dtype the safetensors format names. Only F32/F16/BF16 are converted;
 // the others pass through byte for byte (embeddings in I8, masks in BOOL...).
-enum class DType { F64, F32, F16, BF16, I64, I32, I16, I8, U64, U32, U16, U8, BOOL, F8_E4M3, F8_E5M2 };
+enum class DType {
+  F64,
+  F32,
+  F16,
+  BF16,
+  I64,
+  I32,
+  I16,
+  I8,
+  U64,
+  U32,
+  U16,
+  U8,
+  BOOL,
+  F8_E4M3,
+  F8_E5M2
+};
 
 size_t dtype_size(DType t);
-std::string_view dtype_name(DType t);               // "F32", "BF16", ...
+std::string_view dtype_name(DType t);                  // "F32", "BF16", ...
 std::optional<DType> parse_dtype(std::string_view s);  // nullopt for unknown names
-inline bool is_float_dtype(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16; }
+inline bool is_float_dtype(DType t) {
+  return t == DType::F32 || t == DType::F16 || t == DType::BF16;
+}
 
 // IEEE conversions. Round to nearest, ties to even; NaN stays NaN (quiet, sign kept),
 // +-Inf stays Inf, overflow rounds to Inf, subnormals are produced and read exactly.

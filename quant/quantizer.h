@@ -22,27 +22,26 @@ struct QuantSpec {
 
 // bitsandbytes' NF4 table and its 15 decision thresholds (csrc/kernels.cu dQuantizeNF4),
 // low to high: code = number of thresholds t with x > t.
-inline constexpr float kNF4Table[16] = {
-    -1.0f,
-    -0.6961928009986877f,
-    -0.5250730514526367f,
-    -0.39491748809814453f,
-    -0.28444138169288635f,
-    -0.18477343022823334f,
-    -0.09105003625154495f,
-    0.0f,
-    0.07958029955625534f,
-    0.16093020141124725f,
-    0.24611230194568634f,
-    0.33791524171829224f,
-    0.44070982933044434f,
-    0.5626170039176941f,
-    0.7229568362236023f,
-    1.0f};
+inline constexpr float kNF4Table[16] = {-1.0f,
+                                        -0.6961928009986877f,
+                                        -0.5250730514526367f,
+                                        -0.39491748809814453f,
+                                        -0.28444138169288635f,
+                                        -0.18477343022823334f,
+                                        -0.09105003625154495f,
+                                        0.0f,
+                                        0.07958029955625534f,
+                                        0.16093020141124725f,
+                                        0.24611230194568634f,
+                                        0.33791524171829224f,
+                                        0.44070982933044434f,
+                                        0.5626170039176941f,
+                                        0.7229568362236023f,
+                                        1.0f};
 inline constexpr float kNF4Thresholds[15] = {
-    -0.8480964004993439f,  -0.6106329262256622f,  -0.4599952697753906f, -0.33967943489551544f,
+    -0.8480964004993439f,  -0.6106329262256622f,  -0.4599952697753906f,   -0.33967943489551544f,
     -0.23460740596055984f, -0.13791173323988914f, -0.045525018125772476f, 0.03979014977812767f,
-    0.1202552504837513f,   0.2035212516784668f,   0.2920137718319893f,   0.3893125355243683f,
+    0.1202552504837513f,   0.2035212516784668f,   0.2920137718319893f,    0.3893125355243683f,
     0.5016634166240692f,   0.6427869200706482f,   0.8614784181118011f};
 // NFQuantizer.create_normal_map(offset=0.9677083, symmetric=False, num_bits=2), with the
 // 0.33791524 entry taken from the NF4 table so every NF2 code is an NF4 code.
@@ -60,9 +59,9 @@ inline constexpr float kNF3Table[8] = {-1.0f,
 bool supports(QuantMethod m, int bits);  // NF: 2,3,4; uniform: 2,3,4,8
 // The code table, sorted ascending. Throws std::invalid_argument for an unsupported pair.
 std::span<const float> code_table(QuantMethod m, int bits);
-std::string spec_name(const QuantSpec& s);                   // "nf4", "uniform2", ...
-QuantMethod parse_method(const std::string& s);              // "nf" | "uniform"; invalid_argument
-std::string method_name(QuantMethod m);                       // "nf" | "uniform"
+std::string spec_name(const QuantSpec& s);       // "nf4", "uniform2", ...
+QuantMethod parse_method(const std::string& s);  // "nf" | "uniform"; invalid_argument
+std::string method_name(QuantMethod m);          // "nf" | "uniform"
 
 // Throws std::invalid_argument unless the spec is supported and n is a positive multiple of
 // the block size.

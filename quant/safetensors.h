@@ -47,7 +47,7 @@ class SafetensorsFile {
 
   const std::filesystem::path& path() const { return path_; }
   const std::vector<TensorInfo>& tensors() const { return tensors_; }  // in offset order
-  const TensorInfo* find(std::string_view name) const;                  // nullptr if absent
+  const TensorInfo* find(std::string_view name) const;                 // nullptr if absent
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
   // Raw little-endian bytes of a tensor (valid while this object lives).

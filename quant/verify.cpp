@@ -83,8 +83,8 @@ VerifyReport verify_layout(const fs::path& out_dir, const fs::path& original_dir
   const QuantMethod method = parse_method(lj.at("quant").get<std::string>());
   auto expect = [&](const char* key, const json& want) {
     if (!acfg.contains(key) || acfg[key] != want)
-      problem(acfg_path.string() + ": field '" + key + "' is " + (acfg.contains(key) ? acfg[key].dump() : "missing") +
-              ", expected " + want.dump());
+      problem(acfg_path.string() + ": field '" + key + "' is " +
+              (acfg.contains(key) ? acfg[key].dump() : "missing") + ", expected " + want.dump());
   };
   expect("peft_type", "LORA");
   expect("r", r);
@@ -92,11 +92,14 @@ VerifyReport verify_layout(const fs::path& out_dir, const fs::path& original_dir
   expect("bias", "none");
   expect("fan_in_fan_out", false);
   expect("target_modules", lj.at("target_modules"));
-  if (!acfg.contains("lora_alpha") || !acfg["lora_alpha"].is_number() || acfg["lora_alpha"].get<double>() != alpha)
-    problem(acfg_path.string() + ": field 'lora_alpha' does not match loftq.json (" + std::to_string(alpha) + ")");
-  static const std::set<std::string> kTasks = {"CAUSAL_LM", "SEQ_2_SEQ_LM", "SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS",
-                                               "FEATURE_EXTRACTION"};
-  if (!acfg.contains("task_type") || !acfg["task_type"].is_string() || !kTasks.count(acfg["task_type"].get<std::string>()))
+  if (!acfg.contains("lora_alpha") || !acfg["lora_alpha"].is_number() ||
+      acfg["lora_alpha"].get<double>() != alpha)
+    problem(acfg_path.string() + ": field 'lora_alpha' does not match loftq.json (" +
+            std::to_string(alpha) + ")");
+  static const std::set<std::string> kTasks = {"CAUSAL_LM", "SEQ_2_SEQ_LM", "SEQ_CLS",
+                                               "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION"};
+  if (!acfg.contains("task_type") || !acfg["task_type"].is_string() ||
+      !kTasks.count(acfg["task_type"].get<std::string>()))
     problem(acfg_path.string() + ": field 'task_type' is missing or unknown");
   if (!acfg.contains("base_model_name_or_path") || !acfg["base_model_name_or_path"].is_string())
     problem(acfg_path.string() + ": field 'base_model_name_or_path' is missing");
@@ -106,7 +109,8 @@ VerifyReport verify_layout(const fs::path& out_dir, const fs::path& original_dir
 
   Checkpoint orig = Checkpoint::open(original_dir);
   Checkpoint out = Checkpoint::open(out_dir);
-  if (orig.shard_names() != out.shard_names()) problem(out_dir.string() + ": shard files differ from the original's");
+  if (orig.shard_names() != out.shard_names())
+    problem(out_dir.string() + ": shard files differ from the original's");
   auto adapter = SafetensorsFile::open(out_dir / "loftq_init" / "adapter_model.safetensors");
   std::map<std::string, std::pair<size_t, const TensorInfo*>> out_tensors;
   for (const auto& [s, t] : out.all_tensors()) out_tensors[t->name] = {s, t};
@@ -128,7 +132,8 @@ VerifyReport verify_layout(const fs::path& out_dir, const fs::path& original_dir
     auto rec = recorded.find(t->name);
     if (rec == recorded.end()) {
       const auto a = orig.shard(s).bytes(*t), b = of.bytes(ot);
-      if (!std::equal(a.begin(), a.end(), b.begin(), b.end())) problem(where + ": not a target, but bytes differ");
+      if (!std::equal(a.begin(), a.end(), b.begin(), b.end()))
+        problem(where + ": not a target, but bytes differ");
       orig.shard(s).release(*t);
       of.release(ot);
       continue;
@@ -157,19 +162,22 @@ VerifyReport verify_layout(const fs::path& out_dir, const fs::path& original_dir
     }
     seen_adapter.insert(ta->name);
     seen_adapter.insert(tb->name);
-    if (ta->shape != std::vector<int64_t>{r, n} || tb->shape != std::vector<int64_t>{m, r} || ta->dtype != t->dtype ||
-        tb->dtype != t->dtype) {
-      problem(adapter->path().string() + ": lora_A/lora_B of '" + t->name + "' have the wrong shape or dtype");
+    if (ta->shape != std::vector<int64_t>{r, n} || tb->shape != std::vector<int64_t>{m, r} ||
+        ta->dtype != t->dtype || tb->dtype != t->dtype) {
+      problem(adapter->path().string() + ": lora_A/lora_B of '" + t->name +
+              "' have the wrong shape or dtype");
       continue;
     }
     std::vector<float> w = orig.shard(s).read_f32(*t), q = of.read_f32(ot);
     std::vector<float> a = adapter->read_f32(*ta), b = adapter->read_f32(*tb);
     const auto table = code_table(method, bits);
     for (size_t blk = 0; blk + block <= mn && vl.representable; blk += block)
-      vl.representable = block_representable(q.data() + blk, block, table, t->dtype, method == QuantMethod::NF);
+      vl.representable =
+          block_representable(q.data() + blk, block, table, t->dtype, method == QuantMethod::NF);
     if (!vl.representable) problem(where + ": a block is not representable in " + spec_name(spec));
 
-    auto bw = be.alloc(mn), bq = be.alloc(mn), ba = be.alloc(size_t(r) * n), bb = be.alloc(size_t(m) * r);
+    auto bw = be.alloc(mn), bq = be.alloc(mn), ba = be.alloc(size_t(r) * n),
+         bb = be.alloc(size_t(m) * r);
     be.upload(*bw, w.data(), mn);
     be.upload(*ba, a.data(), a.size());
     be.upload(*bb, b.data(), b.size());
@@ -188,8 +196,8 @@ VerifyReport verify_layout(const fs::path& out_dir, const fs::path& original_dir
     // The files may only lose what the dtype's rounding costs.
     const double tol = t->dtype == DType::F32 ? 1e-5 : t->dtype == DType::F16 ? 2e-3 : 8e-3;
     if (vl.effective_error > vl.recorded_error + tol)
-      problem(where + ": effective error " + std::to_string(vl.effective_error) + " exceeds the recorded " +
-              std::to_string(vl.recorded_error));
+      problem(where + ": effective error " + std::to_string(vl.effective_error) +
+              " exceeds the recorded " + std::to_string(vl.recorded_error));
     if (vl.recorded_error > vl.report.qlora_error + 1e-9)
       problem(where + ": recorded LoftQ error is above the QLoRA error");
     vl.report.loftq_error = vl.effective_error;
@@ -198,12 +206,16 @@ VerifyReport verify_layout(const fs::path& out_dir, const fs::path& original_dir
     of.release(ot);
   }
   for (const auto& [name, l] : recorded)
-    if (!std::any_of(rep.layers.begin(), rep.layers.end(), [&](const VerifyLayer& v) { return v.report.tensor == name; }))
-      if (!std::any_of(rep.problems.begin(), rep.problems.end(), [&](const std::string& p) { return p.find(name) != std::string::npos; }))
+    if (!std::any_of(rep.layers.begin(), rep.layers.end(),
+                     [&](const VerifyLayer& v) { return v.report.tensor == name; }))
+      if (!std::any_of(rep.problems.begin(), rep.problems.end(),
+                       [&](const std::string& p) { return p.find(name) != std::string::npos; }))
         problem("loftq.json lists '" + name + "', which is not a weight of the original");
   for (const auto& t : adapter->tensors())
-    if (!seen_adapter.count(t.name)) problem(adapter->path().string() + ": unexpected tensor '" + t.name + "'");
-  if (out_tensors.size() != orig.all_tensors().size()) problem(out_dir.string() + ": the output has extra tensors");
+    if (!seen_adapter.count(t.name))
+      problem(adapter->path().string() + ": unexpected tensor '" + t.name + "'");
+  if (out_tensors.size() != orig.all_tensors().size())
+    problem(out_dir.string() + ": the output has extra tensors");
   for (const auto& name : passthrough_files(original_dir)) {
     if (!fs::exists(out_dir / name)) {
       problem(out_dir.string() + ": file '" + name + "' was not copied");
@@ -211,7 +223,8 @@ VerifyReport verify_layout(const fs::path& out_dir, const fs::path& original_dir
       problem(out_dir.string() + ": file '" + name + "' differs from the original");
     }
   }
-  if (!fs::exists(out_dir / "README.md")) problem(out_dir.string() + ": README.md (model card) is missing");
+  if (!fs::exists(out_dir / "README.md"))
+    problem(out_dir.string() + ": README.md (model card) is missing");
   return rep;
 }
 
@@ -220,14 +233,15 @@ std::string verify_table(const VerifyReport& r) {
   size_t w = 6;
   for (const auto& l : r.layers) w = std::max(w, l.report.tensor.size());
   char buf[512];
-  std::snprintf(buf, sizeof buf, "%-*s %5s %-9s %11s %11s %11s %11s %5s\n", int(w), "tensor", "layer", "quant",
-                "qlora_err", "recorded", "effective", "nf4_reload", "repr");
+  std::snprintf(buf, sizeof buf, "%-*s %5s %-9s %11s %11s %11s %11s %5s\n", int(w), "tensor",
+                "layer", "quant", "qlora_err", "recorded", "effective", "nf4_reload", "repr");
   o << buf;
   for (const auto& l : r.layers) {
     const std::string layer = l.report.layer ? std::to_string(*l.report.layer) : "-";
-    std::snprintf(buf, sizeof buf, "%-*s %5s %-9s %11.6f %11.6f %11.6f %11.6f %5s\n", int(w), l.report.tensor.c_str(),
-                  layer.c_str(), l.report.quant.c_str(), l.report.qlora_error, l.recorded_error, l.effective_error,
-                  l.nf4_reload_error, l.representable ? "ok" : "NO");
+    std::snprintf(buf, sizeof buf, "%-*s %5s %-9s %11.6f %11.6f %11.6f %11.6f %5s\n", int(w),
+                  l.report.tensor.c_str(), layer.c_str(), l.report.quant.c_str(),
+                  l.report.qlora_error, l.recorded_error, l.effective_error, l.nf4_reload_error,
+                  l.representable ? "ok" : "NO");
     o << buf;
   }
   return o.str();

@@ -13,11 +13,11 @@
 namespace loftqd::quant {
 
 struct VerifyLayer {
-  LayerReport report;          // recomputed: qlora_error unused (taken from loftq.json)
-  double recorded_error = 0;   // loftq.json loftq_error
-  double effective_error = 0;  // ||W - (Q + (alpha/r) B A)|| / ||W||, from the files
-  double nf4_reload_error = 0; // the same after a bitsandbytes NF4 round trip of Q
-  bool representable = true;   // every Q block is table[code] * scale (up to the dtype)
+  LayerReport report;           // recomputed: qlora_error unused (taken from loftq.json)
+  double recorded_error = 0;    // loftq.json loftq_error
+  double effective_error = 0;   // ||W - (Q + (alpha/r) B A)|| / ||W||, from the files
+  double nf4_reload_error = 0;  // the same after a bitsandbytes NF4 round trip of Q
+  bool representable = true;    // every Q block is table[code] * scale (up to the dtype)
 };
 
 struct VerifyReport {
@@ -29,8 +29,8 @@ struct VerifyReport {
 // Checks keys, shapes and dtypes of backbone and adapter against the original, non-target
 // tensors and copied files byte for byte, adapter_config.json fields, every Q block against its
 // layer's code table, and each layer's effective weight error against loftq.json.
-VerifyReport verify_layout(const std::filesystem::path& out_dir, const std::filesystem::path& original_dir,
-                           Backend& backend);
+VerifyReport verify_layout(const std::filesystem::path& out_dir,
+                           const std::filesystem::path& original_dir, Backend& backend);
 
 // Formats the per-layer verification table.
 std::string verify_table(const VerifyReport& r);

@@ -24,7 +24,8 @@ std::vector<std::string> problems_of(const json& j) {
 }  // namespace
 
 TEST(Config, ExampleConfigIsValid) {
-  const auto c = load_config(std::filesystem::path(LOFTQD_SOURCE_DIR) / "systemd" / "loftqd.example.json");
+  const auto c =
+      load_config(std::filesystem::path(LOFTQD_SOURCE_DIR) / "systemd" / "loftqd.example.json");
   ASSERT_EQ(c.repos.size(), 3u);
   EXPECT_EQ(c.repos[0].loftq.avg_bits, 3.0);
   EXPECT_EQ(c.repos[0].loftq.rank, 64);
@@ -39,11 +40,13 @@ TEST(Config, ExampleConfigIsValid) {
   EXPECT_EQ(c.limits.disk_reserve_bytes, 20ull << 30);
   EXPECT_EQ(render_publish_as(c.repos[0].publish_as, c.repos[0], c.publish.hub_org),
             "my-org/Llama-2-7b-hf-loftq-avg3bit-64rank");
-  EXPECT_EQ(render_publish_as(c.repos[2].publish_as, c.repos[2], c.publish.hub_org), "my-org/bart-large-loftq-mixed");
+  EXPECT_EQ(render_publish_as(c.repos[2].publish_as, c.repos[2], c.publish.hub_org),
+            "my-org/bart-large-loftq-mixed");
 }
 
 TEST(Config, MinimalConfigTakesTheDefaults) {
-  const auto c = parse_config(json::parse(R"({"store": "/srv/store", "repos": [{"repo": "org/m"}]})"));
+  const auto c =
+      parse_config(json::parse(R"({"store": "/srv/store", "repos": [{"repo": "org/m"}]})"));
   EXPECT_EQ(c.state_db, "/srv/store/loftqd.db");
   EXPECT_EQ(c.hub.endpoint, "https://huggingface.co");
   EXPECT_EQ(c.repos[0].revision, "main");
@@ -51,7 +54,8 @@ TEST(Config, MinimalConfigTakesTheDefaults) {
   EXPECT_EQ(c.repos[0].loftq.plan_label(), "avg3bit");
   EXPECT_TRUE(c.publish.mirror);
   EXPECT_EQ(c.mirror.listen, "127.0.0.1:8080");
-  EXPECT_EQ(render_publish_as(c.repos[0].publish_as, c.repos[0], c.publish.hub_org), "org/m-loftq-avg3bit-64rank");
+  EXPECT_EQ(render_publish_as(c.repos[0].publish_as, c.repos[0], c.publish.hub_org),
+            "org/m-loftq-avg3bit-64rank");
 }
 
 TEST(Config, EveryProblemIsReportedWithItsPath) {
@@ -91,11 +95,14 @@ TEST(Config, EveryProblemIsReportedWithItsPath) {
       "/limits/concurrent_downloads: must be >= 1",
   };
   for (const auto& e : expected_paths)
-    EXPECT_TRUE(std::any_of(p.begin(), p.end(), [&](const std::string& s) { return s.starts_with(e); }))
-        << "missing: " << e << "\n got:\n" << ::testing::PrintToString(p);
+    EXPECT_TRUE(
+        std::any_of(p.begin(), p.end(), [&](const std::string& s) { return s.starts_with(e); }))
+        << "missing: " << e << "\n got:\n"
+        << ::testing::PrintToString(p);
   EXPECT_THAT(p, Contains(HasSubstr("overlap")));
   // uniform 8-bit is valid: no problem reported for repo 6.
-  EXPECT_FALSE(std::any_of(p.begin(), p.end(), [](const std::string& s) { return s.starts_with("/repos/6"); }));
+  EXPECT_FALSE(std::any_of(p.begin(), p.end(),
+                           [](const std::string& s) { return s.starts_with("/repos/6"); }));
 }
 
 TEST(Config, TypesAndRequiredKeys) {
@@ -132,7 +139,8 @@ TEST(Config, LoadReportsUnreadableAndInvalidJson) {
 }
 
 TEST(Config, HashChangesWithSettingsOnly) {
-  auto c = parse_config(json::parse(R"({"store": "/s", "repos": [{"repo": "org/a"}, {"repo": "org/b"}]})"));
+  auto c = parse_config(
+      json::parse(R"({"store": "/s", "repos": [{"repo": "org/a"}, {"repo": "org/b"}]})"));
   const auto h0 = config_hash(c.repos[0], c.publish.hub_org);
   EXPECT_EQ(h0.size(), 16u);
   EXPECT_EQ(h0, config_hash(c.repos[0], c.publish.hub_org));

@@ -20,19 +20,40 @@ using ::testing::HasSubstr;
 
 namespace {
 
-std::vector<std::string> synth_args(const std::string& arch, const fs::path& out, const std::string& dtype = "bf16",
-                                    int shards = 1) {
-  return {"synth", "--arch", arch, "--layers", "3", "--hidden", "128", "--intermediate", "256", "--heads", "4",
-          "--vocab", "256", "--dtype", dtype, "--shards", std::to_string(shards), "--seed", "7", out.string()};
+std::vector<std::string> synth_args(const std::string& arch, const fs::path& out,
+                                    const std::string& dtype = "bf16", int shards = 1) {
+  return {"synth",
+          "--arch",
+          arch,
+          "--layers",
+          "3",
+          "--hidden",
+          "128",
+          "--intermediate",
+          "256",
+          "--heads",
+          "4",
+          "--vocab",
+          "256",
+          "--dtype",
+          dtype,
+          "--shards",
+          std::to_string(shards),
+          "--seed",
+          "7",
+          out.string()};
 }
 
-void synth(const std::string& arch, const fs::path& out, const std::string& dtype = "bf16", int shards = 1) {
+void synth(const std::string& arch, const fs::path& out, const std::string& dtype = "bf16",
+           int shards = 1) {
   auto r = run_loftqd(synth_args(arch, out, dtype, shards));
   ASSERT_EQ(r.exit_code, 0) << r.out;
 }
 
-std::vector<std::string> quantize_args(const fs::path& model, const fs::path& out, std::vector<std::string> extra) {
-  std::vector<std::string> a = {"quantize", model.string(), out.string(), "--rank", "8", "--iters", "3", "--threads", "1"};
+std::vector<std::string> quantize_args(const fs::path& model, const fs::path& out,
+                                       std::vector<std::string> extra) {
+  std::vector<std::string> a = {"quantize", model.string(), out.string(), "--rank", "8", "--iters",
+                                "3",        "--threads",    "1"};
   a.insert(a.end(), extra.begin(), extra.end());
   return a;
 }
@@ -72,14 +93,15 @@ TEST_P(QuantizeVerify, VerifyAcceptsWhatQuantizeWrote) {
 
 INSTANTIATE_TEST_SUITE_P(
     Plans, QuantizeVerify,
-    ::testing::Values(PlanCase{"llama", {"--bits", "4"}}, PlanCase{"llama", {"--bits", "2"}},
-                      PlanCase{"llama", {"--avg-bits", "3"}}, PlanCase{"llama", {"--quant", "uniform"}},
-                      PlanCase{"bart", {"--bits", "4"}}, PlanCase{"bart", {"--bits", "2"}},
-                      PlanCase{"bart", {"--avg-bits", "3"}}, PlanCase{"bart", {"--quant", "uniform"}},
-                      PlanCase{"bert", {"--bits", "4"}}, PlanCase{"bert", {"--bits", "2"}},
-                      PlanCase{"bert", {"--avg-bits", "3"}}, PlanCase{"bert", {"--quant", "uniform"}},
-                      PlanCase{"llama", {"--bit-plan", "0:4,1-:3", "--svd", "exact"}},
-                      PlanCase{"llama", {"--bits", "2", "--override", "down_proj@*:4", "--lora-alpha", "16"}}),
+    ::testing::Values(
+        PlanCase{"llama", {"--bits", "4"}}, PlanCase{"llama", {"--bits", "2"}},
+        PlanCase{"llama", {"--avg-bits", "3"}}, PlanCase{"llama", {"--quant", "uniform"}},
+        PlanCase{"bart", {"--bits", "4"}}, PlanCase{"bart", {"--bits", "2"}},
+        PlanCase{"bart", {"--avg-bits", "3"}}, PlanCase{"bart", {"--quant", "uniform"}},
+        PlanCase{"bert", {"--bits", "4"}}, PlanCase{"bert", {"--bits", "2"}},
+        PlanCase{"bert", {"--avg-bits", "3"}}, PlanCase{"bert", {"--quant", "uniform"}},
+        PlanCase{"llama", {"--bit-plan", "0:4,1-:3", "--svd", "exact"}},
+        PlanCase{"llama", {"--bits", "2", "--override", "down_proj@*:4", "--lora-alpha", "16"}}),
     [](const ::testing::TestParamInfo<PlanCase>& i) {
       std::string n = i.param.arch;
       for (const auto& f : i.param.flags)
@@ -90,7 +112,8 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(Layout, PeftKeysShapesAndConfig) {
   TempDir tmp;
   synth("llama", tmp / "model", "f32");
-  auto q = run_loftqd(quantize_args(tmp / "model", tmp / "out", {"--avg-bits", "3", "--repo-id", "org/tiny-loftq"}));
+  auto q = run_loftqd(quantize_args(tmp / "model", tmp / "out",
+                                    {"--avg-bits", "3", "--repo-id", "org/tiny-loftq"}));
   ASSERT_EQ(q.exit_code, 0) << q.out;
   const json acfg = json::parse(slurp(tmp / "out" / "loftq_init" / "adapter_config.json"));
   EXPECT_EQ(acfg["peft_type"], "LORA");
@@ -102,7 +125,8 @@ TEST(Layout, PeftKeysShapesAndConfig) {
   EXPECT_EQ(acfg["bias"], "none");
   EXPECT_EQ(acfg["target_modules"],
             json({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}));
-  auto ad = loftqd::quant::SafetensorsFile::open(tmp / "out" / "loftq_init" / "adapter_model.safetensors");
+  auto ad = loftqd::quant::SafetensorsFile::open(tmp / "out" / "loftq_init" /
+                                                 "adapter_model.safetensors");
   const auto* a = ad->find("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight");
   const auto* b = ad->find("base_model.model.model.layers.0.mlp.down_proj.lora_B.weight");
   ASSERT_TRUE(a && b);
@@ -136,16 +160,25 @@ TEST(Layout, LoraAlphaPreScalesBothFactors) {
   TempDir tmp;
   synth("llama", tmp / "model", "f32");
   ASSERT_EQ(run_loftqd(quantize_args(tmp / "model", tmp / "r", {"--svd", "exact"})).exit_code, 0);
-  ASSERT_EQ(run_loftqd(quantize_args(tmp / "model", tmp / "a32", {"--svd", "exact", "--lora-alpha", "32"})).exit_code, 0);
-  auto r = loftqd::quant::SafetensorsFile::open(tmp / "r" / "loftq_init" / "adapter_model.safetensors");
-  auto s = loftqd::quant::SafetensorsFile::open(tmp / "a32" / "loftq_init" / "adapter_model.safetensors");
+  ASSERT_EQ(run_loftqd(
+                quantize_args(tmp / "model", tmp / "a32", {"--svd", "exact", "--lora-alpha", "32"}))
+                .exit_code,
+            0);
+  auto r =
+      loftqd::quant::SafetensorsFile::open(tmp / "r" / "loftq_init" / "adapter_model.safetensors");
+  auto s = loftqd::quant::SafetensorsFile::open(tmp / "a32" / "loftq_init" /
+                                                "adapter_model.safetensors");
   const std::string key = "base_model.model.model.layers.1.mlp.up_proj.lora_A.weight";
   auto va = r->read_f32(*r->find(key)), vb = s->read_f32(*s->find(key));
   ASSERT_EQ(va.size(), vb.size());
   // alpha 32 with r 8: PEFT scales B A by 4, so each factor is divided by 2.
-  for (size_t i = 0; i < va.size(); ++i) EXPECT_NEAR(vb[i], va[i] / 2.0f, 1e-6f * (1 + std::fabs(va[i])));
-  EXPECT_EQ(json::parse(slurp(tmp / "a32" / "loftq_init" / "adapter_config.json"))["lora_alpha"], 32);
-  EXPECT_EQ(run_loftqd({"verify", (tmp / "a32").string(), "--original", (tmp / "model").string()}).exit_code, 0);
+  for (size_t i = 0; i < va.size(); ++i)
+    EXPECT_NEAR(vb[i], va[i] / 2.0f, 1e-6f * (1 + std::fabs(va[i])));
+  EXPECT_EQ(json::parse(slurp(tmp / "a32" / "loftq_init" / "adapter_config.json"))["lora_alpha"],
+            32);
+  EXPECT_EQ(run_loftqd({"verify", (tmp / "a32").string(), "--original", (tmp / "model").string()})
+                .exit_code,
+            0);
 }
 
 TEST(Layout, ShardedCheckpointKeepsItsSharding) {
@@ -156,8 +189,11 @@ TEST(Layout, ShardedCheckpointKeepsItsSharding) {
   EXPECT_TRUE(fs::exists(tmp / "out" / "model-00001-of-00003.safetensors"));
   EXPECT_TRUE(fs::exists(tmp / "out" / "model-00003-of-00003.safetensors"));
   EXPECT_FALSE(fs::exists(tmp / "out" / "model.safetensors"));
-  EXPECT_EQ(slurp(tmp / "model" / "model.safetensors.index.json"), slurp(tmp / "out" / "model.safetensors.index.json"));
-  EXPECT_EQ(run_loftqd({"verify", (tmp / "out").string(), "--original", (tmp / "model").string()}).exit_code, 0);
+  EXPECT_EQ(slurp(tmp / "model" / "model.safetensors.index.json"),
+            slurp(tmp / "out" / "model.safetensors.index.json"));
+  EXPECT_EQ(run_loftqd({"verify", (tmp / "out").string(), "--original", (tmp / "model").string()})
+                .exit_code,
+            0);
 }
 
 TEST(Cli, ExistingOutputNeedsForce) {
@@ -189,7 +225,8 @@ TEST(Cli, UsageErrorsExitTwo) {
       {quantize_args(tmp / "model", tmp / "o", {"--bits", "8"}), "8 bits not supported"},
       {quantize_args(tmp / "model", tmp / "o", {"--bits", "4", "--avg-bits", "3"}), "excludes"},
       {quantize_args(tmp / "model", tmp / "o", {"--block-size", "100"}), "block size"},
-      {quantize_args(tmp / "model", tmp / "o", {"--target-modules", "q_proj,nonexistent"}), "nonexistent"},
+      {quantize_args(tmp / "model", tmp / "o", {"--target-modules", "q_proj,nonexistent"}),
+       "nonexistent"},
       {quantize_args(tmp / "model", tmp / "o", {"--rank", "0"}), "rank"},
       {quantize_args(tmp / "model", tmp / "o", {"--svd", "fast"}), "svd"},
       {{"quantize", "a", "b", "--frobnicate"}, "frobnicate"},
@@ -232,7 +269,8 @@ TEST(Verify, DetectsTampering) {
     fs::copy(tmp / "good", tmp / name, fs::copy_options::recursive);
     return tmp / name;
   };
-  auto patch_tensor = [](const fs::path& file, const std::string& tensor, size_t elem, float value) {
+  auto patch_tensor = [](const fs::path& file, const std::string& tensor, size_t elem,
+                         float value) {
     auto f = loftqd::quant::SafetensorsFile::open(file);
     const auto* t = f->find(tensor);
     const size_t header = fs::file_size(file) - f->tensors().back().end;

@@ -38,7 +38,8 @@ TEST(BitPlanNames, TargetsAndTaskTypes) {
   EXPECT_EQ(default_task_type("llama"), "CAUSAL_LM");
   EXPECT_EQ(default_task_type("bart"), "SEQ_2_SEQ_LM");
   EXPECT_EQ(default_task_type("bert"), "SEQ_CLS");
-  EXPECT_EQ(module_path("model.layers.3.self_attn.q_proj.weight"), "model.layers.3.self_attn.q_proj");
+  EXPECT_EQ(module_path("model.layers.3.self_attn.q_proj.weight"),
+            "model.layers.3.self_attn.q_proj");
   EXPECT_EQ(module_leaf("model.layers.3.self_attn.q_proj.weight"), "q_proj");
 }
 
@@ -65,7 +66,8 @@ TEST(BitPlan, AverageBitsFollowTheLoftqAuthors) {
   struct Case {
     double b;
     int layers, n4;
-  } cases[] = {{3.0, 32, 16}, {2.5, 32, 8}, {2.25, 32, 4}, {4.0, 32, 32}, {2.0, 32, 0}, {3.0, 22, 11}, {3.0, 5, 2}};
+  } cases[] = {{3.0, 32, 16}, {2.5, 32, 8},  {2.25, 32, 4}, {4.0, 32, 32},
+               {2.0, 32, 0},  {3.0, 22, 11}, {3.0, 5, 2}};
   for (const auto& c : cases) {
     auto p = BitPlan::average(c.b);
     p.resolve(c.layers, kNF);

@@ -10,9 +10,12 @@ using namespace loftqd::quant;
 
 namespace {
 
-QuantSpec spec(QuantMethod m, int bits) { return QuantSpec{m, bits, 64}; }
+QuantSpec spec(QuantMethod m, int bits) {
+  return QuantSpec{m, bits, 64};
+}
 
-std::vector<uint8_t> codes_of(const QuantSpec& s, const std::vector<float>& x, std::vector<float>* scales = nullptr) {
+std::vector<uint8_t> codes_of(const QuantSpec& s, const std::vector<float>& x,
+                              std::vector<float>* scales = nullptr) {
   std::vector<uint8_t> c(x.size());
   std::vector<float> sc(x.size() / s.block_size);
   quantize(s, x.data(), x.size(), c.data(), sc.data());
@@ -23,11 +26,22 @@ std::vector<uint8_t> codes_of(const QuantSpec& s, const std::vector<float>& x, s
 }  // namespace
 
 TEST(QuantTable, NF4IsBitsandbytesTable) {
-  const float expected[16] = {-1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
-                              -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
-                              0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f,
-                              0.33791524171829224f, 0.44070982933044434f, 0.5626170039176941f,
-                              0.7229568362236023f, 1.0f};
+  const float expected[16] = {-1.0f,
+                              -0.6961928009986877f,
+                              -0.5250730514526367f,
+                              -0.39491748809814453f,
+                              -0.28444138169288635f,
+                              -0.18477343022823334f,
+                              -0.09105003625154495f,
+                              0.0f,
+                              0.07958029955625534f,
+                              0.16093020141124725f,
+                              0.24611230194568634f,
+                              0.33791524171829224f,
+                              0.44070982933044434f,
+                              0.5626170039176941f,
+                              0.7229568362236023f,
+                              1.0f};
   auto t = code_table(QuantMethod::NF, 4);
   ASSERT_EQ(t.size(), 16u);
   for (int i = 0; i < 16; ++i) EXPECT_EQ(t[i], expected[i]) << i;
@@ -46,8 +60,14 @@ TEST(QuantTable, NF2AndNF3AreNormalMaps) {
     for (float u : kNF4Table) found |= u == v;
     EXPECT_TRUE(found) << v;
   }
-  const float nf3[8] = {-1.0f, -0.4786292016506195f, -0.217141792178154f, 0.0f, 0.16093020141124725f,
-                        0.33791524171829224f, 0.5626170039176941f, 1.0f};
+  const float nf3[8] = {-1.0f,
+                        -0.4786292016506195f,
+                        -0.217141792178154f,
+                        0.0f,
+                        0.16093020141124725f,
+                        0.33791524171829224f,
+                        0.5626170039176941f,
+                        1.0f};
   auto t3 = code_table(QuantMethod::NF, 3);
   ASSERT_EQ(t3.size(), 8u);
   for (int i = 0; i < 8; ++i) EXPECT_EQ(t3[i], nf3[i]) << i;
@@ -90,11 +110,11 @@ TEST(QuantNF4, HandComputedCodes) {
   std::vector<float> x(64, 0.0f);
   x[0] = 1.0f;
   x[1] = -1.0f;
-  x[2] = 0.5f;   // 12 thresholds below 0.5 -> code 12 (0.4407...)
-  x[3] = 0.0f;   // 7 thresholds below 0 -> code 7
-  x[4] = 0.03979014977812767f;                           // on a threshold: lower code
-  x[5] = std::nextafter(0.03979014977812767f, 1.0f);     // just above: upper code
-  x[6] = -0.8480964004993439f;                           // on the lowest threshold
+  x[2] = 0.5f;                  // 12 thresholds below 0.5 -> code 12 (0.4407...)
+  x[3] = 0.0f;                  // 7 thresholds below 0 -> code 7
+  x[4] = 0.03979014977812767f;  // on a threshold: lower code
+  x[5] = std::nextafter(0.03979014977812767f, 1.0f);  // just above: upper code
+  x[6] = -0.8480964004993439f;                        // on the lowest threshold
   x[7] = 0.9f;
   std::vector<float> scales;
   auto c = codes_of(spec(QuantMethod::NF, 4), x, &scales);
@@ -146,11 +166,11 @@ TEST(QuantNF4, AllEqualAndAllZeroBlocks) {
 
 TEST(QuantNF2, NearestWithTiesToLowerIndex) {
   std::vector<float> x(64, 0.0f);
-  x[0] = 1.0f;                       // scale 1: x/scale is exact
-  x[1] = 0.16895762085914612f;       // exactly halfway between 0 and 0.33791524: lower index
+  x[0] = 1.0f;                  // scale 1: x/scale is exact
+  x[1] = 0.16895762085914612f;  // exactly halfway between 0 and 0.33791524: lower index
   x[2] = std::nextafter(0.16895762085914612f, 1.0f);
-  x[3] = 0.6f;                       // nearer 0.3379 than 1
-  x[4] = -0.5f;                      // exactly halfway between -1 and 0: lower index (-1)
+  x[3] = 0.6f;   // nearer 0.3379 than 1
+  x[4] = -0.5f;  // exactly halfway between -1 and 0: lower index (-1)
   x[5] = -0.49f;
   auto c = codes_of(spec(QuantMethod::NF, 2), x);
   EXPECT_EQ(c[0], 3);

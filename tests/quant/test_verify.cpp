@@ -17,7 +17,8 @@ TEST(VerifyBlocks, QuantizedBlocksAreRepresentable) {
       for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
         std::vector<float> r = q;
         round_to_dtype(dt, r.data(), r.size());
-        EXPECT_TRUE(block_representable(r.data(), 64, code_table(m, bits), dt, m == QuantMethod::NF))
+        EXPECT_TRUE(
+            block_representable(r.data(), 64, code_table(m, bits), dt, m == QuantMethod::NF))
             << spec_name(s) << " " << dtype_name(dt);
       }
     }
@@ -28,7 +29,8 @@ TEST(VerifyBlocks, OffTableValuesAreCaught) {
   std::vector<float> q(64, 0.0f);
   q[0] = 1.0f;
   q[1] = 0.5f;  // not an NF4 code (0.4407 and 0.5626 are)
-  EXPECT_FALSE(block_representable(q.data(), 64, code_table(QuantMethod::NF, 4), DType::BF16, true));
+  EXPECT_FALSE(
+      block_representable(q.data(), 64, code_table(QuantMethod::NF, 4), DType::BF16, true));
   q[1] = 0.44070982933044434f;
   EXPECT_TRUE(block_representable(q.data(), 64, code_table(QuantMethod::NF, 4), DType::F32, true));
   q[2] = 0.16093020141124725f;  // an NF4 code but not an NF2 code
@@ -41,5 +43,6 @@ TEST(VerifyBlocks, OffTableValuesAreCaught) {
   g[3] = 0.5f * (u4[5] + u4[6]) * 0.37f;
   EXPECT_FALSE(block_representable(g.data(), 64, u4, DType::F32, false));
   std::vector<float> zeros(64, 0.0f);
-  EXPECT_TRUE(block_representable(zeros.data(), 64, code_table(QuantMethod::NF, 2), DType::BF16, true));
+  EXPECT_TRUE(
+      block_representable(zeros.data(), 64, code_table(QuantMethod::NF, 2), DType::BF16, true));
 }

@@ -1,0 +1,89 @@
+// The daemon's durable state (DESIGN §6): watched repos, jobs and per-tensor progress in SQLite
+// (WAL mode), so a restart after kill -9 resumes every job from its last durable step.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+struct sqlite3;
+
+namespace loftqd::storage {
+
+// An SQLite call that failed: names the statement and SQLite's message.
+class StateError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+enum class JobState { Queued, Downloading, Quantizing, Publishing, Done, Failed };
+const char* job_state_name(JobState s);
+std::optional<JobState> parse_job_state(const std::string& s);
+
+struct Job {
+  int64_t id = 0;
+  std::string repo, revision, upstream_commit, config_hash, target;
+  JobState state = JobState::Queued;
+  int attempts = 0;
+  bool permanent_failure = false;
+  std::string last_error;
+  std::string published_commit;
+  int64_t created_at = 0, updated_at = 0, next_attempt_at = 0;
+};
+
+struct RepoState {
+  std::string repo, revision;
+  std::string last_seen_commit, last_processed_commit;
+  int64_t last_seen_at = 0, last_processed_at = 0, last_success_at = 0;
+};
+
+class StateDb {
+ public:
+  // Opens (creating) the database at p: WAL journal, synchronous=FULL, foreign keys, a busy
+  // timeout; migrates the schema to the current version.
+  static std::unique_ptr<StateDb> open(const std::filesystem::path& p);
+  ~StateDb();
+  StateDb(const StateDb&) = delete;
+  StateDb& operator=(const StateDb&) = delete;
+
+  void repo_seen(const std::string& repo, const std::string& revision, const std::string& commit,
+                 int64_t now);
+  void repo_processed(const std::string& repo, const std::string& commit, int64_t now);
+  std::optional<RepoState> repo(const std::string& repo) const;
+  std::vector<RepoState> repos() const;
+
+  // The job for (repo, upstream commit, config hash): created queued if new. `created` says
+  // which; an existing job is returned as it is (a done job never runs twice).
+  Job enqueue(const std::string& repo, const std::string& revision, const std::string& commit,
+              const std::string& config_hash, const std::string& target, int64_t now,
+              bool* created = nullptr);
+  std::optional<Job> job(int64_t id) const;
+  // The oldest job that is not done or failed and whose next attempt is due (jobs interrupted
+  // in downloading/quantizing/publishing come back here after a restart).
+  std::optional<Job> next_runnable(int64_t now) const;
+  void set_state(int64_t id, JobState s, int64_t now);
+  void set_published(int64_t id, const std::string& published_commit, int64_t now);  // -> Done
+  // Counts an attempt. Permanent failures, and transient ones at max_attempts, end in Failed;
+  // other transient ones go back to Queued with next_attempt_at = retry_at.
+  void record_failure(int64_t id, const std::string& error, bool permanent, int max_attempts,
+                      int64_t retry_at, int64_t now);
+  std::vector<Job> jobs(int limit = 100) const;  // newest first
+  std::map<JobState, int64_t> count_by_state() const;
+
+  // Per-tensor progress of a job: what a restarted job may skip.
+  void tensor_done(int64_t job_id, const std::string& tensor);
+  std::set<std::string> tensors_done(int64_t job_id) const;
+
+ private:
+  explicit StateDb(sqlite3* db) : db_(db) {}
+  void exec(const char* sql) const;
+  sqlite3* db_;
+};
+
+}  // namespace loftqd::storage
