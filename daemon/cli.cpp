@@ -11,6 +11,7 @@
 #include "config/config.h"
 #include "daemon/cmd_hub.h"
 #include "daemon/progress.h"
+#include "daemon/sync.h"
 #include "quant/device.h"
 #include "quant/layout.h"
 #include "quant/safetensors.h"
@@ -228,6 +229,23 @@ int run_cli(int argc, char** argv) {
       app.add_subcommand("status", "print the jobs table from the daemon's state database");
   status->add_option("--config", status_config, "daemon configuration file")->required();
 
+  std::string sync_config;
+  bool sync_once = false;
+  int sync_threads = 0;
+  auto* sync = app.add_subcommand(
+      "sync", "one pass of the daemon loop: check every watched repo, run its jobs");
+  sync->add_option("--config", sync_config, "daemon configuration file")->required();
+  sync->add_flag("--once", sync_once, "run one pass and exit (the only mode for now)")->required();
+  sync->add_option("--threads", sync_threads, "CPU threads for LoftQ (0 = all cores)");
+
+  std::string demo_dir = "loftqd-demo";
+  int demo_threads = 0;
+  auto* demo =
+      app.add_subcommand("demo", "the embedded default: synthetic upstream, one sync, verify");
+  demo->add_option("--workdir", demo_dir, "where the store, cache and upstream live (kept)")
+      ->capture_default_str();
+  demo->add_option("--threads", demo_threads, "CPU threads for LoftQ (0 = all cores)");
+
   auto hub = add_hub_commands(app);  // serve, fetch, publish
 
   try {
@@ -250,6 +268,8 @@ int run_cli(int argc, char** argv) {
     if (*quant) return cmd_quantize(qa);
     if (*verify) return cmd_verify(va);
     if (*status) return cmd_status(status_config);
+    if (*sync) return sync_once_command(sync_config, sync_threads);
+    if (*demo) return demo_command(demo_dir, demo_threads);
     if (auto rc = run_hub_commands(*hub)) return *rc;
   } catch (const q::FormatError& e) {
     std::fprintf(stderr, "loftqd: error: %s\n", e.what());

@@ -1,0 +1,158 @@
+// `loftqd sync --config F --once` and `loftqd demo` against an in-process mirror as upstream.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "common/test_util.h"
+#include "daemon/mirror.h"
+#include "hub/hub.h"
+#include "quant/synth.h"
+#include "storage/state.h"
+
+namespace fs = std::filesystem;
+using loftqd::testing::run_loftqd;
+using loftqd::testing::slurp;
+using loftqd::testing::spit;
+using loftqd::testing::TempDir;
+using nlohmann::json;
+using ::testing::HasSubstr;
+
+namespace {
+
+constexpr const char* kToken = "hf_sync_test_write_token";
+
+// An upstream Hub: the mirror over its own store, with one synthetic llama repo.
+class Upstream {
+ public:
+  explicit Upstream(const fs::path& dir) {
+    loftqd::daemon::MirrorOptions mo;
+    mo.store = dir / "upstream-store";
+    mo.port = 0;
+    mo.write_token = kToken;
+    mirror_ = std::make_unique<loftqd::daemon::Mirror>(mo);
+    mirror_->start();
+    src_ = dir / "src";
+    loftqd::quant::SynthOptions so;
+    so.layers = 2;
+    so.hidden = 128;
+    so.intermediate = 256;
+    so.heads = 4;
+    so.vocab = 256;
+    loftqd::quant::synth_checkpoint(so, src_);
+    commit_ = publish();
+  }
+  ~Upstream() { mirror_->stop(); }
+  std::string url() const { return mirror_->url(); }
+  const std::string& commit() const { return commit_; }
+  // A new upstream commit: a changed config file.
+  std::string publish(const std::string& note = "") {
+    if (!note.empty()) spit(src_ / "NOTE.txt", note);
+    loftqd::hub::ClientOptions o;
+    o.endpoint = url();
+    o.token = kToken;
+    loftqd::hub::Client c(o);
+    loftqd::hub::PublishRequest pr;
+    pr.dir = src_;
+    pr.repo = "up/tiny";
+    auto r = c.upload_folder(pr);
+    if (!r) throw std::runtime_error(r.error().message);
+    commit_ = r.value().commit_oid;
+    return commit_;
+  }
+
+ private:
+  std::unique_ptr<loftqd::daemon::Mirror> mirror_;
+  fs::path src_;
+  std::string commit_;
+};
+
+fs::path write_config(const TempDir& tmp, const std::string& endpoint, int rank) {
+  const json cfg = {{"hub", {{"endpoint", endpoint}}},
+                    {"store", (tmp / "store").string()},
+                    {"log_level", "info"},
+                    {"repos",
+                     {{{"repo", "up/tiny"},
+                       {"publish_as", "me/tiny-loftq"},
+                       {"loftq", {{"rank", rank}, {"iters", 2}, {"avg_bits", 3}}}}}},
+                    {"publish", {{"mirror", true}}}};
+  spit(tmp / "loftqd.json", cfg.dump(2));
+  return tmp / "loftqd.json";
+}
+
+}  // namespace
+
+TEST(Sync, NewCommitIsPublishedExactlyOnceAndConfigChangesRepublish) {
+  TempDir tmp;
+  Upstream up(tmp.path());
+  const auto cfg = write_config(tmp, up.url(), 8);
+
+  auto r1 = run_loftqd({"sync", "--config", cfg.string(), "--once", "--threads", "1"});
+  ASSERT_EQ(r1.exit_code, 0) << r1.out;
+  EXPECT_THAT(r1.out, HasSubstr("step=done"));
+  EXPECT_THAT(r1.out, HasSubstr("1 done, 0 failed"));
+  // The result is in the store's mirror, a complete LoftQ layout carrying the upstream commit.
+  const fs::path repo_dir = tmp / "store" / "models--me--tiny-loftq";
+  ASSERT_TRUE(fs::exists(repo_dir / "refs" / "main"));
+  const std::string published = slurp(repo_dir / "refs" / "main");
+  const fs::path snap = repo_dir / "snapshots" / published;
+  const json lj = json::parse(slurp(snap / "loftq.json"));
+  EXPECT_EQ(lj["source"]["repo"], "up/tiny");
+  EXPECT_EQ(lj["source"]["commit"], up.commit());
+  EXPECT_EQ(json::parse(slurp(snap / "loftq_init" / "adapter_config.json"))["base_model_name_or_path"],
+            "me/tiny-loftq");
+  const fs::path upstream_snap = tmp / "store" / "models--up--tiny" / "snapshots" / up.commit();
+  auto v = run_loftqd({"verify", snap.string(), "--original", upstream_snap.string()});
+  EXPECT_EQ(v.exit_code, 0) << v.out;
+
+  // A second pass finds nothing new and runs nothing.
+  auto r2 = run_loftqd({"sync", "--config", cfg.string(), "--once"});
+  ASSERT_EQ(r2.exit_code, 0) << r2.out;
+  EXPECT_THAT(r2.out, HasSubstr("0 jobs queued, 0 done"));
+  EXPECT_EQ(slurp(repo_dir / "refs" / "main"), published);
+
+  // A new upstream commit is picked up, once; its unchanged blobs are not downloaded again.
+  const std::string c2 = up.publish("second revision");
+  auto r3 = run_loftqd({"sync", "--config", cfg.string(), "--once", "--threads", "1"});
+  ASSERT_EQ(r3.exit_code, 0) << r3.out;
+  EXPECT_THAT(r3.out, HasSubstr("commit=" + c2));
+  EXPECT_THAT(r3.out, HasSubstr("1 jobs queued, 1 done"));
+  EXPECT_THAT(r3.out, HasSubstr("fetched=1 "));  // only NOTE.txt is new
+
+  // A config change re-publishes the same upstream commit.
+  write_config(tmp, up.url(), 4);
+  auto r4 = run_loftqd({"sync", "--config", cfg.string(), "--once", "--threads", "1"});
+  ASSERT_EQ(r4.exit_code, 0) << r4.out;
+  EXPECT_THAT(r4.out, HasSubstr("1 jobs queued, 1 done"));
+  const std::string p4 = slurp(repo_dir / "refs" / "main");
+  EXPECT_EQ(json::parse(slurp(repo_dir / "snapshots" / p4 / "loftq_init" / "adapter_config.json"))["r"], 4);
+
+  auto st = run_loftqd({"status", "--config", cfg.string()});
+  EXPECT_EQ(st.exit_code, 0) << st.out;
+  EXPECT_THAT(st.out, HasSubstr("done=3"));
+}
+
+TEST(Sync, MissingUpstreamRepoFailsPermanentlyWithExitOne) {
+  TempDir tmp;
+  Upstream up(tmp.path());
+  const json cfg = {{"hub", {{"endpoint", up.url()}}},
+                    {"store", (tmp / "store").string()},
+                    {"repos", {{{"repo", "up/missing"}}}}};
+  spit(tmp / "c.json", cfg.dump());
+  auto r = run_loftqd({"sync", "--config", (tmp / "c.json").string(), "--once"});
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("up/missing"));
+}
+
+TEST(Demo, RunsEndToEndAndLeavesAServableStore) {
+  TempDir tmp;
+  auto r = run_loftqd({"demo", "--workdir", (tmp / "demo").string(), "--threads", "2"});
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("Published demo/tiny-llama-loftq"));
+  EXPECT_THAT(r.out, HasSubstr("HF_ENDPOINT=http://127.0.0.1:8080"));
+  EXPECT_THAT(r.out, HasSubstr("subfolder=\"loftq_init\""));
+  EXPECT_THAT(r.out, HasSubstr("model.layers.3.mlp.down_proj.weight"));
+  EXPECT_TRUE(fs::exists(tmp / "demo" / "store" / "models--demo--tiny-llama-loftq" / "refs" / "main"));
+  EXPECT_TRUE(fs::exists(tmp / "demo" / "store" / "models--demo--tiny-llama" / "refs" / "main"));
+}
