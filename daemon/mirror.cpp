@@ -15,6 +15,7 @@
 #include <sstream>
 #include <thread>
 
+#include "hub/http.h"
 #include "storage/store.h"
 
 namespace fs = std::filesystem;
@@ -63,33 +64,6 @@ std::string join(const std::vector<std::string>& v, size_t from, size_t to, char
 
 std::string quote_etag(const std::string& e) {
   return "\"" + e + "\"";
-}
-
-std::string url_encode_path(std::string_view s) {
-  std::string out;
-  static const char* kHex = "0123456789ABCDEF";
-  for (unsigned char c : s) {
-    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~' || c == '/') {
-      out += static_cast<char>(c);
-    } else {
-      out += '%';
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
-    }
-  }
-  return out;
-}
-
-std::string url_encode(std::string_view s) {
-  std::string r = url_encode_path(s);
-  std::string out;
-  for (char c : r) {
-    if (c == '/')
-      out += "%2F";
-    else
-      out += c;
-  }
-  return out;
 }
 
 void send_error(httplib::Response& res, int status, const std::string& code,
@@ -392,8 +366,8 @@ struct Mirror::Impl {
     }
     if (cursor + limit < entries.size()) {
       std::string next = base_url(req) + "/api/models/" + t.repo + "/tree/" +
-                         url_encode(rev->name) +
-                         (prefix.empty() ? "" : "/" + url_encode_path(prefix)) +
+                         hub::http::escape_segment(rev->name) +
+                         (prefix.empty() ? "" : "/" + hub::http::escape_path(prefix)) +
                          "?cursor=" + st::base64_encode(std::to_string(cursor + limit)) +
                          "&limit=" + std::to_string(limit) + (recursive ? "&recursive=true" : "");
       res.set_header("Link", "<" + next + ">; rel=\"next\"");
@@ -669,7 +643,7 @@ struct Mirror::Impl {
         objs.push_back(std::move(entry));  // no actions: already stored
         continue;
       }
-      std::string q = "?repo=" + url_encode(repo) + "&size=" + std::to_string(size) +
+      std::string q = "?repo=" + hub::http::escape_segment(repo) + "&size=" + std::to_string(size) +
                       "&ticket=" + ticket(repo, oid, size);
       std::string href = base + "/api/loftqd/lfs/" + oid;
       json actions;

@@ -7,6 +7,8 @@
 // it never appears in a URL, a log line, an error message or a file.
 #pragma once
 
+#include "storage/result.h"
+
 #include <atomic>
 #include <cstdint>
 #include <filesystem>
@@ -49,21 +51,8 @@ struct Error {
 };
 
 template <class T>
-class [[nodiscard]] Result {
- public:
-  Result(T v) : v_(std::move(v)) {}      // NOLINT: implicit on purpose
-  Result(Error e) : v_(std::move(e)) {}  // NOLINT
-  bool ok() const { return v_.index() == 0; }
-  explicit operator bool() const { return ok(); }
-  const T& value() const& { return std::get<0>(v_); }
-  T& value() & { return std::get<0>(v_); }
-  T&& value() && { return std::get<0>(std::move(v_)); }
-  const Error& error() const { return std::get<1>(v_); }
-
- private:
-  std::variant<T, Error> v_;
-};
-struct Ok {};
+using Result = storage::BasicResult<T, Error>;
+using storage::Ok;
 
 struct ClientOptions {
   std::string endpoint = "https://huggingface.co";

@@ -11,6 +11,8 @@
 // Status/Result values; programming errors throw.
 #pragma once
 
+#include "storage/result.h"
+
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -38,24 +40,8 @@ struct Error {
   std::string message;
 };
 
-// A value or an Error. `ok()` first, then `value()` or `error()`.
 template <class T>
-class [[nodiscard]] Result {
- public:
-  Result(T v) : v_(std::move(v)) {}      // NOLINT: implicit on purpose
-  Result(Error e) : v_(std::move(e)) {}  // NOLINT
-  bool ok() const { return v_.index() == 0; }
-  explicit operator bool() const { return ok(); }
-  const T& value() const& { return std::get<0>(v_); }
-  T& value() & { return std::get<0>(v_); }
-  T&& value() && { return std::get<0>(std::move(v_)); }
-  const Error& error() const { return std::get<1>(v_); }
-
- private:
-  std::variant<T, Error> v_;
-};
-
-struct Ok {};
+using Result = BasicResult<T, Error>;
 using Status = Result<Ok>;
 inline Status ok_status() {
   return Ok{};
