@@ -18,8 +18,9 @@ namespace {
 // Failures that retrying cannot fix until the upstream commit or the config changes.
 bool permanent(hub::ErrorKind k) {
   using K = hub::ErrorKind;
-  return k == K::RepoNotFound || k == K::RevisionNotFound || k == K::EntryNotFound || k == K::GatedRepo ||
-         k == K::Unauthorized || k == K::Forbidden || k == K::UnsafePath || k == K::BadRequest;
+  return k == K::RepoNotFound || k == K::RevisionNotFound || k == K::EntryNotFound ||
+         k == K::GatedRepo || k == K::Unauthorized || k == K::Forbidden || k == K::UnsafePath ||
+         k == K::BadRequest;
 }
 
 struct JobFailure {
@@ -46,7 +47,8 @@ quant::QuantizeOptions quantize_options(const config::LoftqSettings& s) {
 }  // namespace
 
 int64_t now_s() {
-  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
 
@@ -85,7 +87,8 @@ void Pipeline::check_repos(SyncReport& report) {
     const auto job = db_.enqueue(r.repo, r.revision, commit, hash, target, now_s(), &created);
     if (created) {
       ++report.jobs_enqueued;
-      log("repo=" + r.repo + " commit=" + commit + " job=" + std::to_string(job.id) + " step=enqueue target=" + target);
+      log("repo=" + r.repo + " commit=" + commit + " job=" + std::to_string(job.id) +
+          " step=enqueue target=" + target);
     }
   }
 }
@@ -107,9 +110,11 @@ SyncReport Pipeline::sync_once() {
 
 void Pipeline::run_job(const storage::Job& job, SyncReport& report) {
   const auto t0 = std::chrono::steady_clock::now();
-  const std::string tag = "repo=" + job.repo + " commit=" + job.upstream_commit + " job=" + std::to_string(job.id);
+  const std::string tag =
+      "repo=" + job.repo + " commit=" + job.upstream_commit + " job=" + std::to_string(job.id);
   auto seconds = [&] {
-    return std::to_string(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    return std::to_string(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   };
   const config::RepoConfig* rc = repo_config(job.repo);
   const fs::path work = fs::path(cfg_.store) / ".loftqd-work" / ("job-" + std::to_string(job.id));
@@ -157,8 +162,8 @@ void Pipeline::run_job(const storage::Job& job, SyncReport& report) {
     } catch (const std::invalid_argument& e) {
       throw JobFailure{e.what(), true};
     }
-    log(tag + " step=quantize done layers=" + std::to_string(qr.layers.size()) + " device=\"" + chosen +
-        "\" seconds=" + seconds());
+    log(tag + " step=quantize done layers=" + std::to_string(qr.layers.size()) + " device=\"" +
+        chosen + "\" seconds=" + seconds());
 
     // 3. Publish: one commit per target, carrying the upstream commit.
     db_.set_state(job.id, storage::JobState::Publishing, now_s());
@@ -172,19 +177,22 @@ void Pipeline::run_job(const storage::Job& job, SyncReport& report) {
       pr.dir = work / "out";
       pr.repo = job.target;
       pr.summary = "LoftQ of " + job.repo + "@" + job.upstream_commit;
-      pr.description = "loftqd " LOFTQD_VERSION "; upstream " + job.repo + " revision " + job.revision +
-                       " commit " + job.upstream_commit + "; config " + job.config_hash;
+      pr.description = "loftqd " LOFTQD_VERSION "; upstream " + job.repo + " revision " +
+                       job.revision + " commit " + job.upstream_commit + "; config " +
+                       job.config_hash;
       auto c = client.upload_folder(pr);
       if (!c) throw JobFailure{where + ": " + c.error().message, permanent(c.error().kind)};
       published = c.value().commit_oid;
-      log(tag + " step=publish target=" + where + "/" + job.target + " commit_oid=" + published + " seconds=" + seconds());
+      log(tag + " step=publish target=" + where + "/" + job.target + " commit_oid=" + published +
+          " seconds=" + seconds());
     };
     if (cfg_.publish.mirror) {
       if (!opt_.mirror) throw JobFailure{"publish.mirror is set but no mirror is running", true};
       publish_to(*opt_.mirror, "mirror");
     }
     if (cfg_.publish.hub_org) {
-      if (!opt_.hub) throw JobFailure{"publish.hub_org is set but no Hub token is configured", true};
+      if (!opt_.hub)
+        throw JobFailure{"publish.hub_org is set but no Hub token is configured", true};
       publish_to(*opt_.hub, "hub");
     }
     db_.set_published(job.id, published, now_s());
@@ -197,16 +205,18 @@ void Pipeline::run_job(const storage::Job& job, SyncReport& report) {
     ++report.jobs_failed;
     report.errors.push_back(job.repo + ": " + f.message);
     const int attempt = job.attempts + 1;
-    const int64_t retry_at = now_s() + static_cast<int64_t>(std::min(3600.0, 30.0 * std::pow(2.0, attempt - 1)));
+    const int64_t retry_at =
+        now_s() + static_cast<int64_t>(std::min(3600.0, 30.0 * std::pow(2.0, attempt - 1)));
     db_.record_failure(job.id, f.message, f.permanent, cfg_.limits.max_attempts, retry_at, now_s());
-    log(tag + " step=failed permanent=" + (f.permanent ? std::string("yes") : "no") + " error=\"" + f.message +
-        "\" seconds=" + seconds());
+    log(tag + " step=failed permanent=" + (f.permanent ? std::string("yes") : "no") + " error=\"" +
+        f.message + "\" seconds=" + seconds());
   } catch (const std::exception& e) {
     ++report.jobs_failed;
     report.errors.push_back(job.repo + ": " + e.what());
     const int64_t retry_at = now_s() + 60;
     db_.record_failure(job.id, e.what(), false, cfg_.limits.max_attempts, retry_at, now_s());
-    log(tag + " step=failed permanent=no error=\"" + std::string(e.what()) + "\" seconds=" + seconds());
+    log(tag + " step=failed permanent=no error=\"" + std::string(e.what()) +
+        "\" seconds=" + seconds());
   }
 }
 

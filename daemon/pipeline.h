@@ -22,7 +22,7 @@ struct PublishEndpoint {
 
 struct PipelineOptions {
   std::optional<PublishEndpoint> mirror;
-  std::optional<PublishEndpoint> hub;       // used when config.publish.hub_org is set
+  std::optional<PublishEndpoint> hub;         // used when config.publish.hub_org is set
   std::optional<std::string> upstream_token;  // for downloads (HF_TOKEN, $HF_HOME/token, config)
   int threads = 0;                            // CPU threads for LoftQ (0 = all)
   std::atomic<bool>* stop = nullptr;          // set by SIGTERM: no new job is started

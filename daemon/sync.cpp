@@ -34,7 +34,9 @@ std::optional<std::string> token_from_file(const std::optional<std::string>& pat
   return t.empty() ? std::nullopt : std::optional<std::string>(t);
 }
 
-void log_line(const std::string& s) { spdlog::info("{}", s); }
+void log_line(const std::string& s) {
+  spdlog::info("{}", s);
+}
 
 }  // namespace
 
@@ -125,14 +127,14 @@ int demo_command(const fs::path& workdir_in, int threads) {
   spdlog::info("demo: upstream demo/tiny-llama at commit {} on {}", upc.value().commit_oid, url);
 
   // 3. One sync pass: download over HTTP, LoftQ with the mixed 4/2-bit plan, publish.
-  config::Config cfg = config::parse_config(nlohmann::json{
-      {"hub", {{"endpoint", url}}},
-      {"store", cache.string()},
-      {"repos",
-       {{{"repo", "demo/tiny-llama"},
-         {"publish_as", "demo/tiny-llama-loftq"},
-         {"loftq", {{"rank", 16}, {"iters", 5}, {"avg_bits", 3}}}}}},
-      {"publish", {{"mirror", true}}}});
+  config::Config cfg = config::parse_config(
+      nlohmann::json{{"hub", {{"endpoint", url}}},
+                     {"store", cache.string()},
+                     {"repos",
+                      {{{"repo", "demo/tiny-llama"},
+                        {"publish_as", "demo/tiny-llama-loftq"},
+                        {"loftq", {{"rank", 16}, {"iters", 5}, {"avg_bits", 3}}}}}},
+                     {"publish", {{"mirror", true}}}});
   auto db = storage::StateDb::open(cfg.state_db);
   PipelineOptions po;
   po.threads = threads;
@@ -173,9 +175,12 @@ int demo_command(const fs::path& workdir_in, int threads) {
       "  HF_ENDPOINT=http://127.0.0.1:8080 python3 -c '\n"
       "import torch; from transformers import AutoModelForCausalLM, BitsAndBytesConfig\n"
       "from peft import PeftModel\n"
-      "base = AutoModelForCausalLM.from_pretrained(\"demo/tiny-llama-loftq\", torch_dtype=torch.bfloat16,\n"
-      "    quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=\"nf4\"))\n"
-      "model = PeftModel.from_pretrained(base, \"demo/tiny-llama-loftq\", subfolder=\"loftq_init\", "
+      "base = AutoModelForCausalLM.from_pretrained(\"demo/tiny-llama-loftq\", "
+      "torch_dtype=torch.bfloat16,\n"
+      "    quantization_config=BitsAndBytesConfig(load_in_4bit=True, "
+      "bnb_4bit_quant_type=\"nf4\"))\n"
+      "model = PeftModel.from_pretrained(base, \"demo/tiny-llama-loftq\", "
+      "subfolder=\"loftq_init\", "
       "is_trainable=True)'\n",
       db->jobs(1).front().published_commit.c_str(), store.c_str(), store.c_str());
   return 0;

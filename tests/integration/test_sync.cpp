@@ -100,8 +100,9 @@ TEST(Sync, NewCommitIsPublishedExactlyOnceAndConfigChangesRepublish) {
   const json lj = json::parse(slurp(snap / "loftq.json"));
   EXPECT_EQ(lj["source"]["repo"], "up/tiny");
   EXPECT_EQ(lj["source"]["commit"], up.commit());
-  EXPECT_EQ(json::parse(slurp(snap / "loftq_init" / "adapter_config.json"))["base_model_name_or_path"],
-            "me/tiny-loftq");
+  EXPECT_EQ(
+      json::parse(slurp(snap / "loftq_init" / "adapter_config.json"))["base_model_name_or_path"],
+      "me/tiny-loftq");
   const fs::path upstream_snap = tmp / "store" / "models--up--tiny" / "snapshots" / up.commit();
   auto v = run_loftqd({"verify", snap.string(), "--original", upstream_snap.string()});
   EXPECT_EQ(v.exit_code, 0) << v.out;
@@ -126,7 +127,9 @@ TEST(Sync, NewCommitIsPublishedExactlyOnceAndConfigChangesRepublish) {
   ASSERT_EQ(r4.exit_code, 0) << r4.out;
   EXPECT_THAT(r4.out, HasSubstr("1 jobs queued, 1 done"));
   const std::string p4 = slurp(repo_dir / "refs" / "main");
-  EXPECT_EQ(json::parse(slurp(repo_dir / "snapshots" / p4 / "loftq_init" / "adapter_config.json"))["r"], 4);
+  EXPECT_EQ(
+      json::parse(slurp(repo_dir / "snapshots" / p4 / "loftq_init" / "adapter_config.json"))["r"],
+      4);
 
   auto st = run_loftqd({"status", "--config", cfg.string()});
   EXPECT_EQ(st.exit_code, 0) << st.out;
@@ -153,6 +156,7 @@ TEST(Demo, RunsEndToEndAndLeavesAServableStore) {
   EXPECT_THAT(r.out, HasSubstr("HF_ENDPOINT=http://127.0.0.1:8080"));
   EXPECT_THAT(r.out, HasSubstr("subfolder=\"loftq_init\""));
   EXPECT_THAT(r.out, HasSubstr("model.layers.3.mlp.down_proj.weight"));
-  EXPECT_TRUE(fs::exists(tmp / "demo" / "store" / "models--demo--tiny-llama-loftq" / "refs" / "main"));
+  EXPECT_TRUE(
+      fs::exists(tmp / "demo" / "store" / "models--demo--tiny-llama-loftq" / "refs" / "main"));
   EXPECT_TRUE(fs::exists(tmp / "demo" / "store" / "models--demo--tiny-llama" / "refs" / "main"));
 }
