@@ -15,7 +15,9 @@ SvdMode parse_svd_mode(const std::string& s) {
   throw std::invalid_argument("unknown SVD mode '" + s + "' (expected exact or randomized)");
 }
 
-std::string svd_mode_name(SvdMode m) { return m == SvdMode::Exact ? "exact" : "randomized"; }
+std::string svd_mode_name(SvdMode m) {
+  return m == SvdMode::Exact ? "exact" : "randomized";
+}
 
 namespace {
 
@@ -104,7 +106,6 @@ LoftqResult loftq(Backend& be, const float* w, int out_features, int in_features
   auto l = be.alloc(size_t(m) * r), rr = be.alloc(size_t(r) * n);
   std::unique_ptr<Buffer> best_q, best_l, best_r;
   be.upload(*wb, w, mn);
-  be.copy(*wb, *res, mn);
   const double w2 = be.sq_norm(*wb, mn);
   const double wn = w2 > 0 ? std::sqrt(w2) : 1.0;
 
@@ -115,8 +116,9 @@ LoftqResult loftq(Backend& be, const float* w, int out_features, int in_features
   double best = std::numeric_limits<double>::infinity();
   SvdState state;
   for (int t = 1; t <= opt.iters; ++t) {
-    be.quant_dequant(opt.quant, *res, *qd, mn);  // Qd = dequant(quant(res))
-    be.sub(*wb, *qd, *e, mn);                    // E = W - Qd
+    // Qd = dequant(quant(res)); res is W itself at t = 1, so W is not copied into it first.
+    be.quant_dequant(opt.quant, t == 1 ? *wb : *res, *qd, mn);
+    be.sub(*wb, *qd, *e, mn);  // E = W - Qd
     if (t == 1) out.qlora_error = std::sqrt(be.sq_norm(*e, mn)) / wn;
     truncated_svd(be, *e, m, n, r, opt, state, *l, *rr);
     be.copy(*wb, *res, mn);
@@ -126,7 +128,8 @@ LoftqResult loftq(Backend& be, const float* w, int out_features, int in_features
     if (err < best) {  // keep the best iterate: swap it out of the working buffers
       best = err;
       out.best_iter = t;
-      if (!best_q) best_q = be.alloc(mn), best_l = be.alloc(size_t(m) * r), best_r = be.alloc(size_t(r) * n);
+      if (!best_q)
+        best_q = be.alloc(mn), best_l = be.alloc(size_t(m) * r), best_r = be.alloc(size_t(r) * n);
       std::swap(best_q, qd);
       std::swap(best_l, l);
       std::swap(best_r, rr);

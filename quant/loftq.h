@@ -27,9 +27,9 @@ struct LoftqOptions {
 
 struct LoftqResult {
   int out_features = 0, in_features = 0, rank = 0;
-  std::vector<float> q;  // out x in, the dequantized backbone weight (float32)
-  std::vector<float> a;  // rank x in   (PEFT lora_A, before alpha scaling)
-  std::vector<float> b;  // out x rank  (PEFT lora_B)
+  std::vector<float> q;             // out x in, the dequantized backbone weight (float32)
+  std::vector<float> a;             // rank x in   (PEFT lora_A, before alpha scaling)
+  std::vector<float> b;             // out x rank  (PEFT lora_B)
   double qlora_error = 0;           // ||W - Q0||_F / ||W||_F
   double loftq_error = 0;           // ||W - Q - B A||_F / ||W||_F at the best iterate
   int best_iter = 0;                // 1-based

@@ -62,7 +62,54 @@ inline uint8_t nearest_code(std::span<const float> table, float y) {
   return static_cast<uint8_t>(dl <= dh ? lo : hi);
 }
 
-uint8_t zero_code(std::span<const float> table) { return nearest_code(table, 0.0f); }
+uint8_t zero_code(std::span<const float> table) {
+  return nearest_code(table, 0.0f);
+}
+
+// The hot loop of LoftQ (once per iteration over the whole weight). Values go through in
+// chunks: first the codes, by counting table entries or thresholds (branch-free, so the
+// compiler vectorizes it), then the table lookups. The codes are those of nf4_code and
+// nearest_code, bit for bit.
+constexpr size_t kChunk = 64;
+
+// NF4: the number of thresholds strictly below x * inv, as nf4_code.
+inline void nf4_chunk(const float* x, size_t n, float inv, float scale, float* out) {
+  int32_t code[kChunk];
+  for (size_t i = 0; i < n; ++i) {
+    const float y = x[i] * inv;
+    int32_t c = 0;
+    for (float t : kNF4Thresholds) c += y > t ? 1 : 0;
+    code[i] = c;
+  }
+  for (size_t i = 0; i < n; ++i) out[i] = kNF4Table[code[i]] * scale;
+}
+
+// Tables of N <= 16 entries: nearest_code without branches. upper_bound's index is the count
+// of entries t with !(y < t) (for a NaN y that is N, as upper_bound gives); its two
+// neighbours, clamped to the table, are then compared as nearest_code does.
+template <int N>
+void nearest_chunk(const float* table, const float* x, size_t n, float scale, float* out) {
+  float y[kChunk];
+  int32_t hi[kChunk];
+  for (size_t i = 0; i < n; ++i) {
+    y[i] = x[i] / scale;
+    int32_t c = 0;
+    for (int k = 0; k < N; ++k) c += y[i] < table[k] ? 0 : 1;
+    hi[i] = c;
+  }
+  for (size_t i = 0; i < n; ++i) {
+    const int32_t h = std::min(hi[i], N - 1), l = std::max(hi[i] - 1, 0);
+    // l on ties; h - l is 0 or 1. Arithmetic rather than ?: keeps the compiler from a branch
+    // that random data mispredicts half the time.
+    const int32_t up = !(std::fabs(y[i] - table[l]) <= std::fabs(y[i] - table[h]));
+    out[i] = table[l + up * (h - l)] * scale;
+  }
+}
+
+template <class ChunkFn>
+void by_chunks(const float* x, size_t n, float* out, ChunkFn fn) {
+  for (size_t i = 0; i < n; i += kChunk) fn(x + i, std::min(kChunk, n - i), out + i);
+}
 
 void quant_dequant_range(const QuantSpec& s, const float* x, size_t first_block, size_t last_block,
                          float* out) {
@@ -79,7 +126,20 @@ void quant_dequant_range(const QuantSpec& s, const float* x, size_t first_block,
     }
     if (nf4) {
       const float inv = 1.0f / scale;
-      for (size_t i = 0; i < bs; ++i) ob[i] = kNF4Table[nf4_code(xb[i] * inv)] * scale;
+      by_chunks(xb, bs, ob,
+                [&](const float* xc, size_t n, float* oc) { nf4_chunk(xc, n, inv, scale, oc); });
+    } else if (table.size() == 4) {
+      by_chunks(xb, bs, ob, [&](const float* xc, size_t n, float* oc) {
+        nearest_chunk<4>(table.data(), xc, n, scale, oc);
+      });
+    } else if (table.size() == 8) {
+      by_chunks(xb, bs, ob, [&](const float* xc, size_t n, float* oc) {
+        nearest_chunk<8>(table.data(), xc, n, scale, oc);
+      });
+    } else if (table.size() == 16) {
+      by_chunks(xb, bs, ob, [&](const float* xc, size_t n, float* oc) {
+        nearest_chunk<16>(table.data(), xc, n, scale, oc);
+      });
     } else {
       for (size_t i = 0; i < bs; ++i) ob[i] = table[nearest_code(table, xb[i] / scale)] * scale;
     }
@@ -96,18 +156,27 @@ bool supports(QuantMethod m, int bits) {
 std::span<const float> code_table(QuantMethod m, int bits) {
   if (m == QuantMethod::NF) {
     switch (bits) {
-      case 2: return kNF2Table;
-      case 3: return kNF3Table;
-      case 4: return kNF4Table;
-      default: break;
+      case 2:
+        return kNF2Table;
+      case 3:
+        return kNF3Table;
+      case 4:
+        return kNF4Table;
+      default:
+        break;
     }
   } else {
     switch (bits) {
-      case 2: return uniform2().v;
-      case 3: return uniform3().v;
-      case 4: return uniform4().v;
-      case 8: return uniform8().v;
-      default: break;
+      case 2:
+        return uniform2().v;
+      case 3:
+        return uniform3().v;
+      case 4:
+        return uniform4().v;
+      case 8:
+        return uniform8().v;
+      default:
+        break;
     }
   }
   throw std::invalid_argument(method_name(m) + " quantization does not support " +
@@ -115,9 +184,13 @@ std::span<const float> code_table(QuantMethod m, int bits) {
                               (m == QuantMethod::NF ? "nf: 2, 3, 4" : "uniform: 2, 3, 4, 8") + ")");
 }
 
-std::string method_name(QuantMethod m) { return m == QuantMethod::NF ? "nf" : "uniform"; }
+std::string method_name(QuantMethod m) {
+  return m == QuantMethod::NF ? "nf" : "uniform";
+}
 
-std::string spec_name(const QuantSpec& s) { return method_name(s.method) + std::to_string(s.bits); }
+std::string spec_name(const QuantSpec& s) {
+  return method_name(s.method) + std::to_string(s.bits);
+}
 
 QuantMethod parse_method(const std::string& s) {
   if (s == "nf" || s == "normal") return QuantMethod::NF;
@@ -129,7 +202,8 @@ void check_spec(const QuantSpec& s, size_t n) {
   (void)code_table(s.method, s.bits);
   if (s.block_size <= 0) throw std::invalid_argument("block size must be positive");
   if (n == 0 || n % static_cast<size_t>(s.block_size) != 0)
-    throw std::invalid_argument(std::to_string(n) + " elements are not a multiple of the block size " +
+    throw std::invalid_argument(std::to_string(n) +
+                                " elements are not a multiple of the block size " +
                                 std::to_string(s.block_size));
 }
 
@@ -147,7 +221,8 @@ float block_scale(const QuantSpec& s, const float* block) {
   const double mean = sum / static_cast<double>(bs);
   double ss = 0.0;
   for (size_t i = 0; i < bs; ++i) ss += (block[i] - mean) * (block[i] - mean);
-  const float stdv = bs > 1 ? static_cast<float>(std::sqrt(ss / static_cast<double>(bs - 1))) : 0.0f;
+  const float stdv =
+      bs > 1 ? static_cast<float>(std::sqrt(ss / static_cast<double>(bs - 1))) : 0.0f;
   return static_cast<float>(mean) + 2.5f * stdv;
 }
 
@@ -175,7 +250,8 @@ void dequantize(const QuantSpec& s, const uint8_t* codes, const float* scales, s
   const size_t bs = static_cast<size_t>(s.block_size);
   for (size_t i = 0; i < n; ++i) {
     const float scale = scales[i / bs];
-    if (codes[i] >= table.size()) throw std::invalid_argument("code out of range for " + spec_name(s));
+    if (codes[i] >= table.size())
+      throw std::invalid_argument("code out of range for " + spec_name(s));
     out[i] = scale == 0.0f ? 0.0f : table[codes[i]] * scale;
   }
 }
@@ -183,8 +259,8 @@ void dequantize(const QuantSpec& s, const uint8_t* codes, const float* scales, s
 void quant_dequant(const QuantSpec& s, const float* x, size_t n, float* out, int threads) {
   check_spec(s, n);
   const size_t blocks = n / static_cast<size_t>(s.block_size);
-  const size_t nthreads =
-      std::clamp<size_t>(static_cast<size_t>(std::max(threads, 1)), 1, std::max<size_t>(1, blocks / 1024));
+  const size_t nthreads = std::clamp<size_t>(static_cast<size_t>(std::max(threads, 1)), 1,
+                                             std::max<size_t>(1, blocks / 1024));
   if (nthreads == 1) {
     quant_dequant_range(s, x, 0, blocks, out);
     return;

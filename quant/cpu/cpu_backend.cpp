@@ -16,8 +16,10 @@ namespace loftqd::quant {
 namespace {
 
 // Host memory, left uninitialized: every backend call writes its outputs in full before they
-// are read (sgemm with beta = 0 stores zeros rather than scaling C), so zero-filling a buffer
-// would only cost a pass over memory.
+// are read (sgemm with beta = 0 is given a zeroed C, below), so zero-filling a buffer would
+// only cost a pass over memory. (Transparent huge pages for the matrix-sized buffers were
+// tried: fewer page faults, but slower first touches of 180 MB buffers on the benchmark VM;
+// see docs/performance.md.)
 class CpuBuffer final : public Buffer {
  public:
   explicit CpuBuffer(size_t n) : Buffer(n), v_(std::make_unique_for_overwrite<float[]>(n)) {}
@@ -28,8 +30,12 @@ class CpuBuffer final : public Buffer {
   std::unique_ptr<float[]> v_;
 };
 
-CpuBuffer& cb(Buffer& b) { return static_cast<CpuBuffer&>(b); }
-const CpuBuffer& cb(const Buffer& b) { return static_cast<const CpuBuffer&>(b); }
+CpuBuffer& cb(Buffer& b) {
+  return static_cast<CpuBuffer&>(b);
+}
+const CpuBuffer& cb(const Buffer& b) {
+  return static_cast<const CpuBuffer&>(b);
+}
 
 void check_size(const Buffer& b, size_t n, const char* what) {
   if (b.size() < n)
@@ -41,6 +47,25 @@ void lapack_check(lapack_int info, const char* call) {
   if (info != 0)
     throw std::runtime_error(std::string("LAPACKE_") + call + " failed with info " +
                              std::to_string(info));
+}
+
+// sum over i < n of f(i)^2 in double, with eight partial sums: one running sum is bound by
+// the latency of the add (the sums are over whole weight matrices, once per LoftQ iteration).
+template <class F>
+double sum_sq(size_t n, F f) {
+  double s[8] = {};
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (size_t j = 0; j < 8; ++j) {
+      const double d = f(i + j);
+      s[j] += d * d;
+    }
+  double tail = 0.0;
+  for (; i < n; ++i) {
+    const double d = f(i);
+    tail += d * d;
+  }
+  return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7])) + tail;
 }
 
 class CpuBackend final : public Backend {
@@ -73,9 +98,9 @@ class CpuBackend final : public Backend {
     // C is uninitialized memory when it is an output only; make beta = 0 ignore it whatever
     // the BLAS does with 0 * NaN.
     if (beta == 0.0f) std::fill_n(cb(c).data(), size_t(m) * n, 0.0f);
-    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m,
-                n, k, alpha, cb(a).data(), ta ? m : k, cb(b).data(), tb ? k : n, beta,
-                cb(c).data(), n);
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n,
+                k, alpha, cb(a).data(), ta ? m : k, cb(b).data(), tb ? k : n, beta, cb(c).data(),
+                n);
   }
 
   void sub(const Buffer& a, const Buffer& b, Buffer& out, size_t n) override {
@@ -87,18 +112,11 @@ class CpuBackend final : public Backend {
   double sq_dist(const Buffer& a, const Buffer& b, size_t n) override {
     const float* pa = cb(a).data();
     const float* pb = cb(b).data();
-    double s = 0.0;
-    for (size_t i = 0; i < n; ++i) {
-      const double d = double(pa[i]) - double(pb[i]);
-      s += d * d;
-    }
-    return s;
+    return sum_sq(n, [pa, pb](size_t i) { return double(pa[i]) - double(pb[i]); });
   }
   double sq_norm(const Buffer& a, size_t n) override {
     const float* pa = cb(a).data();
-    double s = 0.0;
-    for (size_t i = 0; i < n; ++i) s += double(pa[i]) * double(pa[i]);
-    return s;
+    return sum_sq(n, [pa](size_t i) { return double(pa[i]); });
   }
   void quant_dequant(const QuantSpec& spec, const Buffer& in, Buffer& out, size_t n) override {
     quant::quant_dequant(spec, cb(in).data(), n, cb(out).data(), threads_);
@@ -140,7 +158,8 @@ class CpuBackend final : public Backend {
         pl[size_t(i) * r + j] = j < valid ? pu[size_t(i) * p + j] * std::sqrt(s[size_t(j)]) : 0.0f;
     for (int j = 0; j < r; ++j) {
       const float f = j < valid ? std::sqrt(s[size_t(j)]) : 0.0f;
-      for (int c = 0; c < n; ++c) pr[size_t(j) * n + c] = j < valid ? f * pv[size_t(j) * n + c] : 0.0f;
+      for (int c = 0; c < n; ++c)
+        pr[size_t(j) * n + c] = j < valid ? f * pv[size_t(j) * n + c] : 0.0f;
     }
   }
 
@@ -154,6 +173,8 @@ class CpuBackend final : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend(int threads) { return std::make_unique<CpuBackend>(threads); }
+std::unique_ptr<Backend> make_cpu_backend(int threads) {
+  return std::make_unique<CpuBackend>(threads);
+}
 
 }  // namespace loftqd::quant

@@ -33,8 +33,8 @@ std::vector<float> structured(int m, int n, uint32_t seed) {
   return w;
 }
 
-double rel_err(const std::vector<float>& w, const std::vector<float>& q, const std::vector<float>& a,
-               const std::vector<float>& b, int m, int n, int r) {
+double rel_err(const std::vector<float>& w, const std::vector<float>& q,
+               const std::vector<float>& a, const std::vector<float>& b, int m, int n, int r) {
   double num = 0, den = 0;
   for (int i = 0; i < m; ++i)
     for (int j = 0; j < n; ++j) {
