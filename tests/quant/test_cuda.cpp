@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "common/matrices.h"
 #include "quant/cuda_backend.h"
 #include "quant/device.h"
 #include "quant/loftq.h"
@@ -47,25 +48,7 @@ std::string error_of(const std::function<void()>& f) {
   return "";
 }
 
-// The weight-like matrix of test_loftq.cpp: decaying low-rank part, noise, outlier columns.
-std::vector<float> structured(int m, int n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<double> g(0.0, 1.0);
-  const int k = 24;
-  std::vector<double> u(size_t(m) * k), v(size_t(n) * k);
-  for (auto& x : u) x = g(rng);
-  for (auto& x : v) x = g(rng);
-  std::vector<float> w(size_t(m) * n);
-  for (int i = 0; i < m; ++i)
-    for (int j = 0; j < n; ++j) {
-      double s = 0;
-      for (int c = 0; c < k; ++c) s += u[size_t(i) * k + c] * v[size_t(j) * k + c] / (1.0 + c);
-      double val = 0.004 * s + 0.01 * g(rng);
-      if (j % 97 == 5) val *= 6.0;
-      w[size_t(i) * n + j] = static_cast<float>(val);
-    }
-  return w;
-}
+using loftqd::testing::structured_matrix;
 
 std::vector<float> gaussian(size_t n, uint32_t seed, float sd = 1.0f) {
   std::mt19937 rng(seed);
@@ -238,7 +221,7 @@ TEST(Device, NoSuchCudaDevice) {
 
 TEST(Device, OutOfMemoryFallsBackToTheCpuForThatLayer) {
   const int m = 64, n = 128;
-  const auto w = structured(m, n, 11);
+  const auto w = structured_matrix(m, n, 11);
   const auto o = opts(4, 2, SvdMode::Randomized, 8);
   auto cpu = make_cpu_backend(1);
   OutOfMemoryBackend oom;
@@ -369,7 +352,7 @@ static void svd_and_orthonormalize_match_the_cpu(bool cholesky) {
   for (auto [m, n] : {std::pair{40, 300}, std::pair{300, 40}, std::pair{64, 64},
                       std::pair{600, 700}, std::pair{700, 600}}) {
     const int p = std::min(m, n);
-    const auto a = structured(m, n, 6);
+    const auto a = structured_matrix(m, n, 6);
     std::vector<float> s[2], u[2], vt[2];
     Backend* bes[2] = {cpu.get(), gpu.get()};
     for (int i = 0; i < 2; ++i) {
@@ -471,7 +454,7 @@ TEST(CudaLoftq, ErrorAndSubspacesMatchTheCpu) {
   REQUIRE_CUDA_DEVICE();
   auto cpu = make_cpu_backend(2);
   const int m = 256, n = 384, r = 16;
-  const auto w = structured(m, n, 9);
+  const auto w = structured_matrix(m, n, 9);
   for (const bool cholesky : {false, true})
     for (SvdMode mode : {SvdMode::Exact, SvdMode::Randomized})
       for (int bits : {4, 2}) {
@@ -506,7 +489,7 @@ TEST(CudaLoftq, OutOfMemoryFallsBackToTheCpu) {
   auto gpu = make_cuda_backend(0, co);
   auto cpu = make_cpu_backend(1);
   const int m = 512, n = 1024;
-  const auto w = structured(m, n, 10);
+  const auto w = structured_matrix(m, n, 10);
   const auto o = opts(4, 2, SvdMode::Randomized, 16);
   EXPECT_THROW(loftq(*gpu, w.data(), m, n, o), DeviceOutOfMemory);
   std::vector<std::string> warnings;
@@ -517,7 +500,7 @@ TEST(CudaLoftq, OutOfMemoryFallsBackToTheCpu) {
   ASSERT_EQ(warnings.size(), 1u);
   EXPECT_NE(warnings[0].find("memory budget"), std::string::npos) << warnings[0];
   // The backend is still usable for a layer that fits.
-  const auto small = structured(16, 64, 12);
+  const auto small = structured_matrix(16, 64, 12);
   const auto ok = loftq(*gpu, small.data(), 16, 64, opts(4, 1, SvdMode::Exact, 4));
   EXPECT_EQ(ok.q, loftq(*cpu, small.data(), 16, 64, opts(4, 1, SvdMode::Exact, 4)).q);
 }
@@ -544,7 +527,7 @@ TEST(CudaBackend, Tf32OptionStillCloseToTheCpu) {
   auto gpu = make_cuda_backend(0, co);
   auto cpu = make_cpu_backend(2);
   const int m = 256, n = 384, r = 16;
-  const auto w = structured(m, n, 13);
+  const auto w = structured_matrix(m, n, 13);
   const auto o = opts(4, 5, SvdMode::Randomized, r);
   const auto want = loftq(*cpu, w.data(), m, n, o);
   const auto got = loftq(*gpu, w.data(), m, n, o);

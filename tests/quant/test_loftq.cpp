@@ -1,4 +1,5 @@
 // The LoftQ loop against an independent computation and the paper's qualitative claims.
+#include "common/matrices.h"
 #include "quant/loftq.h"
 
 #include <gtest/gtest.h>
@@ -12,26 +13,7 @@ using namespace loftqd::quant;
 
 namespace {
 
-// A weight-like test matrix: a decaying low-rank part, Gaussian noise and a few outlier
-// columns (the structure that makes a low-rank correction worth having).
-std::vector<float> structured(int m, int n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<double> g(0.0, 1.0);
-  const int k = 24;
-  std::vector<double> u(size_t(m) * k), v(size_t(n) * k);
-  for (auto& x : u) x = g(rng);
-  for (auto& x : v) x = g(rng);
-  std::vector<float> w(size_t(m) * n);
-  for (int i = 0; i < m; ++i)
-    for (int j = 0; j < n; ++j) {
-      double s = 0;
-      for (int c = 0; c < k; ++c) s += u[size_t(i) * k + c] * v[size_t(j) * k + c] / (1.0 + c);
-      double val = 0.004 * s + 0.01 * g(rng);
-      if (j % 97 == 5) val *= 6.0;  // outlier channels
-      w[size_t(i) * n + j] = static_cast<float>(val);
-    }
-  return w;
-}
+using loftqd::testing::structured_matrix;
 
 double rel_err(const std::vector<float>& w, const std::vector<float>& q,
                const std::vector<float>& a, const std::vector<float>& b, int m, int n, int r) {
@@ -60,7 +42,7 @@ LoftqOptions opts(int bits, int iters, SvdMode mode, int rank = 16) {
 
 TEST(Loftq, OneIterationIsQuantizeThenTruncatedSvd) {
   const int m = 96, n = 128, r = 8;
-  auto w = structured(m, n, 1);
+  auto w = structured_matrix(m, n, 1);
   auto be = make_cpu_backend(1);
   auto res = loftq(*be, w.data(), m, n, opts(4, 1, SvdMode::Exact, r));
 
@@ -106,7 +88,7 @@ TEST(Loftq, OneIterationIsQuantizeThenTruncatedSvd) {
 
 TEST(Loftq, BeatsQloraByThreePercentAt4BitsAndMoreAt2Bits) {
   const int m = 256, n = 384, r = 16;
-  auto w = structured(m, n, 2);
+  auto w = structured_matrix(m, n, 2);
   auto be = make_cpu_backend(2);
   auto r4 = loftq(*be, w.data(), m, n, opts(4, 5, SvdMode::Exact, r));
   auto r2 = loftq(*be, w.data(), m, n, opts(2, 5, SvdMode::Exact, r));
@@ -122,7 +104,7 @@ TEST(Loftq, BeatsQloraByThreePercentAt4BitsAndMoreAt2Bits) {
 
 TEST(Loftq, KeepsTheBestIterate) {
   const int m = 128, n = 192;
-  auto w = structured(m, n, 3);
+  auto w = structured_matrix(m, n, 3);
   auto be = make_cpu_backend(1);
   auto res = loftq(*be, w.data(), m, n, opts(2, 6, SvdMode::Exact, 8));
   ASSERT_EQ(res.iter_errors.size(), 6u);
@@ -138,7 +120,7 @@ TEST(Loftq, KeepsTheBestIterate) {
 
 TEST(Loftq, RandomizedWithinHalfAPercentOfExact) {
   const int m = 320, n = 448, r = 32;
-  auto w = structured(m, n, 4);
+  auto w = structured_matrix(m, n, 4);
   auto be = make_cpu_backend(2);
   for (int bits : {4, 2}) {
     auto ex = loftq(*be, w.data(), m, n, opts(bits, 5, SvdMode::Exact, r));
@@ -150,7 +132,7 @@ TEST(Loftq, RandomizedWithinHalfAPercentOfExact) {
 
 TEST(Loftq, RankAboveMatrixSizeIsZeroPadded) {
   const int m = 8, n = 64, r = 16;
-  auto w = structured(m, n, 5);
+  auto w = structured_matrix(m, n, 5);
   auto be = make_cpu_backend(1);
   auto res = loftq(*be, w.data(), m, n, opts(4, 2, SvdMode::Randomized, r));
   ASSERT_EQ(res.a.size(), size_t(r) * n);
