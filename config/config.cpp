@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <map>
 #include <set>
@@ -21,12 +22,6 @@ std::string join(const std::vector<std::string>& v, const std::string& sep) {
   std::string s;
   for (const auto& x : v) s += (s.empty() ? "" : sep) + x;
   return s;
-}
-
-std::string fmt_num(double d) {
-  std::ostringstream o;
-  o << d;
-  return o.str();
 }
 
 // Walks a JSON document, collecting "path: message" problems instead of stopping at the first.
@@ -165,9 +160,7 @@ void check_loftq(Reader& r, const LoftqSettings& s, const std::string& path) {
   for (int b : {2, 3, 4, 8})
     if (quant::supports(method, b)) allowed.insert(b);
   try {
-    quant::BitPlan plan = s.bits       ? quant::BitPlan::uniform(*s.bits)
-                          : s.bit_plan ? quant::BitPlan::from_json(*s.bit_plan)
-                                       : quant::BitPlan::average(s.avg_bits.value_or(3.0));
+    quant::BitPlan plan = s.plan();
     plan.resolve(1 << 20, allowed);
   } catch (const std::invalid_argument& e) {
     const char* key = s.bits ? "/bits" : s.bit_plan ? "/bit_plan" : "/avg_bits";
@@ -213,10 +206,14 @@ bool NightlyWindow::contains(int m) const {
                                    : (m >= start_minute || m < end_minute);
 }
 
+quant::BitPlan LoftqSettings::plan() const {
+  return bits       ? quant::BitPlan::uniform(*bits)
+         : bit_plan ? quant::BitPlan::from_json(*bit_plan)
+                    : quant::BitPlan::average(avg_bits.value_or(3.0));
+}
+
 std::string LoftqSettings::plan_label() const {
-  if (bits) return std::to_string(*bits) + "bit";
-  if (bit_plan) return quant::BitPlan::from_json(*bit_plan).label();
-  return "avg" + fmt_num(avg_bits.value_or(3.0)) + "bit";
+  return plan().label();
 }
 
 json LoftqSettings::to_json() const {
@@ -535,7 +532,12 @@ Config load_config(const std::filesystem::path& p) {
 }
 
 void apply_env(Config& c, const std::function<std::optional<std::string>(const char*)>& getenv_fn) {
-  if (auto e = getenv_fn("HF_ENDPOINT"); e && !e->empty()) {
+  auto get = [&](const char* k) -> std::optional<std::string> {
+    if (getenv_fn) return getenv_fn(k);
+    const char* v = std::getenv(k);
+    return v ? std::optional<std::string>(v) : std::nullopt;
+  };
+  if (auto e = get("HF_ENDPOINT"); e && !e->empty()) {
     std::string endpoint = *e;
     while (endpoint.size() > 1 && endpoint.back() == '/') endpoint.pop_back();
     c.hub.endpoint = endpoint;

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "quant/bitplan.h"
+
 namespace loftqd::config {
 
 // LoftQ settings of a watched repo (global defaults merged in).
@@ -27,6 +29,7 @@ struct LoftqSettings {
   std::string svd = "randomized";           // randomized | exact
   std::optional<double> lora_alpha;         // default: rank
   std::string plan_label() const;           // "4bit", "avg3bit", "mixed" (for {plan})
+  quant::BitPlan plan() const;              // the plan form that is set (avg_bits 3 if none)
   nlohmann::json to_json() const;           // canonical form (for the config hash)
 };
 
@@ -104,8 +107,10 @@ class ConfigError : public std::invalid_argument {
 Config parse_config(const nlohmann::json& j, const std::string& source = "config");
 Config load_config(const std::filesystem::path& p);  // ConfigError also for unreadable/bad JSON
 
-// HF_ENDPOINT overrides hub.endpoint. (Tokens are resolved by the hub client.)
-void apply_env(Config& c, const std::function<std::optional<std::string>(const char*)>& getenv_fn);
+// HF_ENDPOINT overrides hub.endpoint. (Tokens are resolved by the hub client.) getenv_fn
+// defaults to the process environment.
+void apply_env(Config& c,
+               const std::function<std::optional<std::string>(const char*)>& getenv_fn = {});
 
 // "{org}/{name}-loftq-{plan}-{rank}rank" -> "my-org/Llama-2-7b-hf-loftq-avg3bit-64rank".
 // {org}: publish.hub_org if set, else the upstream org; {upstream_org}, {name}, {plan}, {rank},

@@ -130,10 +130,7 @@ int cmd_verify(const VerifyArgs& a) {
 
 int cmd_status(const std::string& config_path) {
   auto cfg = config::load_config(config_path);
-  config::apply_env(cfg, [](const char* k) -> std::optional<std::string> {
-    const char* v = std::getenv(k);
-    return v ? std::optional<std::string>(v) : std::nullopt;
-  });
+  config::apply_env(cfg);
   if (!fs::exists(cfg.state_db)) {
     std::printf("no state database at %s yet (the daemon has not run)\n", cfg.state_db.c_str());
     return kExitOk;

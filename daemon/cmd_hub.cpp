@@ -51,16 +51,6 @@ namespace {
 
 int g_stop_pipe = -1;  // written by the signal handler of `serve`
 
-std::string read_token_file(const std::string& path) {
-  std::string s = quant::read_file(path);
-  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.pop_back();
-  size_t i = 0;
-  while (i < s.size() && std::isspace(static_cast<unsigned char>(s[i]))) ++i;
-  s = s.substr(i);
-  if (s.empty()) throw std::invalid_argument("--write-token-file " + path + " is empty");
-  return s;
-}
-
 std::pair<std::string, int> parse_listen(const std::string& s) {
   auto colon = s.rfind(':');
   if (colon == std::string::npos || colon == 0)
@@ -91,7 +81,11 @@ int cmd_serve(HubCommands& h) {
   o.multipart_threshold = storage::parse_size(h.multipart_threshold);
   o.multipart_chunk = storage::parse_size(h.multipart_chunk);
   if (o.multipart_chunk == 0) throw std::invalid_argument("--multipart-chunk must be > 0");
-  if (!h.write_token_file.empty()) o.write_token = read_token_file(h.write_token_file);
+  if (!h.write_token_file.empty()) {
+    o.write_token = hub::read_token_file(h.write_token_file);
+    if (!o.write_token)
+      throw std::invalid_argument("--write-token-file " + h.write_token_file + " is empty");
+  }
   std::error_code ec;
   fs::create_directories(o.store, ec);
   if (ec) throw std::runtime_error("cannot create store " + o.store.string() + ": " + ec.message());

@@ -34,9 +34,7 @@ quant::QuantizeOptions quantize_options(const config::LoftqSettings& s) {
   q.iters = s.iters;
   q.method = quant::parse_method(s.quant);
   q.block_size = s.block_size;
-  q.plan = s.bits       ? quant::BitPlan::uniform(*s.bits)
-           : s.bit_plan ? quant::BitPlan::from_json(*s.bit_plan)
-                        : quant::BitPlan::average(s.avg_bits.value_or(3.0));
+  q.plan = s.plan();
   q.target_modules = s.target_modules;
   q.svd = quant::parse_svd_mode(s.svd);
   q.lora_alpha = s.lora_alpha;

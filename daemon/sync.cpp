@@ -22,18 +22,6 @@ namespace loftqd::daemon {
 
 namespace {
 
-std::optional<std::string> env(const char* k) {
-  const char* v = std::getenv(k);
-  return v && *v ? std::optional<std::string>(v) : std::nullopt;
-}
-
-std::optional<std::string> token_from_file(const std::optional<std::string>& path) {
-  if (!path) return std::nullopt;
-  std::string t = quant::read_file(*path);
-  while (!t.empty() && (t.back() == '\n' || t.back() == '\r' || t.back() == ' ')) t.pop_back();
-  return t.empty() ? std::nullopt : std::optional<std::string>(t);
-}
-
 void log_line(const std::string& s) {
   spdlog::info("{}", s);
 }
@@ -51,7 +39,7 @@ std::string random_token() {
 int sync_once_command(const std::string& config_path, int threads) {
   // 1. Configuration (a bad one is a usage error: ConfigError is an invalid_argument).
   auto cfg = config::load_config(config_path);
-  config::apply_env(cfg, env);
+  config::apply_env(cfg);
   spdlog::set_level(spdlog::level::from_str(cfg.log_level));
   // 2. State.
   fs::create_directories(cfg.store);
@@ -60,7 +48,8 @@ int sync_once_command(const std::string& config_path, int threads) {
   PipelineOptions po;
   po.threads = threads;
   po.log = log_line;
-  const auto config_token = token_from_file(cfg.hub.token_file);
+  const auto config_token =
+      cfg.hub.token_file ? hub::read_token_file(*cfg.hub.token_file) : std::nullopt;
   po.upstream_token = hub::find_token(config_token);
   std::unique_ptr<Mirror> mirror;
   if (cfg.publish.mirror) {

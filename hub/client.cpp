@@ -277,6 +277,11 @@ std::optional<std::string> find_token(const std::optional<std::string>& config_t
   return std::nullopt;
 }
 
+std::optional<std::string> read_token_file(const fs::path& p) {
+  std::string t = trim(quant::read_file(p));
+  return t.empty() ? std::nullopt : std::optional<std::string>(std::move(t));
+}
+
 ClientOptions options_from_env(const std::optional<std::string>& endpoint,
                                const std::optional<std::string>& config_token) {
   ClientOptions o;

@@ -75,6 +75,10 @@ struct ClientOptions {
 // Token lookup order: HF_TOKEN, then $HF_HOME/token (HF_HOME defaults to ~/.cache/huggingface),
 // then `config_token`. Empty values count as absent.
 std::optional<std::string> find_token(const std::optional<std::string>& config_token = {});
+// A token kept in a file (config `hub.token_file`, `--write-token-file`): its content with
+// surrounding white space removed; nullopt when that leaves nothing. std::runtime_error naming
+// the file when it cannot be read.
+std::optional<std::string> read_token_file(const std::filesystem::path& p);
 // Options from the environment: HF_ENDPOINT (else `endpoint`, else huggingface.co),
 // HF_HUB_OFFLINE, the token as find_token.
 ClientOptions options_from_env(const std::optional<std::string>& endpoint = {},
