@@ -4,6 +4,7 @@
 #include <lapacke.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -345,6 +346,29 @@ static CudaOptions with_qr(bool cholesky) {
   return co;
 }
 
+// Orthonormalizes the m x k matrix y on the CPU ([0]) and the GPU ([1]), and checks that the
+// GPU's columns are orthonormal (Q^T Q = I).
+static std::array<std::vector<float>, 2> orthonormalize_on_both(Backend& cpu, Backend& gpu,
+                                                                const std::vector<float>& y, int m,
+                                                                int k) {
+  std::array<std::vector<float>, 2> q;
+  Backend* bes[2] = {&cpu, &gpu};
+  for (int i = 0; i < 2; ++i) {
+    auto d = bes[i]->alloc(y.size());
+    bes[i]->upload(*d, y.data(), y.size());
+    bes[i]->orthonormalize(*d, m, k);
+    q[i].resize(y.size());
+    bes[i]->download(q[i].data(), *d, q[i].size());
+  }
+  for (int i = 0; i < k; ++i)
+    for (int j = 0; j < k; ++j) {
+      double d = 0;
+      for (int r = 0; r < m; ++r) d += double(q[1][size_t(r) * k + i]) * q[1][size_t(r) * k + j];
+      EXPECT_NEAR(d, i == j ? 1.0 : 0.0, 1e-5) << i << "," << j;
+    }
+  return q;
+}
+
 static void svd_and_orthonormalize_match_the_cpu(bool cholesky) {
   auto gpu = make_cuda_backend(0, with_qr(cholesky));
   auto cpu = make_cpu_backend(1);
@@ -394,21 +418,7 @@ static void svd_and_orthonormalize_match_the_cpu(bool cholesky) {
   // orthonormalize: Q^T Q = I and the same column space as the CPU's.
   const int m = 500, k = 40;
   const auto y = gaussian(size_t(m) * k, 8);
-  std::vector<float> q[2];
-  Backend* bes[2] = {cpu.get(), gpu.get()};
-  for (int i = 0; i < 2; ++i) {
-    auto d = bes[i]->alloc(y.size());
-    bes[i]->upload(*d, y.data(), y.size());
-    bes[i]->orthonormalize(*d, m, k);
-    q[i].resize(y.size());
-    bes[i]->download(q[i].data(), *d, q[i].size());
-  }
-  for (int i = 0; i < k; ++i)
-    for (int j = 0; j < k; ++j) {
-      double d = 0;
-      for (int r = 0; r < m; ++r) d += double(q[1][size_t(r) * k + i]) * q[1][size_t(r) * k + j];
-      EXPECT_NEAR(d, i == j ? 1.0 : 0.0, 1e-5) << i << "," << j;
-    }
+  const auto q = orthonormalize_on_both(*cpu, *gpu, y, m, k);
   EXPECT_GT(subspace_cos2(q[0], q[1], m, k), kSvdVectorCos2);
 }
 
@@ -432,21 +442,7 @@ TEST(CudaBackend, CholeskyQr2FallsBackOnIllConditionedInput) {
   auto y = gaussian(size_t(m) * k, 21);
   for (int r = 0; r < m; ++r)
     for (int c = 0; c < k; ++c) y[size_t(r) * k + c] *= std::pow(10.0f, -float(c) / 10.0f);
-  std::vector<float> q[2];
-  Backend* bes[2] = {cpu.get(), gpu.get()};
-  for (int i = 0; i < 2; ++i) {
-    auto d = bes[i]->alloc(y.size());
-    bes[i]->upload(*d, y.data(), y.size());
-    bes[i]->orthonormalize(*d, m, k);
-    q[i].resize(y.size());
-    bes[i]->download(q[i].data(), *d, q[i].size());
-  }
-  for (int i = 0; i < k; ++i)
-    for (int j = 0; j < k; ++j) {
-      double d = 0;
-      for (int r = 0; r < m; ++r) d += double(q[1][size_t(r) * k + i]) * q[1][size_t(r) * k + j];
-      EXPECT_NEAR(d, i == j ? 1.0 : 0.0, 1e-5) << i << "," << j;
-    }
+  const auto q = orthonormalize_on_both(*cpu, *gpu, y, m, k);
   EXPECT_GT(subspace_cos2(q[0], q[1], m, k), 0.99);
 }
 
