@@ -11,7 +11,10 @@
 # Targets on one H100: 4096x4096 <= 0.15 s; 7B-shaped model <= 3 minutes end to end; the whole
 # script < 8 minutes. The log goes to $OUT/gpu_check.log when $OUT is set (and to stdout).
 #
-# Usage: bench/gpu_check.sh [--skip-model] [--workdir DIR]
+# Usage: bench/gpu_check.sh [--skip-model] [--workdir DIR] [--prebuilt DIR]
+#   --prebuilt DIR: skip step 1 and use DIR/{loftqd,test_quant,bench_gpu} (built elsewhere with
+#   LOFTQD_CUDA=ON; bench/pack_device.sh makes such a bundle for a machine without the -dev
+#   packages).
 # Environment: LOFTQD_JOBS (build jobs, default nproc), CMAKE_CUDA_ARCHITECTURES (default 80;90).
 # Exit status: 0 when everything ran and passed, 1 when a step failed or a target was missed.
 set -uo pipefail
@@ -20,10 +23,12 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 build="$repo/build/gpu"
 work="${LOFTQD_GPU_WORK:-$build/work}"
 skip_model=0
+prebuilt=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --skip-model) skip_model=1; shift ;;
     --workdir) work="$2"; shift 2 ;;
+    --prebuilt) prebuilt="$2"; shift 2 ;;
     -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu_check.sh: unknown option '$1'" >&2; exit 2 ;;
   esac
@@ -46,25 +51,34 @@ echo "cpus: $(nproc); $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 /usr/local/cuda/bin/nvcc --version 2>/dev/null | tail -2 || true
 cmake --version | head -1
 
-step "build (Release, LOFTQD_CUDA=ON) into $build"
-jobs="${LOFTQD_JOBS:-$(nproc)}"
-gen=(-G "Unix Makefiles")
-command -v ninja >/dev/null && gen=(-G Ninja)
-arch_flag=()
-[ -n "${CMAKE_CUDA_ARCHITECTURES:-}" ] && arch_flag=(-DCMAKE_CUDA_ARCHITECTURES="$CMAKE_CUDA_ARCHITECTURES")
-t0=$(date +%s.%N)
-mkdir -p "$build"
-if ! cmake -S "$repo" -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DLOFTQD_CUDA=ON \
-     -DLOFTQD_BUILD_TESTS=ON -DLOFTQD_BUILD_BENCH=ON "${arch_flag[@]}" >"$build/configure.log" 2>&1; then
-  cat "$build/configure.log"; fail "configure"; exit 1
+if [ -n "$prebuilt" ]; then
+  step "prebuilt binaries from $prebuilt"
+  loftqd="$prebuilt/loftqd"
+  bench="$prebuilt/bench_gpu"
+  test_quant="$prebuilt/test_quant"
+  "$loftqd" --version || { fail "prebuilt loftqd does not run"; exit 1; }
+else
+  step "build (Release, LOFTQD_CUDA=ON) into $build"
+  jobs="${LOFTQD_JOBS:-$(nproc)}"
+  gen=(-G "Unix Makefiles")
+  command -v ninja >/dev/null && gen=(-G Ninja)
+  arch_flag=()
+  [ -n "${CMAKE_CUDA_ARCHITECTURES:-}" ] && arch_flag=(-DCMAKE_CUDA_ARCHITECTURES="$CMAKE_CUDA_ARCHITECTURES")
+  t0=$(date +%s.%N)
+  mkdir -p "$build"
+  if ! cmake -S "$repo" -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DLOFTQD_CUDA=ON \
+       -DLOFTQD_BUILD_TESTS=ON -DLOFTQD_BUILD_BENCH=ON "${arch_flag[@]}" >"$build/configure.log" 2>&1; then
+    cat "$build/configure.log"; fail "configure"; exit 1
+  fi
+  grep "CUDA backend" "$build/configure.log" || true
+  if ! timeout 300 cmake --build "$build" -j"$jobs" --target loftqd test_quant bench_gpu 2>&1 | tail -30; then
+    fail "build"; exit 1
+  fi
+  echo "build: $(elapsed "$t0") s"
+  loftqd="$build/daemon/loftqd"
+  bench="$build/bench/bench_gpu"
+  test_quant="$build/tests/test_quant"
 fi
-grep "CUDA backend" "$build/configure.log" || true
-if ! timeout 300 cmake --build "$build" -j"$jobs" --target loftqd test_quant bench_gpu 2>&1 | tail -30; then
-  fail "build"; exit 1
-fi
-echo "build: $(elapsed "$t0") s"
-loftqd="$build/daemon/loftqd"
-bench="$build/bench/bench_gpu"
 
 # The synthetic model is written in the background while the tests run (the tests time nothing).
 model="$work/llama7b"
@@ -86,11 +100,14 @@ fi
 step "CUDA tests"
 t0=$(date +%s.%N)
 mkdir -p "$work"
-timeout 240 "$build/tests/test_quant" --gtest_filter='Cuda*:Device*' >"$work/tests.log" 2>&1
+timeout 240 "$test_quant" --gtest_filter='Cuda*:Device*' >"$work/tests.log" 2>&1
 rc=$?
 grep -E '^\[ *(RUN|OK|FAILED|SKIPPED|PASSED|==========) *\]|Failure|Expected|Which is|actual|Skipped|[0-9]+: ' \
   "$work/tests.log" | grep -v '^\[ RUN' | tail -60
-[ "$rc" = 0 ] || fail "CUDA tests (exit $rc)"
+if [ "$rc" != 0 ]; then
+  echo "--- failures in full:"; grep -B2 -A6 "Failure" "$work/tests.log" | head -120
+  fail "CUDA tests (exit $rc)"
+fi
 grep -q '^\[  SKIPPED \] Cuda' "$work/tests.log" && fail "CUDA tests skipped on a GPU machine"
 echo "tests: $(elapsed "$t0") s"
 

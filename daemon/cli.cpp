@@ -11,6 +11,7 @@
 #include "config/config.h"
 #include "daemon/cmd_hub.h"
 #include "daemon/progress.h"
+#include "daemon/run.h"
 #include "daemon/sync.h"
 #include "quant/device.h"
 #include "quant/layout.h"
@@ -235,6 +236,19 @@ int run_cli(int argc, char** argv) {
   sync->add_flag("--once", sync_once, "run one pass and exit (the only mode for now)")->required();
   sync->add_option("--threads", sync_threads, "CPU threads for LoftQ (0 = all cores)");
 
+  RunOptions run_opt;
+  std::string run_level;
+  auto* run = app.add_subcommand(
+      "run", "the daemon: watch, schedule, process, publish, serve the mirror (foreground)");
+  run->add_option("--config", run_opt.config_path, "daemon configuration file")->required();
+  run->add_option("--threads", run_opt.threads, "CPU threads for LoftQ (0 = all cores)");
+  run->add_option("--log-level", run_level,
+                  "trace, debug, info, warn, error, critical or off (overrides log_level)")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
+  run->add_option("--stop-grace", run_opt.stop_grace_s,
+                  "seconds SIGTERM waits for a download/upload in flight before exiting")
+      ->capture_default_str();
+
   std::string demo_dir = "loftqd-demo";
   int demo_threads = 0;
   auto* demo =
@@ -266,6 +280,10 @@ int run_cli(int argc, char** argv) {
     if (*verify) return cmd_verify(va);
     if (*status) return cmd_status(status_config);
     if (*sync) return sync_once_command(sync_config, sync_threads);
+    if (*run) {
+      if (!run_level.empty()) run_opt.log_level = run_level;
+      return run_command(run_opt);
+    }
     if (*demo) return demo_command(demo_dir, demo_threads);
     if (auto rc = run_hub_commands(*hub)) return *rc;
   } catch (const q::FormatError& e) {

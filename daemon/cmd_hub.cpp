@@ -51,25 +51,6 @@ namespace {
 
 int g_stop_pipe = -1;  // written by the signal handler of `serve`
 
-std::pair<std::string, int> parse_listen(const std::string& s) {
-  auto colon = s.rfind(':');
-  if (colon == std::string::npos || colon == 0)
-    throw std::invalid_argument("--listen must be HOST:PORT (got '" + s + "')");
-  std::string host = s.substr(0, colon);
-  if (host.size() > 2 && host.front() == '[' && host.back() == ']')
-    host = host.substr(1, host.size() - 2);
-  int port = 0;
-  try {
-    size_t idx = 0;
-    port = std::stoi(s.substr(colon + 1), &idx);
-    if (idx != s.size() - colon - 1) throw std::invalid_argument("port");
-  } catch (const std::exception&) {
-    throw std::invalid_argument("--listen: bad port in '" + s + "'");
-  }
-  if (port < 0 || port > 65535) throw std::invalid_argument("--listen: port out of range");
-  return {host, port};
-}
-
 int cmd_serve(HubCommands& h) {
   MirrorOptions o;
   o.store = h.store;
@@ -210,6 +191,12 @@ int cmd_publish(HubCommands& h) {
   auto r = client.upload_folder(req, bar.fn());
   bar.finish();
   if (!r) return report(r.error());
+  if (r.value().skipped) {
+    std::printf("unchanged: %s@%s already holds %s at commit %s (no new commit)\n%s\n",
+                h.repo.c_str(), h.revision.c_str(), h.dir.c_str(), r.value().commit_oid.c_str(),
+                r.value().commit_url.c_str());
+    return kExitOk;
+  }
   std::printf("published %s to %s@%s: commit %s (%zu files, %zu LFS uploads, %zu deleted)\n%s\n",
               h.dir.c_str(), h.repo.c_str(), h.revision.c_str(), r.value().commit_oid.c_str(),
               r.value().files, r.value().lfs_uploaded, r.value().deleted,

@@ -8,6 +8,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
+#include <chrono>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -428,10 +430,15 @@ struct Mirror::Impl {
     int fd = ::open(blob.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) return send_error(res, 500, "", "cannot open blob");
     auto holder = std::make_shared<int>(fd);
+    const uint64_t rate = opt.max_bytes_per_s;
     res.set_content_provider(
         size, "application/octet-stream",
-        [holder](size_t offset, size_t length, httplib::DataSink& sink) {
-          std::vector<char> buf(std::min<size_t>(length, 1 << 20));
+        [holder, rate](size_t offset, size_t length, httplib::DataSink& sink) {
+          // With a rate cap, send in chunks of about 1/20 s worth and sleep between them.
+          const size_t chunk = rate ? std::clamp<size_t>(rate / 20, 4096, 1 << 20) : (1 << 20);
+          std::vector<char> buf(std::min<size_t>(length, chunk));
+          const auto t0 = std::chrono::steady_clock::now();
+          uint64_t sent = 0;
           while (length > 0) {
             ssize_t n = ::pread(*holder, buf.data(), std::min(length, buf.size()),
                                 static_cast<off_t>(offset));
@@ -439,6 +446,9 @@ struct Mirror::Impl {
             if (!sink.write(buf.data(), static_cast<size_t>(n))) return false;
             offset += static_cast<size_t>(n);
             length -= static_cast<size_t>(n);
+            sent += static_cast<uint64_t>(n);
+            if (rate)
+              std::this_thread::sleep_until(t0 + std::chrono::microseconds(sent * 1000000 / rate));
           }
           return true;
         },
@@ -941,10 +951,30 @@ struct Mirror::Impl {
     send_error(res, 404, "", "Not found: " + req.path);
   }
 
+  // Runs an extra route when one matches; true when it answered.
+  bool extra(const httplib::Request& req, httplib::Response& res) {
+    auto it = opt.extra_routes.find(req.method + " " + req.path);
+    if (it == opt.extra_routes.end()) return false;
+    HttpExchange ex;
+    ex.method = req.method;
+    ex.path = req.path;
+    ex.body = req.body;
+    for (const auto& [k, v] : req.headers) {
+      std::string lower = k;
+      for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      ex.headers[lower] = v;
+    }
+    it->second(ex);
+    res.status = ex.status;
+    res.set_content(ex.reply, ex.content_type);
+    return true;
+  }
+
   void routes() {
     auto guard = [this](auto&& fn) {
       return [this, fn](const httplib::Request& req, httplib::Response& res) {
         try {
+          if (extra(req, res)) return;
           fn(req, res);
         } catch (const std::exception& e) {
           send_error(res, 400, "", e.what());
@@ -971,6 +1001,25 @@ struct Mirror::Impl {
     });
   }
 };
+
+std::pair<std::string, int> parse_listen(const std::string& s) {
+  auto colon = s.rfind(':');
+  if (colon == std::string::npos || colon == 0)
+    throw std::invalid_argument("--listen must be HOST:PORT (got '" + s + "')");
+  std::string host = s.substr(0, colon);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
+  int port = 0;
+  try {
+    size_t idx = 0;
+    port = std::stoi(s.substr(colon + 1), &idx);
+    if (idx != s.size() - colon - 1) throw std::invalid_argument("port");
+  } catch (const std::exception&) {
+    throw std::invalid_argument("--listen: bad port in '" + s + "'");
+  }
+  if (port < 0 || port > 65535) throw std::invalid_argument("--listen: port out of range");
+  return {host, port};
+}
 
 Mirror::Mirror(MirrorOptions opt) : impl_(std::make_unique<Impl>(std::move(opt))) {}
 

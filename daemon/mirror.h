@@ -7,11 +7,26 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 
 namespace loftqd::daemon {
+
+// A request to one of MirrorOptions::extra_routes and the handler's answer.
+struct HttpExchange {
+  std::string method, path, body;
+  std::map<std::string, std::string> headers;  // names lower-cased
+  int status = 200;
+  std::string content_type = "text/plain; charset=utf-8";
+  std::string reply;
+  std::string header(const std::string& lower_name) const {
+    auto it = headers.find(lower_name);
+    return it == headers.end() ? std::string() : it->second;
+  }
+};
 
 struct MirrorOptions {
   std::filesystem::path store;
@@ -27,7 +42,16 @@ struct MirrorOptions {
   uint64_t multipart_chunk = uint64_t{64} << 20;
   // Called once per request after it is answered (method, path, status); for logs.
   std::function<void(const std::string&, const std::string&, int)> on_request;
+  // Endpoints served on the same listener ahead of the Hub API, keyed "METHOD /path" (exact
+  // path, query ignored): the daemon's /healthz, /metrics and /webhook.
+  std::map<std::string, std::function<void(HttpExchange&)>> extra_routes;
+  // Caps each file body's send rate (bytes per second; 0 = no cap). For operators sharing a
+  // link, and for tests that need a download to last long enough to interrupt it.
+  uint64_t max_bytes_per_s = 0;
 };
+
+// "HOST:PORT" (IPv6 hosts in brackets; port 0 = any) -> {host, port}; invalid_argument otherwise.
+std::pair<std::string, int> parse_listen(const std::string& s);
 
 class Mirror {
  public:

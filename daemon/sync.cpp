@@ -45,12 +45,7 @@ int sync_once_command(const std::string& config_path, int threads) {
   fs::create_directories(cfg.store);
   auto db = storage::StateDb::open(cfg.state_db);
   // 3. Publish targets: the store's mirror, started here on a free port, and/or the Hub.
-  PipelineOptions po;
-  po.threads = threads;
-  po.log = log_line;
-  const auto config_token =
-      cfg.hub.token_file ? hub::read_token_file(*cfg.hub.token_file) : std::nullopt;
-  po.upstream_token = hub::find_token(config_token);
+  PipelineOptions po = pipeline_options(cfg, threads);
   std::unique_ptr<Mirror> mirror;
   if (cfg.publish.mirror) {
     MirrorOptions mo;
@@ -61,7 +56,6 @@ int sync_once_command(const std::string& config_path, int threads) {
     mirror->start();
     po.mirror = PublishEndpoint{mirror->url(), mo.write_token};
   }
-  if (cfg.publish.hub_org) po.hub = PublishEndpoint{cfg.hub.endpoint, po.upstream_token};
   // 4. One pass.
   Pipeline p(cfg, *db, po);
   const auto report = p.sync_once();

@@ -251,6 +251,14 @@ std::optional<std::string> next_link(const std::string& link) {
   return std::nullopt;
 }
 
+// Hex digests compared without regard to case.
+bool same_hex(const std::string& a, const std::string& b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) ==
+                  std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
 double jitter01() {
   thread_local std::mt19937_64 rng{std::random_device{}()};
   return std::uniform_real_distribution<double>(0.0, 1.0)(rng);
@@ -396,6 +404,10 @@ struct Client::Impl {
                    c.describe() + ": the server sent invalid JSON: " + e.what()};
     }
   }
+
+  Result<bool> create_repo(const std::string& repo, bool is_private) const;
+  Result<bool> create_branch(const std::string& repo, const std::string& branch,
+                             const std::string& from = "main") const;
 
   std::string resolve_url(const std::string& repo, const std::string& rev,
                           const std::string& path) const {
@@ -941,14 +953,14 @@ Result<SnapshotResult> Client::snapshot_download(const SnapshotRequest& sr,
 
 // ---- write side ----
 
-Result<Ok> Client::create_repo(const std::string& repo, bool is_private) {
+// Both return true when they made the repo/branch, false when it was there already (409).
+Result<bool> Client::Impl::create_repo(const std::string& repo, bool is_private) const {
   Ctx c{repo, "", ""};
   if (auto p = st::repo_id_problem(repo))
     return Error{ErrorKind::BadRequest, "invalid repo id '" + repo + "': " + *p};
-  Impl impl(opt_);
   http::Request req;
   req.method = "POST";
-  req.url = opt_.endpoint + "/api/repos/create";
+  req.url = opt.endpoint + "/api/repos/create";
   req.headers.push_back("Content-Type: application/json");
   auto slash = repo.find('/');
   json body = {{"name", slash == std::string::npos ? repo : repo.substr(slash + 1)},
@@ -956,23 +968,35 @@ Result<Ok> Client::create_repo(const std::string& repo, bool is_private) {
                {"type", "model"}};
   if (slash != std::string::npos) body["organization"] = repo.substr(0, slash);
   req.body = body.dump();
-  auto r = impl.call(req, c);
-  if (!r && r.error().http_status == 409) return Ok{};
+  auto r = call(req, c);
+  if (!r && r.error().http_status == 409) return false;
+  if (!r) return r.error();
+  return true;
+}
+
+Result<bool> Client::Impl::create_branch(const std::string& repo, const std::string& branch,
+                                         const std::string& from) const {
+  Ctx c{repo, branch, ""};
+  http::Request req;
+  req.method = "POST";
+  req.url = api(repo) + "/branch/" + http::escape_segment(branch);
+  req.headers.push_back("Content-Type: application/json");
+  req.body = json{{"startingPoint", from}}.dump();
+  auto r = call(req, c);
+  if (!r && r.error().http_status == 409) return false;
+  if (!r) return r.error();
+  return true;
+}
+
+Result<Ok> Client::create_repo(const std::string& repo, bool is_private) {
+  auto r = Impl(opt_).create_repo(repo, is_private);
   if (!r) return r.error();
   return Ok{};
 }
 
 Result<Ok> Client::create_branch(const std::string& repo, const std::string& branch,
                                  const std::string& from) {
-  Ctx c{repo, branch, ""};
-  Impl impl(opt_);
-  http::Request req;
-  req.method = "POST";
-  req.url = impl.api(repo) + "/branch/" + http::escape_segment(branch);
-  req.headers.push_back("Content-Type: application/json");
-  req.body = json{{"startingPoint", from}}.dump();
-  auto r = impl.call(req, c);
-  if (!r && r.error().http_status == 409) return Ok{};
+  auto r = Impl(opt_).create_branch(repo, branch, from);
   if (!r) return r.error();
   return Ok{};
 }
@@ -1025,15 +1049,62 @@ Result<CommitInfo> Client::upload_folder(const PublishRequest& pr, const Progres
     total += l.size;
   }
 
-  // Repo and branch.
-  if (auto r = create_repo(pr.repo, pr.is_private); !r) return r.error();
+  // Repo and branch. One made here is new, so the publish is never "unchanged".
+  auto made_repo = impl.create_repo(pr.repo, pr.is_private);
+  if (!made_repo) return made_repo.error();
+  bool fresh = made_repo.value();
   auto info = repo_info(pr.repo, pr.branch);
   if (!info && info.error().kind == ErrorKind::RevisionNotFound) {
-    if (auto b = create_branch(pr.repo, pr.branch); !b) return b.error();
+    if (auto b = impl.create_branch(pr.repo, pr.branch); !b) return b.error();
+    fresh = true;
     info = repo_info(pr.repo, pr.branch);
   }
   if (!info) return info.error();
   const std::string parent = info.value().sha;
+
+  // The branch as it is: files that the dir lacks are deleted, and when every local file is
+  // already there with the same content and nothing is to be deleted, no commit is made.
+  std::vector<std::string> deletions;
+  bool unchanged = !fresh;
+  if (!fresh || pr.delete_missing) {
+    auto tree = list_tree(pr.repo, parent, true);
+    if (!tree) return tree.error();
+    std::map<std::string, const TreeEntry*> remote;
+    for (const auto& e : tree.value())
+      if (e.type == "file") remote[e.path] = &e;
+    if (pr.delete_missing) {
+      std::set<std::string> have;
+      for (const auto& l : locals) have.insert(l.path);
+      for (const auto& [path, e] : remote)
+        // .gitattributes (the Hub's LFS rules, made with the repo) is kept unless DIR has one.
+        if (!have.count(path) && path != ".gitattributes") deletions.push_back(path);
+    }
+    unchanged = unchanged && deletions.empty();
+    for (size_t i = 0; unchanged && i < locals.size(); ++i) {
+      const Local& l = locals[i];
+      auto it = remote.find(l.path);
+      if (it == remote.end() || it->second->size != l.size) {
+        unchanged = false;
+      } else if (it->second->lfs_sha256) {
+        unchanged = same_hex(*it->second->lfs_sha256, l.sha256);
+      } else {
+        auto h = st::hash_file(l.file, st::HashAlgo::Sha1, true);  // git blob sha1
+        if (!h) return from_storage(h.error(), c);
+        unchanged = same_hex(it->second->oid, h.value());
+      }
+    }
+  }
+  if (unchanged) {
+    CommitInfo out;
+    out.commit_oid = parent;
+    out.commit_url = opt_.endpoint + "/" + pr.repo + "/commit/" + parent;
+    out.files = locals.size();
+    out.skipped = true;
+    spdlog::info("hub: {}: every file is unchanged at commit {}; no commit made", c.describe(),
+                 parent);
+    if (progress) progress(total, total, "");
+    return out;
+  }
 
   // Preupload: which files go to LFS.
   for (size_t i = 0; i < locals.size(); i += 100) {
@@ -1132,6 +1203,7 @@ Result<CommitInfo> Client::upload_folder(const PublishRequest& pr, const Progres
           done_parts.push_back(
               {{"partNumber", num}, {"etag", unquote_etag(r.value().header("etag"))}});
           done += put.upload_length;
+          out.bytes_uploaded += put.upload_length;
           if (progress) progress(done, total, l.path);
         }
         http::Request fin;
@@ -1154,6 +1226,7 @@ Result<CommitInfo> Client::upload_folder(const PublishRequest& pr, const Progres
         auto r = impl.call(put, fc, false);
         if (!r) return r.error();
         done += l.size;
+        out.bytes_uploaded += l.size;
         if (progress) progress(done, total, l.path);
       }
       if (o["actions"].contains("verify")) {
@@ -1172,19 +1245,6 @@ Result<CommitInfo> Client::upload_folder(const PublishRequest& pr, const Progres
       }
       ++out.lfs_uploaded;
     }
-  }
-
-  // Files on the branch that the dir lacks.
-  std::vector<std::string> deletions;
-  if (pr.delete_missing) {
-    auto tree = list_tree(pr.repo, parent, true);
-    if (!tree) return tree.error();
-    std::set<std::string> have;
-    for (const auto& l : locals) have.insert(l.path);
-    for (const auto& e : tree.value())
-      // .gitattributes (the Hub's LFS rules, made with the repo) is kept unless DIR has one.
-      if (e.type == "file" && !have.count(e.path) && e.path != ".gitattributes")
-        deletions.push_back(e.path);
   }
 
   // One NDJSON commit.
@@ -1218,6 +1278,7 @@ Result<CommitInfo> Client::upload_folder(const PublishRequest& pr, const Progres
               .dump() +
           "\n";
       done += l.size;
+      out.bytes_uploaded += l.size;
     }
   }
   for (const auto& d : deletions)

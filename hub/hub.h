@@ -124,7 +124,11 @@ struct SnapshotResult {
   std::filesystem::path dir;  // snapshots/{commit} or the local dir
   size_t files = 0;           // files in the selection
   size_t downloaded = 0;      // files fetched over the network (the rest were present)
-  uint64_t bytes = 0;         // bytes fetched over the network
+  // Bytes of file content received over the network by this call (the daemon's "bytes
+  // downloaded"): a resumed partial counts only the range fetched now, a file downloaded twice
+  // after a hash mismatch counts twice, and files already verified in the store or the local
+  // dir count 0 (so a second download of the same snapshot reports 0).
+  uint64_t bytes = 0;
 };
 
 struct PublishRequest {
@@ -138,8 +142,15 @@ struct PublishRequest {
 };
 
 struct CommitInfo {
-  std::string commit_oid, commit_url;
+  std::string commit_oid, commit_url;  // the new commit; when `skipped`, the branch's head
   size_t files = 0, lfs_uploaded = 0, deleted = 0;
+  // Bytes of file content sent: LFS objects uploaded (objects the server already had count 0)
+  // plus the regular files inlined in the commit. 0 when `skipped`.
+  uint64_t bytes_uploaded = 0;
+  // No commit was made: the branch already held every file of the dir with the same content
+  // (git blob sha1, or LFS sha256 and size) and there was nothing to delete. Never set when
+  // the repo or the branch was created by this call.
+  bool skipped = false;
 };
 
 class Client {
@@ -165,6 +176,8 @@ class Client {
   Result<Ok> create_branch(const std::string& repo, const std::string& branch,
                            const std::string& from = "main");
   // Uploads `dir` as one commit on `branch` (creating the repo and the branch if needed).
+  // Like huggingface_hub, it makes no empty commit: when the branch already matches the dir
+  // (see CommitInfo::skipped) nothing is uploaded and the head commit is returned.
   Result<CommitInfo> upload_folder(const PublishRequest& req, const ProgressFn& progress = {});
 
   struct Impl;

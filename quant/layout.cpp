@@ -14,7 +14,9 @@
 #include <cmath>
 #include <cstdio>
 #include <map>
+#include <memory>
 #include <set>
+#include <span>
 #include <sstream>
 
 #include "quant/device.h"
@@ -169,6 +171,196 @@ std::string model_card(const json& lj, const json& adapter_cfg, const std::strin
   return o.str();
 }
 
+// ---------------------------------------------------------------------------------------------
+// Per-tensor checkpoints (QuantizeOptions::checkpoint_dir).
+
+// A fast non-cryptographic 64-bit hash (four xxhash64-style lanes, so hashing a multi-GB
+// checkpoint stays far below the cost of LoftQ). It guards against changed inputs and damaged
+// checkpoint files, not against an adversary.
+constexpr uint64_t kP1 = 0x9E3779B185EBCA87ULL, kP2 = 0xC2B2AE3D27D4EB4FULL,
+                   kP3 = 0x165667B19E3779F9ULL;
+
+uint64_t rotl(uint64_t x, int r) {
+  return (x << r) | (x >> (64 - r));
+}
+
+uint64_t load64(const std::byte* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);
+  return v;
+}
+
+uint64_t round64(uint64_t acc, uint64_t in) {
+  return rotl(acc + in * kP2, 31) * kP1;
+}
+
+uint64_t hash_bytes(std::span<const std::byte> data, uint64_t seed = 0) {
+  const std::byte* p = data.data();
+  const size_t n = data.size();
+  size_t i = 0;
+  uint64_t h;
+  if (n >= 32) {
+    uint64_t v[4] = {seed + kP1 + kP2, seed + kP2, seed, seed - kP1};
+    for (; i + 32 <= n; i += 32)
+      for (int l = 0; l < 4; ++l) v[l] = round64(v[l], load64(p + i + 8 * l));
+    h = rotl(v[0], 1) + rotl(v[1], 7) + rotl(v[2], 12) + rotl(v[3], 18);
+    for (int l = 0; l < 4; ++l) h = (h ^ round64(0, v[l])) * kP1 + kP3;
+  } else {
+    h = seed + kP3;
+  }
+  h += n;
+  for (; i + 8 <= n; i += 8) h = rotl(h ^ round64(0, load64(p + i)), 27) * kP1 + kP3;
+  for (; i < n; ++i) h = rotl(h ^ (std::to_integer<uint64_t>(p[i]) * kP3), 11) * kP1;
+  // splitmix64's finalizer: every input bit reaches every output bit.
+  h = (h ^ (h >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  h = (h ^ (h >> 27)) * 0x94D049BB133111EBULL;
+  return h ^ (h >> 31);
+}
+
+uint64_t hash_str(std::string_view s, uint64_t seed = 0) {
+  return hash_bytes(std::as_bytes(std::span(s.data(), s.size())), seed);
+}
+
+std::string hex64(uint64_t v) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+constexpr const char* kCheckpointFormat = "loftqd-tensor-checkpoint/1";
+
+// Named by a hash of the tensor name (tensor names may hold characters a file name cannot); a
+// collision only costs a recomputation, since the name is part of the fingerprint.
+fs::path checkpoint_path(const fs::path& dir, const std::string& tensor) {
+  return dir / (hex64(hash_str(tensor)) + ".safetensors");
+}
+
+// Everything that determines a target tensor's result, as canonical JSON text (keys sorted).
+// The loftqd version stands in for the algorithm: a new version recomputes.
+std::string tensor_fingerprint(const TensorInfo& t, const LoftqOptions& lo, double alpha,
+                               uint64_t input_hash) {
+  const json fp = {{"tensor", t.name},
+                   {"shape", t.shape},
+                   {"dtype", std::string(dtype_name(t.dtype))},
+                   {"method", method_name(lo.quant.method)},
+                   {"bits", lo.quant.bits},
+                   {"block_size", lo.quant.block_size},
+                   {"rank", lo.rank},
+                   {"iters", lo.iters},
+                   {"svd", svd_mode_name(lo.svd)},
+                   {"oversample", lo.oversample},
+                   {"power_iters", lo.power_iters},
+                   {"warm_power_iters", lo.warm_power_iters},
+                   {"seed", lo.seed},
+                   {"lora_alpha", alpha},
+                   {"input_hash", hex64(input_hash)},
+                   {"loftqd_version", LOFTQD_VERSION}};
+  return fp.dump();
+}
+
+// Covers the metadata that is not checked otherwise and every byte of the three tensors, so a
+// flipped bit anywhere in a checkpoint makes it be recomputed rather than published.
+uint64_t checkpoint_checksum(const std::string& fingerprint, const std::string& report,
+                             std::span<const std::byte> q, std::span<const std::byte> a,
+                             std::span<const std::byte> b) {
+  uint64_t h = hash_str(fingerprint);
+  h = hash_str(report, h);
+  h = hash_bytes(q, h);
+  h = hash_bytes(a, h);
+  return hash_bytes(b, h);
+}
+
+// The computed part of a LayerReport; the rest follows from the tensor and the plan, which the
+// fingerprint covers. Doubles round-trip exactly through nlohmann's shortest representation.
+std::string report_text(const LayerReport& lr) {
+  return json{{"qlora_error", lr.qlora_error},
+              {"loftq_error", lr.loftq_error},
+              {"best_iter", lr.best_iter},
+              {"seconds", lr.seconds}}
+      .dump();
+}
+
+void save_checkpoint(const fs::path& p, const std::string& fingerprint, const LayerReport& lr,
+                     const TensorInfo& t, int rank, std::span<const std::byte> q,
+                     std::span<const std::byte> a, std::span<const std::byte> b) {
+  const int64_t m = t.shape[0], n = t.shape[1];
+  const std::string report = report_text(lr);
+  const std::map<std::string, std::string> meta = {
+      {"format", kCheckpointFormat},
+      {"tensor", t.name},
+      {"fingerprint", fingerprint},
+      {"report", report},
+      {"checksum", hex64(checkpoint_checksum(fingerprint, report, q, a, b))}};
+  SafetensorsWriter w(p,
+                      {TensorSpec{"q", t.dtype, {m, n}}, TensorSpec{"a", t.dtype, {rank, n}},
+                       TensorSpec{"b", t.dtype, {m, rank}}},
+                      meta);
+  w.write("q", q);
+  w.write("a", a);
+  w.write("b", b);
+  w.commit();  // temp file, fsync, rename, fsync the directory
+}
+
+// The checkpoint at p when it is intact and matches `fingerprint` (its report fields go into
+// lr), else null: a checkpoint that cannot be used is recomputed, never an error.
+std::unique_ptr<SafetensorsFile> load_checkpoint(const fs::path& p, const std::string& fingerprint,
+                                                 const TensorInfo& t, int rank, LayerReport& lr) {
+  std::error_code ec;
+  if (!fs::is_regular_file(p, ec)) return nullptr;
+  try {
+    auto f = SafetensorsFile::open(p);
+    const auto& meta = f->metadata();
+    auto get = [&](const char* k) -> const std::string* {
+      auto it = meta.find(k);
+      return it == meta.end() ? nullptr : &it->second;
+    };
+    const std::string *format = get("format"), *fp = get("fingerprint"), *report = get("report"),
+                      *checksum = get("checksum");
+    if (!format || *format != kCheckpointFormat || !fp || *fp != fingerprint || !report ||
+        !checksum)
+      return nullptr;
+    const int64_t m = t.shape[0], n = t.shape[1];
+    auto tensor = [&](const char* name, std::vector<int64_t> shape) -> const TensorInfo* {
+      const TensorInfo* ti = f->find(name);
+      return ti && ti->dtype == t.dtype && ti->shape == shape ? ti : nullptr;
+    };
+    const TensorInfo *q = tensor("q", {m, n}), *a = tensor("a", {rank, n}),
+                     *b = tensor("b", {m, rank});
+    if (!q || !a || !b || f->tensors().size() != 3) return nullptr;
+    if (*checksum !=
+        hex64(checkpoint_checksum(*fp, *report, f->bytes(*q), f->bytes(*a), f->bytes(*b))))
+      return nullptr;
+    const json r = json::parse(*report);
+    lr.qlora_error = r.at("qlora_error").get<double>();
+    lr.loftq_error = r.at("loftq_error").get<double>();
+    lr.best_iter = r.at("best_iter").get<int>();
+    lr.seconds = r.at("seconds").get<double>();
+    return f;
+  } catch (const std::exception&) {
+    return nullptr;  // unreadable, truncated or malformed
+  }
+}
+
+// A run killed while writing a checkpoint leaves AtomicFile's temp file (".NAME.tmp.PID.N")
+// behind; remove those of processes that are gone.
+void remove_stale_checkpoint_temps(const fs::path& dir) {
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    const size_t tmp = name.find(".tmp.");
+    if (!name.starts_with(".") || tmp == std::string::npos) continue;
+    const size_t dot = name.find('.', tmp + 5);
+    const std::string pid_str =
+        name.substr(tmp + 5, dot == std::string::npos ? dot : dot - tmp - 5);
+    if (pid_str.empty() || pid_str.size() > 9 ||
+        !std::all_of(pid_str.begin(), pid_str.end(), ::isdigit))
+      continue;
+    const long pid = std::stol(pid_str);
+    if (pid != ::getpid() && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH)
+      fs::remove(e.path(), ec);
+  }
+}
+
 }  // namespace
 
 std::string lora_a_key(const std::string& w) {
@@ -312,10 +504,17 @@ QuantizeReport quantize_model(const fs::path& model_dir, const fs::path& out_dir
   // 3. Stream the backbone into a staging directory beside OUT_DIR.
   fs::create_directories(out_dir.parent_path());
   remove_stale_staging(out_dir);
+  const bool checkpointing = !opt.checkpoint_dir.empty();
+  if (checkpointing) {
+    // Made durable too, or a power loss could take the directory with the checkpoints in it.
+    const fs::path ck_dir = fs::absolute(opt.checkpoint_dir);
+    if (fs::create_directories(ck_dir)) fsync_dir(ck_dir.parent_path());
+    remove_stale_checkpoint_temps(opt.checkpoint_dir);
+  }
   StagingDir stage(out_dir.parent_path() /
                    ("." + out_dir.filename().string() + ".staging-" + std::to_string(::getpid())));
   std::vector<OwnedTensor> adapter;
-  size_t done = 0, total = 0;
+  size_t done = 0, total = 0, targets_done = 0;
   for (size_t s = 0; s < ckpt.num_shards(); ++s) total += ckpt.shard(s).tensors().size();
   LoftqOptions lo;
   lo.rank = opt.rank;
@@ -332,26 +531,14 @@ QuantizeReport quantize_model(const fs::path& model_dir, const fs::path& out_dir
       if (it == plan_of.end()) {
         w.write(t.name, in.bytes(t));  // byte-identical
       } else {
+        // Unwinding removes the staging directory (and the shard's temp file); the checkpoints
+        // of the tensors finished so far stay for the next run.
+        if (opt.should_stop && opt.should_stop())
+          throw Interrupted(model_dir.string() + ": interrupted before tensor '" + t.name + "' (" +
+                            std::to_string(targets_done) + " of " + std::to_string(plan_of.size()) +
+                            " target tensors done)");
         const int m = static_cast<int>(t.shape[0]), n = static_cast<int>(t.shape[1]);
-        std::vector<float> wf = in.read_f32(t);
         lo.quant = it->second.spec;
-        LoftqResult r;
-        try {
-          r = loftq_with_fallback(backend, opt.fallback, wf.data(), m, n, lo, t.name);
-        } catch (const std::invalid_argument& e) {
-          throw FormatError(in.path().string() + ": tensor '" + t.name + "': " + e.what());
-        }
-        w.write_f32(t.name, r.q.data(), r.q.size());
-        for (auto& v : r.a) v *= factor_scale;
-        for (auto& v : r.b) v *= factor_scale;
-        OwnedTensor a{TensorSpec{lora_a_key(t.name), t.dtype, {opt.rank, n}}, {}};
-        OwnedTensor b{TensorSpec{lora_b_key(t.name), t.dtype, {m, opt.rank}}, {}};
-        a.data.resize(r.a.size() * dtype_size(t.dtype));
-        b.data.resize(r.b.size() * dtype_size(t.dtype));
-        from_f32(t.dtype, r.a.data(), a.data.data(), r.a.size());
-        from_f32(t.dtype, r.b.data(), b.data.data(), r.b.size());
-        adapter.push_back(std::move(a));
-        adapter.push_back(std::move(b));
         LayerReport lr;
         lr.tensor = t.name;
         lr.layer = it->second.layer;
@@ -360,11 +547,56 @@ QuantizeReport quantize_model(const fs::path& model_dir, const fs::path& out_dir
         lr.bits = lo.quant.bits;
         lr.out_features = m;
         lr.in_features = n;
-        lr.qlora_error = r.qlora_error;
-        lr.loftq_error = r.loftq_error;
-        lr.best_iter = r.best_iter;
-        lr.seconds = r.seconds;
+        OwnedTensor a{TensorSpec{lora_a_key(t.name), t.dtype, {opt.rank, n}}, {}};
+        OwnedTensor b{TensorSpec{lora_b_key(t.name), t.dtype, {m, opt.rank}}, {}};
+        std::string fingerprint;
+        fs::path ck_path;
+        std::unique_ptr<SafetensorsFile> ck;
+        if (checkpointing) {
+          fingerprint = tensor_fingerprint(t, lo, alpha, hash_bytes(in.bytes(t)));
+          ck_path = checkpoint_path(opt.checkpoint_dir, t.name);
+          ck = load_checkpoint(ck_path, fingerprint, t, opt.rank, lr);
+        }
+        if (ck) {
+          // The exact bytes the run that computed this tensor wrote.
+          w.write(t.name, ck->bytes(*ck->find("q")));
+          const auto ab = ck->bytes(*ck->find("a")), bb = ck->bytes(*ck->find("b"));
+          a.data.assign(ab.begin(), ab.end());
+          b.data.assign(bb.begin(), bb.end());
+          lr.resumed = true;
+          ++report.resumed;
+        } else {
+          std::vector<float> wf = in.read_f32(t);
+          LoftqResult r;
+          try {
+            r = loftq_with_fallback(backend, opt.fallback, wf.data(), m, n, lo, t.name);
+          } catch (const std::invalid_argument& e) {
+            throw FormatError(in.path().string() + ": tensor '" + t.name + "': " + e.what());
+          }
+          wf = {};
+          // Converted once, so the backbone and the checkpoint hold the same bytes.
+          std::vector<std::byte> q(r.q.size() * dtype_size(t.dtype));
+          from_f32(t.dtype, r.q.data(), q.data(), r.q.size());
+          r.q = {};
+          for (auto& v : r.a) v *= factor_scale;
+          for (auto& v : r.b) v *= factor_scale;
+          a.data.resize(r.a.size() * dtype_size(t.dtype));
+          b.data.resize(r.b.size() * dtype_size(t.dtype));
+          from_f32(t.dtype, r.a.data(), a.data.data(), r.a.size());
+          from_f32(t.dtype, r.b.data(), b.data.data(), r.b.size());
+          lr.qlora_error = r.qlora_error;
+          lr.loftq_error = r.loftq_error;
+          lr.best_iter = r.best_iter;
+          lr.seconds = r.seconds;
+          if (checkpointing)
+            save_checkpoint(ck_path, fingerprint, lr, t, opt.rank, q, a.data, b.data);
+          if (opt.on_tensor_done) opt.on_tensor_done(t.name);
+          w.write(t.name, q);
+        }
+        adapter.push_back(std::move(a));
+        adapter.push_back(std::move(b));
         report.layers.push_back(lr);
+        ++targets_done;
       }
       in.release(t);
       ++done;

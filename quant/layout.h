@@ -6,6 +6,7 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -38,6 +39,22 @@ struct QuantizeOptions {
   // (normally the CPU) with a warning on stderr (quant/device.h loftq_with_fallback). Null: the
   // error propagates.
   Backend* fallback = nullptr;
+  // Resuming: when set, each target tensor's result (Q in the tensor's dtype, the scaled A and
+  // B, its report) is saved durably to one file per tensor in this directory, created if
+  // missing, as soon as LoftQ finishes it (a failed write is a runtime_error like any other
+  // I/O). A later run with the same directory takes every tensor whose checkpoint is intact and
+  // matches its fingerprint (tensor name, shape, dtype, quant spec, rank, iters, SVD mode,
+  // lora_alpha, a checksum of the input bytes, the loftqd version) from the checkpoint instead
+  // of recomputing it; missing, damaged or mismatched checkpoints are recomputed and
+  // overwritten, never an error. The checkpoints are kept after a successful run too: the
+  // caller removes the directory when it no longer needs them. The compute backend is not part
+  // of the fingerprint, so a resumed run may mix CPU and CUDA results like the OOM fallback does.
+  std::filesystem::path checkpoint_dir;
+  // Called with the tensor name after a newly computed target tensor is done (and, with
+  // checkpoint_dir, after its checkpoint is durable); not for tensors taken from checkpoints.
+  std::function<void(const std::string&)> on_tensor_done;
+  // Polled before each target tensor; when it returns true quantize_model throws Interrupted.
+  std::function<bool()> should_stop;
 };
 
 struct LayerReport {
@@ -49,12 +66,14 @@ struct LayerReport {
   int out_features = 0, in_features = 0;
   double qlora_error = 0, loftq_error = 0;
   int best_iter = 0;
-  double seconds = 0;
+  double seconds = 0;    // of the LoftQ run, also when the result was taken from a checkpoint
+  bool resumed = false;  // taken from QuantizeOptions::checkpoint_dir
 };
 
 struct QuantizeReport {
   std::string model_type;
   std::vector<LayerReport> layers;
+  size_t resumed = 0;  // layers taken from checkpoints
   double seconds = 0;
   nlohmann::json loftq_json;
 };
@@ -65,10 +84,17 @@ class OutputExistsError : public std::invalid_argument {
   using std::invalid_argument::invalid_argument;
 };
 
+// The error thrown when QuantizeOptions::should_stop asks to stop. The staging directory is
+// removed, OUT_DIR is left as it was and the checkpoints written so far stay.
+class Interrupted : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 // Runs LoftQ over every target weight of the checkpoint in model_dir and writes the layout to
 // out_dir. Streams: one target tensor in float32 at a time (plus the adapter factors).
 // std::invalid_argument for bad options, FormatError for malformed inputs, runtime_error for
-// I/O; in every failure case out_dir is left as it was.
+// I/O, Interrupted when should_stop says so; in every failure case out_dir is left as it was.
 QuantizeReport quantize_model(const std::filesystem::path& model_dir,
                               const std::filesystem::path& out_dir, const QuantizeOptions& opt,
                               Backend& backend);

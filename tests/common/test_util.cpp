@@ -1,5 +1,7 @@
 #include "common/test_util.h"
 
+#include <fcntl.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -9,6 +11,7 @@
 #include <random>
 #include <sstream>
 #include <stdexcept>
+#include <thread>
 
 #ifndef LOFTQD_BINARY
 #error "LOFTQD_BINARY must name the loftqd executable"
@@ -63,6 +66,136 @@ RunResult run_loftqd(const std::vector<std::string>& args) {
   ::waitpid(pid, &status, 0);
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   return r;
+}
+
+Child::Child(const std::vector<std::string>& args, const std::filesystem::path& log,
+             const std::vector<std::string>& env)
+    : log_(log) {
+  std::vector<std::string> argv_s = {LOFTQD_BINARY};
+  argv_s.insert(argv_s.end(), args.begin(), args.end());
+  pid_ = ::fork();
+  if (pid_ < 0) throw std::runtime_error("fork failed");
+  if (pid_ == 0) {
+    int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (fd >= 0) {
+      ::dup2(fd, 1);
+      ::dup2(fd, 2);
+    }
+    for (const auto& e : env) ::putenv(const_cast<char*>(e.c_str()));
+    // A test runner may block signals; the daemon must see them as a service manager sends them.
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    std::vector<char*> argv;
+    for (auto& a : argv_s) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ::execv(argv[0], argv.data());
+    _exit(127);
+  }
+}
+
+Child::~Child() {
+  if (pid_ > 0 && !exit_code_) {
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, nullptr, 0);
+  }
+}
+
+void Child::signal(int sig) const {
+  if (pid_ > 0 && !exit_code_) ::kill(pid_, sig);
+}
+
+std::optional<int> Child::wait(std::chrono::milliseconds timeout) {
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  while (!exit_code_) {
+    int status = 0;
+    pid_t r = ::waitpid(pid_, &status, WNOHANG);
+    if (r == pid_) {
+      exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      break;
+    }
+    if (std::chrono::steady_clock::now() >= until) return std::nullopt;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return exit_code_;
+}
+
+bool Child::running() {
+  return !wait(std::chrono::milliseconds(0)).has_value();
+}
+
+std::string Child::log() const {
+  std::error_code ec;
+  return std::filesystem::exists(log_, ec) ? slurp(log_) : std::string();
+}
+
+bool Child::wait_for_log(const std::string& needle, std::chrono::milliseconds timeout,
+                         size_t count) {
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    if (count_of(log(), needle) >= count) return true;
+    if (!running() || std::chrono::steady_clock::now() >= until)
+      return count_of(log(), needle) >= count;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+namespace {
+
+std::vector<std::string> serve_args(const std::filesystem::path& store,
+                                    const std::filesystem::path& token_file,
+                                    const std::filesystem::path& work,
+                                    const std::vector<std::string>& extra) {
+  std::error_code ec;
+  std::filesystem::remove(work / "port", ec);
+  std::vector<std::string> a = {"serve",
+                                "--store",
+                                store.string(),
+                                "--listen",
+                                "127.0.0.1:0",
+                                "--port-file",
+                                (work / "port").string(),
+                                "--write-token-file",
+                                token_file.string()};
+  a.insert(a.end(), extra.begin(), extra.end());
+  return a;
+}
+
+}  // namespace
+
+ServeProcess::ServeProcess(const std::filesystem::path& store,
+                           const std::filesystem::path& token_file,
+                           const std::filesystem::path& work, const std::vector<std::string>& extra)
+    : child_(serve_args(store, token_file, work, extra), work / "serve.log") {
+  const auto port_file = work / "port";
+  for (int i = 0; i < 1000 && port_ == 0 && child_.running(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    std::error_code ec;
+    if (std::filesystem::exists(port_file, ec)) port_ = std::atoi(slurp(port_file).c_str());
+  }
+}
+
+int ServeProcess::stop() {
+  if (!exit_code_) {
+    child_.signal(SIGTERM);
+    exit_code_ = child_.wait(std::chrono::seconds(30)).value_or(-1);
+  }
+  return *exit_code_;
+}
+
+std::string random_bytes(size_t n, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::string s(n, '\0');
+  for (auto& c : s) c = static_cast<char>(rng());
+  return s;
+}
+
+size_t count_of(const std::string& haystack, const std::string& needle) {
+  size_t n = 0;
+  for (size_t pos = haystack.find(needle); pos != std::string::npos;
+       pos = haystack.find(needle, pos + needle.size()))
+    ++n;
+  return n;
 }
 
 std::string slurp(const std::filesystem::path& p) {

@@ -1,7 +1,11 @@
 // Helpers shared by the test suites: scratch directories, running the loftqd binary.
 #pragma once
 
+#include <sys/types.h>
+
+#include <chrono>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -28,6 +32,54 @@ struct RunResult {
 
 // Runs the built loftqd binary with `args` (no shell), capturing its output.
 RunResult run_loftqd(const std::vector<std::string>& args);
+
+// The loftqd binary as a background child process, stdout+stderr appended to a log file.
+class Child {
+ public:
+  // `env` entries ("NAME=value") are added to the child's environment.
+  Child(const std::vector<std::string>& args, const std::filesystem::path& log,
+        const std::vector<std::string>& env = {});
+  ~Child();  // SIGKILL + reap if still running
+  Child(const Child&) = delete;
+  Child& operator=(const Child&) = delete;
+  pid_t pid() const { return pid_; }
+  void signal(int sig) const;
+  // Waits for the exit; the exit code (128 + signal when killed), nullopt on timeout.
+  std::optional<int> wait(std::chrono::milliseconds timeout);
+  bool running();
+  std::string log() const;
+  // Polls the log until it contains `needle` `count` times; false on timeout or early exit.
+  bool wait_for_log(const std::string& needle, std::chrono::milliseconds timeout, size_t count = 1);
+
+ private:
+  pid_t pid_ = -1;
+  std::optional<int> exit_code_;
+  std::filesystem::path log_;
+};
+
+// `loftqd serve` over `store` with the write API (bearer token in `token_file`), as a child
+// process on a free port; `extra` arguments are appended; the log is work/serve.log.
+class ServeProcess {
+ public:
+  ServeProcess(const std::filesystem::path& store, const std::filesystem::path& token_file,
+               const std::filesystem::path& work, const std::vector<std::string>& extra = {});
+  ~ServeProcess() { stop(); }
+  int port() const { return port_; }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  std::string log() const { return child_.log(); }
+  int stop();  // SIGTERM; the exit code
+
+ private:
+  Child child_;
+  int port_ = 0;
+  std::optional<int> exit_code_;
+};
+
+// n pseudo-random bytes (std::mt19937 seeded with `seed`).
+std::string random_bytes(size_t n, unsigned seed);
+
+// Occurrences of `needle` in `haystack`.
+size_t count_of(const std::string& haystack, const std::string& needle);
 
 std::string slurp(const std::filesystem::path& p);
 void spit(const std::filesystem::path& p, const std::string& content);

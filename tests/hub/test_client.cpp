@@ -15,6 +15,7 @@
 
 namespace fs = std::filesystem;
 using loftqd::testing::FaultServer;
+using loftqd::testing::random_bytes;
 using loftqd::testing::slurp;
 using loftqd::testing::spit;
 using loftqd::testing::TempDir;
@@ -24,13 +25,6 @@ namespace st = loftqd::storage;
 namespace {
 
 constexpr const char* kToken = "hf_testsecret_0123456789";
-
-std::string random_bytes(size_t n, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::string s(n, '\0');
-  for (auto& c : s) c = static_cast<char>(rng());
-  return s;
-}
 
 struct Fixture : ::testing::Test {
   FaultServer srv;
@@ -57,6 +51,13 @@ struct Fixture : ::testing::Test {
     r.repo = srv.repo();
     r.store = tmp / "store";
     return r;
+  }
+  // Bytes of the given files (default: the three of SetUp).
+  uint64_t total_size(std::vector<std::string> paths = {"config.json", "model.safetensors",
+                                                        "sub/tokenizer.json"}) const {
+    uint64_t n = 0;
+    for (const auto& p : paths) n += srv.content(p).size();
+    return n;
   }
   fs::path snapshot() const {
     return tmp / "store" / "models--org--model" / "snapshots" / srv.commit();
@@ -100,6 +101,7 @@ TEST_F(HubClient, FetchWritesTheCacheLayout) {
   EXPECT_EQ(r.value().commit, srv.commit());
   EXPECT_EQ(r.value().files, 3u);
   EXPECT_EQ(r.value().downloaded, 3u);
+  EXPECT_EQ(r.value().bytes, total_size());
   auto repo = tmp / "store" / "models--org--model";
   EXPECT_EQ(slurp(repo / "refs" / "main"), srv.commit());
   auto sha = st::sha256_hex(srv.content("model.safetensors"));
@@ -116,6 +118,7 @@ TEST_F(HubClient, FetchWritesTheCacheLayout) {
   auto again = c.snapshot_download(store_req());
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again.value().downloaded, 0u);
+  EXPECT_EQ(again.value().bytes, 0u);
 }
 
 TEST_F(HubClient, SharedAndEmptyBlobsAreFetchedOnce) {
@@ -127,6 +130,8 @@ TEST_F(HubClient, SharedAndEmptyBlobsAreFetchedOnce) {
   ASSERT_TRUE(r.ok()) << r.error().message;
   EXPECT_EQ(r.value().files, 6u);
   EXPECT_EQ(r.value().downloaded, 4u);  // config, model, tokenizer, empty
+  EXPECT_EQ(r.value().bytes, total_size({"config.json", "model.safetensors",
+                                         "sub/tokenizer.json"}));  // shared blobs once
   EXPECT_EQ(slurp(snapshot() / "copy.safetensors"), srv.content("model.safetensors"));
   EXPECT_EQ(slurp(snapshot() / "copy/tokenizer.json"), srv.content("sub/tokenizer.json"));
   EXPECT_EQ(slurp(snapshot() / "empty.txt"), "");
@@ -157,11 +162,13 @@ TEST_F(HubClient, LocalDirWritesPlainFiles) {
     EXPECT_FALSE(fs::is_symlink(tmp / "out" / p));
     EXPECT_EQ(slurp(tmp / "out" / p), srv.content(p));
   }
+  EXPECT_EQ(r.value().bytes, total_size());
   auto meta = slurp(tmp / "out/.cache/huggingface/download/model.safetensors.metadata");
   EXPECT_EQ(meta.substr(0, 41), srv.commit() + "\n");
   auto again = c.snapshot_download(req);
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again.value().downloaded, 0u);
+  EXPECT_EQ(again.value().bytes, 0u);
 }
 
 TEST_F(HubClient, RetriesA429HonoringRetryAfter) {
@@ -225,6 +232,7 @@ TEST_F(HubClient, DroppedConnectionResumesWithRange) {
   EXPECT_EQ(ranges[0], "");
   EXPECT_EQ(ranges[1], "bytes=100000-");
   EXPECT_EQ(ranges[2], "bytes=150000-");
+  EXPECT_EQ(r.value().bytes, total_size());  // the resumed ranges, each byte once
   expect_clean_store(true);
 }
 
@@ -251,6 +259,7 @@ TEST_F(HubClient, PartialFromAnEarlierRunIsResumed) {
     if (q.path.find("model.safetensors") != std::string::npos) {
       EXPECT_EQ(q.range, "bytes=200000-");
     }
+  EXPECT_EQ(r.value().bytes, total_size() - 200000);  // the earlier run's bytes are not counted
 }
 
 TEST_F(HubClient, AGarbagePartialIsDroppedAndDownloadedAgain) {
@@ -282,6 +291,8 @@ TEST_F(HubClient, WrongSha256IsRetriedOnceThenFails) {
     auto r = c.snapshot_download(store_req());
     ASSERT_TRUE(r.ok()) << r.error().message;
     EXPECT_EQ(slurp(snapshot() / "model.safetensors"), srv.content("model.safetensors"));
+    // Received twice, so counted twice.
+    EXPECT_EQ(r.value().bytes, total_size() + srv.content("model.safetensors").size());
   }
   FaultServer other;
   other.add_file("w.safetensors", random_bytes(5000, 2), true);
@@ -430,6 +441,7 @@ TEST_F(HubClient, ParallelRangesForLargeFiles) {
   for (const auto& q : srv.requests())
     if (q.path.find("model.safetensors") != std::string::npos && !q.range.empty()) ++ranged;
   EXPECT_EQ(ranged, 4u);  // three ranges plus the resumed one
+  EXPECT_EQ(r.value().bytes, total_size());
   expect_clean_store(true);
 }
 

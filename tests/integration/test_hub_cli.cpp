@@ -20,6 +20,7 @@
 
 namespace fs = std::filesystem;
 using loftqd::testing::run_loftqd;
+using loftqd::testing::ServeProcess;
 using loftqd::testing::slurp;
 using loftqd::testing::spit;
 using loftqd::testing::TempDir;
@@ -60,68 +61,6 @@ class ScopedEnv {
   std::optional<std::string> old_;
 };
 
-// `loftqd serve` as a child process on a free port.
-class ServeProcess {
- public:
-  ServeProcess(const fs::path& store, const fs::path& token_file, const fs::path& work) {
-    auto port_file = work / "port";
-    auto log = work / "serve.log";
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      FILE* f = std::fopen(log.c_str(), "w");
-      if (f) {
-        ::dup2(::fileno(f), 1);
-        ::dup2(::fileno(f), 2);
-      }
-      std::vector<std::string> args = {LOFTQD_BINARY,
-                                       "serve",
-                                       "--store",
-                                       store.string(),
-                                       "--listen",
-                                       "127.0.0.1:0",
-                                       "--port-file",
-                                       port_file.string(),
-                                       "--write-token-file",
-                                       token_file.string(),
-                                       "--multipart-threshold",
-                                       "1M",
-                                       "--multipart-chunk",
-                                       "1M"};
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      ::execv(argv[0], argv.data());
-      _exit(127);
-    }
-    for (int i = 0; i < 1000 && port_ == 0; ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      std::error_code ec;
-      if (fs::exists(port_file, ec)) port_ = std::atoi(slurp(port_file).c_str());
-    }
-    log_ = log;
-  }
-  ~ServeProcess() { stop(); }
-  int port() const { return port_; }
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
-  std::string log() const { return slurp(log_); }
-  // SIGTERM; returns the exit code.
-  int stop() {
-    if (pid_ <= 0) return exit_code_;
-    ::kill(pid_, SIGTERM);
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-    pid_ = -1;
-    exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    return exit_code_;
-  }
-
- private:
-  pid_t pid_ = -1;
-  int port_ = 0;
-  int exit_code_ = -1;
-  fs::path log_;
-};
-
 std::map<std::string, std::string> read_tree(const fs::path& dir) {
   std::map<std::string, std::string> out;
   for (auto it = fs::recursive_directory_iterator(dir); it != fs::end(it); ++it) {
@@ -156,7 +95,8 @@ TEST(HubCli, PublishAQuantizedLayoutThenFetchItBackByteForByte) {
   ScopedEnv offline("HF_HUB_OFFLINE", std::nullopt);
   make_layout(tmp.path(), tmp / "out");
   spit(tmp / "token", std::string(kToken) + "\n");
-  ServeProcess serve(tmp / "store", tmp / "token", tmp.path());
+  ServeProcess serve(tmp / "store", tmp / "token", tmp.path(),
+                     {"--multipart-threshold", "1M", "--multipart-chunk", "1M"});
   ASSERT_GT(serve.port(), 0) << serve.log();
 
   {
@@ -203,7 +143,8 @@ TEST(HubCli, FetchErrorsAndUsage) {
   ScopedEnv home("HF_HOME", (tmp / "hf-home").string());
   ScopedEnv token("HF_TOKEN", std::string(kToken));
   spit(tmp / "token", std::string(kToken) + "\n");
-  ServeProcess serve(tmp / "store", tmp / "token", tmp.path());
+  ServeProcess serve(tmp / "store", tmp / "token", tmp.path(),
+                     {"--multipart-threshold", "1M", "--multipart-chunk", "1M"});
   ASSERT_GT(serve.port(), 0) << serve.log();
   auto nf = run_loftqd({"fetch", "org/nope", "--endpoint", serve.url(), "--store",
                         (tmp / "cache").string(), "--max-retries", "0"});

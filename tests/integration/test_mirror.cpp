@@ -18,6 +18,7 @@
 #include "storage/store.h"
 
 namespace fs = std::filesystem;
+using loftqd::testing::random_bytes;
 using loftqd::testing::slurp;
 using loftqd::testing::spit;
 using loftqd::testing::TempDir;
@@ -30,13 +31,6 @@ using loftqd::daemon::MirrorOptions;
 namespace {
 
 constexpr const char* kWriteToken = "hf_mirror_write_token_42";
-
-std::string random_bytes(size_t n, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::string s(n, '\0');
-  for (auto& c : s) c = static_cast<char>(rng());
-  return s;
-}
 
 struct MirrorFixture : ::testing::Test {
   TempDir tmp;
@@ -367,10 +361,11 @@ TEST_F(MirrorWrite, PublishThenFetchIsByteIdentical) {
   auto old = reader.repo_info("org/loftq", pub.value().commit_oid);
   ASSERT_TRUE(old.ok());
   EXPECT_EQ(old.value().siblings.size(), 7u);
-  // Publishing an unchanged dir is still one new commit (its parent differs, so its id too).
+  // Publishing an unchanged dir makes no commit (as the Hub's own client): the head stays.
   auto pub3 = c.upload_folder(pr);
   ASSERT_TRUE(pub3.ok());
-  EXPECT_NE(pub3.value().commit_oid, pub2.value().commit_oid);  // a new commit on top
+  EXPECT_TRUE(pub3.value().skipped);
+  EXPECT_EQ(pub3.value().commit_oid, pub2.value().commit_oid);
 
   // Fetch into a store and read it back through the HF cache layout.
   sr.local_dir.reset();

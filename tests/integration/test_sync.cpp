@@ -8,6 +8,7 @@
 #include "common/test_util.h"
 #include "daemon/mirror.h"
 #include "hub/hub.h"
+#include "integration/upstream.h"
 #include "quant/synth.h"
 #include "storage/state.h"
 
@@ -19,54 +20,9 @@ using loftqd::testing::TempDir;
 using nlohmann::json;
 using ::testing::HasSubstr;
 
+using loftqd::testing::Upstream;
+
 namespace {
-
-constexpr const char* kToken = "hf_sync_test_write_token";
-
-// An upstream Hub: the mirror over its own store, with one synthetic llama repo.
-class Upstream {
- public:
-  explicit Upstream(const fs::path& dir) {
-    loftqd::daemon::MirrorOptions mo;
-    mo.store = dir / "upstream-store";
-    mo.port = 0;
-    mo.write_token = kToken;
-    mirror_ = std::make_unique<loftqd::daemon::Mirror>(mo);
-    mirror_->start();
-    src_ = dir / "src";
-    loftqd::quant::SynthOptions so;
-    so.layers = 2;
-    so.hidden = 128;
-    so.intermediate = 256;
-    so.heads = 4;
-    so.vocab = 256;
-    loftqd::quant::synth_checkpoint(so, src_);
-    commit_ = publish();
-  }
-  ~Upstream() { mirror_->stop(); }
-  std::string url() const { return mirror_->url(); }
-  const std::string& commit() const { return commit_; }
-  // A new upstream commit: a changed config file.
-  std::string publish(const std::string& note = "") {
-    if (!note.empty()) spit(src_ / "NOTE.txt", note);
-    loftqd::hub::ClientOptions o;
-    o.endpoint = url();
-    o.token = kToken;
-    loftqd::hub::Client c(o);
-    loftqd::hub::PublishRequest pr;
-    pr.dir = src_;
-    pr.repo = "up/tiny";
-    auto r = c.upload_folder(pr);
-    if (!r) throw std::runtime_error(r.error().message);
-    commit_ = r.value().commit_oid;
-    return commit_;
-  }
-
- private:
-  std::unique_ptr<loftqd::daemon::Mirror> mirror_;
-  fs::path src_;
-  std::string commit_;
-};
 
 fs::path write_config(const TempDir& tmp, const std::string& endpoint, int rank) {
   const json cfg = {{"hub", {{"endpoint", endpoint}}},

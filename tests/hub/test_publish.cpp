@@ -1,0 +1,304 @@
+// hub/client.cpp's write side against the real mirror (`loftqd serve`, a child process on
+// 127.0.0.1) behind a recording proxy: an unchanged dir makes no commit (CommitInfo::skipped),
+// a changed file, a deletion, a new branch or a new repo do, and the byte counters.
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "common/test_util.h"
+#include "hub/hub.h"
+#include "storage/store.h"
+
+namespace fs = std::filesystem;
+using loftqd::testing::random_bytes;
+using loftqd::testing::ServeProcess;
+using loftqd::testing::slurp;
+using loftqd::testing::spit;
+using loftqd::testing::TempDir;
+namespace hub = loftqd::hub;
+namespace st = loftqd::storage;
+
+namespace {
+
+constexpr const char* kToken = "hf_publish_test_token_77";
+
+// Forwards every request to the mirror and records "METHOD path". The Host header is passed on
+// unchanged, so the URLs the mirror hands out (LFS uploads) point back at the proxy.
+class RecordingProxy {
+ public:
+  explicit RecordingProxy(int upstream_port) : upstream_(upstream_port) {
+    auto forward = [this](const httplib::Request& req, httplib::Response& res) {
+      {
+        std::lock_guard<std::mutex> g(mu_);
+        seen_.push_back(req.method + " " + req.path);
+      }
+      httplib::Client cli("127.0.0.1", upstream_);
+      cli.set_tcp_nodelay(true);
+      httplib::Headers h;
+      for (const auto& [k, v] : req.headers) {
+        std::string lk = k;
+        for (auto& ch : lk) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+        if (lk == "content-length" || lk == "connection" || lk == "range" ||
+            lk.rfind("remote_", 0) == 0 || lk.rfind("local_", 0) == 0)
+          continue;
+        h.emplace(k, v);
+      }
+      std::string type = req.get_header_value("Content-Type");
+      auto send = [&]() -> httplib::Result {
+        if (req.method == "POST") return cli.Post(req.target, h, req.body, type);
+        if (req.method == "PUT") return cli.Put(req.target, h, req.body, type);
+        return cli.Get(req.target, h);
+      };
+      httplib::Result r = send();
+      if (!r) {
+        res.status = 502;
+        return;
+      }
+      res.status = r->status;
+      for (const auto& [k, v] : r->headers) {
+        std::string lk = k;
+        for (auto& ch : lk) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+        if (lk == "content-length" || lk == "transfer-encoding" || lk == "connection" ||
+            lk == "keep-alive" || lk == "content-type" || lk == "content-encoding")
+          continue;
+        res.set_header(k, v);
+      }
+      res.set_content(r->body, r->get_header_value("Content-Type"));
+    };
+    svr_.Get(".*", forward);
+    svr_.Post(".*", forward);
+    svr_.Put(".*", forward);
+    // One request per connection: stop() then need not wait out an idle keep-alive.
+    svr_.set_keep_alive_max_count(1);
+    svr_.set_tcp_nodelay(true);
+    port_ = svr_.bind_to_any_port("127.0.0.1");
+    thread_ = std::thread([this] { svr_.listen_after_bind(); });
+    while (!svr_.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ~RecordingProxy() {
+    svr_.stop();
+    thread_.join();
+  }
+  RecordingProxy(const RecordingProxy&) = delete;
+  RecordingProxy& operator=(const RecordingProxy&) = delete;
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  // Requests so far whose "METHOD path" contains `part`.
+  size_t count(const std::string& part) const {
+    std::lock_guard<std::mutex> g(mu_);
+    size_t n = 0;
+    for (const auto& s : seen_)
+      if (s.find(part) != std::string::npos) ++n;
+    return n;
+  }
+  size_t total() const {
+    std::lock_guard<std::mutex> g(mu_);
+    return seen_.size();
+  }
+
+ private:
+  int upstream_;
+  int port_ = 0;
+  httplib::Server svr_;
+  std::thread thread_;
+  mutable std::mutex mu_;
+  std::vector<std::string> seen_;
+};
+
+struct PublishFixture : ::testing::Test {
+  TempDir tmp;
+  std::unique_ptr<ServeProcess> serve;
+  std::unique_ptr<RecordingProxy> proxy;
+  fs::path dir;
+
+  void SetUp() override {
+    spit(tmp / "token", std::string(kToken) + "\n");
+    serve = std::make_unique<ServeProcess>(tmp / "store", tmp / "token", tmp.path());
+    ASSERT_GT(serve->port(), 0) << serve->log();
+    proxy = std::make_unique<RecordingProxy>(serve->port());
+    dir = tmp / "layout";
+    fs::create_directories(dir / "sub");
+    spit(dir / "config.json", "{\"a\": 1}\n");
+    spit(dir / "model.safetensors", random_bytes(70000, 11));  // LFS
+    spit(dir / "sub/tokenizer.json", "[1, 2, 3]\n");
+    spit(dir / "empty.txt", "");
+  }
+  void TearDown() override {
+    proxy.reset();
+    serve.reset();
+  }
+  hub::ClientOptions opts() const {
+    hub::ClientOptions o;
+    o.endpoint = proxy->url();
+    o.token = kToken;
+    o.backoff_base_s = 0.01;
+    o.max_retries = 2;
+    o.disk_reserve = 0;
+    return o;
+  }
+  hub::PublishRequest req(const std::string& repo = "org/pub",
+                          const std::string& branch = "main") const {
+    hub::PublishRequest pr;
+    pr.dir = dir;
+    pr.repo = repo;
+    pr.branch = branch;
+    return pr;
+  }
+  uint64_t regular_bytes() const {
+    return slurp(dir / "config.json").size() + slurp(dir / "sub/tokenizer.json").size();
+  }
+  std::string head(const std::string& repo, const std::string& branch = "main") const {
+    auto info = hub::Client(opts()).repo_info(repo, branch);
+    return info.ok() ? info.value().sha : "error: " + info.error().message;
+  }
+};
+
+}  // namespace
+
+using HubPublish = PublishFixture;
+
+TEST_F(HubPublish, UnchangedFolderMakesNoCommit) {
+  hub::Client c(opts());
+  auto first = c.upload_folder(req());
+  ASSERT_TRUE(first.ok()) << first.error().message << serve->log();
+  EXPECT_FALSE(first.value().skipped);
+  EXPECT_TRUE(st::is_sha1_hex(first.value().commit_oid));
+  EXPECT_EQ(first.value().files, 4u);
+  EXPECT_EQ(first.value().lfs_uploaded, 1u);
+  EXPECT_EQ(first.value().bytes_uploaded, 70000 + regular_bytes());
+  EXPECT_EQ(proxy->count("POST /api/models/org/pub/commit/"), 1u);
+  EXPECT_GE(proxy->count("PUT "), 1u);  // the LFS upload went through the proxy
+
+  // Published again as it is: no commit, no upload, the same head.
+  size_t before = proxy->total();
+  auto again = c.upload_folder(req());
+  ASSERT_TRUE(again.ok()) << again.error().message;
+  EXPECT_TRUE(again.value().skipped);
+  EXPECT_EQ(again.value().commit_oid, first.value().commit_oid);
+  EXPECT_EQ(again.value().commit_url, proxy->url() + "/org/pub/commit/" + first.value().commit_oid);
+  EXPECT_EQ(again.value().files, 4u);
+  EXPECT_EQ(again.value().bytes_uploaded, 0u);
+  EXPECT_EQ(again.value().lfs_uploaded, 0u);
+  EXPECT_EQ(again.value().deleted, 0u);
+  EXPECT_EQ(proxy->count("/commit/"), 1u) << "the server saw a second commit request";
+  EXPECT_EQ(proxy->count("/preupload/"), 1u);
+  EXPECT_EQ(proxy->count("/info/lfs/"), 1u);
+  EXPECT_GT(proxy->total(), before);  // it did look (repo, revision, tree)
+  EXPECT_EQ(head("org/pub"), first.value().commit_oid);
+  auto keep = req();
+  keep.delete_missing = false;
+  auto kept = c.upload_folder(keep);
+  ASSERT_TRUE(kept.ok()) << kept.error().message;
+  EXPECT_TRUE(kept.value().skipped);
+
+  // One regular file changed (same size, other bytes): a new commit; only the regular files are
+  // sent, the LFS object is already there.
+  spit(dir / "config.json", "{\"a\": 2}\n");
+  auto changed = c.upload_folder(req());
+  ASSERT_TRUE(changed.ok()) << changed.error().message;
+  EXPECT_FALSE(changed.value().skipped);
+  EXPECT_NE(changed.value().commit_oid, first.value().commit_oid);
+  EXPECT_EQ(changed.value().lfs_uploaded, 0u);
+  EXPECT_EQ(changed.value().bytes_uploaded, regular_bytes());
+  EXPECT_EQ(proxy->count("/commit/"), 2u);
+  EXPECT_EQ(head("org/pub"), changed.value().commit_oid);
+
+  // An LFS file with the same size and other bytes: a new commit that uploads it.
+  spit(dir / "model.safetensors", random_bytes(70000, 12));
+  auto lfs = c.upload_folder(req());
+  ASSERT_TRUE(lfs.ok()) << lfs.error().message;
+  EXPECT_FALSE(lfs.value().skipped);
+  EXPECT_EQ(lfs.value().lfs_uploaded, 1u);
+  EXPECT_EQ(lfs.value().bytes_uploaded, 70000 + regular_bytes());
+  auto same = c.upload_folder(req());
+  ASSERT_TRUE(same.ok()) << same.error().message;
+  EXPECT_TRUE(same.value().skipped);
+  EXPECT_EQ(same.value().commit_oid, lfs.value().commit_oid);
+  EXPECT_EQ(proxy->count("/commit/"), 3u);
+
+  // A file gone: a commit that deletes it (unless the remote files are kept).
+  fs::remove(dir / "empty.txt");
+  auto keep2 = req();
+  keep2.delete_missing = false;
+  auto kept2 = c.upload_folder(keep2);
+  ASSERT_TRUE(kept2.ok()) << kept2.error().message;
+  EXPECT_TRUE(kept2.value().skipped);
+  auto del = c.upload_folder(req());
+  ASSERT_TRUE(del.ok()) << del.error().message;
+  EXPECT_FALSE(del.value().skipped);
+  EXPECT_EQ(del.value().deleted, 1u);
+  EXPECT_EQ(proxy->count("/commit/"), 4u);
+  // A new file: a commit.
+  spit(dir / "sub/new.txt", "new\n");
+  auto added = c.upload_folder(req());
+  ASSERT_TRUE(added.ok()) << added.error().message;
+  EXPECT_FALSE(added.value().skipped);
+  EXPECT_EQ(proxy->count("/commit/"), 5u);
+  EXPECT_EQ(serve->log().find(kToken), std::string::npos);
+}
+
+TEST_F(HubPublish, NewBranchOrRepoIsNeverUnchanged) {
+  hub::Client c(opts());
+  auto main = c.upload_folder(req());
+  ASSERT_TRUE(main.ok()) << main.error().message;
+  EXPECT_FALSE(main.value().skipped);
+
+  // "dev" starts at main's head, which already holds every file: still a commit of its own.
+  auto dev = c.upload_folder(req("org/pub", "dev"));
+  ASSERT_TRUE(dev.ok()) << dev.error().message;
+  EXPECT_FALSE(dev.value().skipped);
+  EXPECT_NE(dev.value().commit_oid, main.value().commit_oid);
+  EXPECT_EQ(head("org/pub", "dev"), dev.value().commit_oid);
+  EXPECT_EQ(head("org/pub", "main"), main.value().commit_oid);
+  EXPECT_EQ(proxy->count("/commit/"), 2u);
+  auto dev2 = c.upload_folder(req("org/pub", "dev"));
+  ASSERT_TRUE(dev2.ok()) << dev2.error().message;
+  EXPECT_TRUE(dev2.value().skipped);
+  EXPECT_EQ(dev2.value().commit_oid, dev.value().commit_oid);
+  EXPECT_EQ(proxy->count("/commit/"), 2u);
+
+  // Another repo: new, so a commit, and the LFS object is sent again (objects are per repo).
+  auto other = c.upload_folder(req("org/other"));
+  ASSERT_TRUE(other.ok()) << other.error().message;
+  EXPECT_FALSE(other.value().skipped);
+  EXPECT_EQ(other.value().bytes_uploaded, 70000 + regular_bytes());
+  EXPECT_EQ(proxy->count("/commit/"), 3u);
+
+  // An empty dir into a new repo matches the new repo's empty tree, and is still a commit.
+  fs::create_directories(tmp / "empty");
+  auto e = req("org/empty");
+  e.dir = tmp / "empty";
+  auto first = c.upload_folder(e);
+  ASSERT_TRUE(first.ok()) << first.error().message;
+  EXPECT_FALSE(first.value().skipped);
+  EXPECT_EQ(first.value().bytes_uploaded, 0u);
+  EXPECT_EQ(proxy->count("/commit/"), 4u);
+  auto second = c.upload_folder(e);
+  ASSERT_TRUE(second.ok()) << second.error().message;
+  EXPECT_TRUE(second.value().skipped);
+  EXPECT_EQ(second.value().commit_oid, first.value().commit_oid);
+  EXPECT_EQ(proxy->count("/commit/"), 4u);
+}
+
+TEST_F(HubPublish, DownloadCountsBytesOnlyOnce) {
+  hub::Client c(opts());
+  ASSERT_TRUE(c.upload_folder(req()).ok());
+  hub::SnapshotRequest sr;
+  sr.repo = "org/pub";
+  sr.store = tmp / "cache";
+  auto got = c.snapshot_download(sr);
+  ASSERT_TRUE(got.ok()) << got.error().message;
+  EXPECT_EQ(got.value().bytes, 70000 + regular_bytes());
+  auto again = c.snapshot_download(sr);
+  ASSERT_TRUE(again.ok()) << again.error().message;
+  EXPECT_EQ(again.value().bytes, 0u);
+  EXPECT_EQ(slurp(again.value().dir / "model.safetensors"), slurp(dir / "model.safetensors"));
+}

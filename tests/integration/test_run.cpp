@@ -1,0 +1,425 @@
+// `loftqd run`: the long-running daemon as a child process against an in-process upstream Hub.
+// Signals (SIGTERM, SIGHUP with good and bad configs), /healthz, /metrics, the webhook, and
+// crash tests: kill -9 during download, quantization and publish, then a restart completes the
+// job without downloading a verified blob twice or publishing twice.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <signal.h>
+
+#include <chrono>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <set>
+#include <thread>
+
+#include "common/test_util.h"
+#include "daemon/mirror.h"
+#include "hub/hub.h"
+#include "integration/upstream.h"
+#include "storage/state.h"
+
+namespace fs = std::filesystem;
+using loftqd::testing::Child;
+using loftqd::testing::count_of;
+using loftqd::testing::run_loftqd;
+using loftqd::testing::slurp;
+using loftqd::testing::spit;
+using loftqd::testing::TempDir;
+using loftqd::testing::Upstream;
+using nlohmann::json;
+using ::testing::HasSubstr;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr const char* kSecret = "webhook-secret-for-tests";
+
+json base_config(const TempDir& tmp, const std::string& endpoint, int rank) {
+  return {
+      {"hub", {{"endpoint", endpoint}}},
+      {"store", (tmp / "store").string()},
+      {"log_level", "info"},
+      {"schedule", {{"poll_interval", "1h"}}},
+      {"mirror", {{"listen", "127.0.0.1:0"}, {"webhook_secret_file", (tmp / "secret").string()}}},
+      {"repos",
+       {{{"repo", "up/tiny"},
+         {"publish_as", "me/tiny-loftq"},
+         {"loftq", {{"rank", rank}, {"iters", 2}, {"avg_bits", 3}}}}}},
+      {"publish", {{"mirror", true}}}};
+}
+
+fs::path write_config(const TempDir& tmp, const json& cfg) {
+  spit(tmp / "secret", std::string(kSecret) + "\n");
+  spit(tmp / "loftqd.json", cfg.dump(2));
+  return tmp / "loftqd.json";
+}
+
+// The daemon's mirror URL, from its start-up line ("... HF_ENDPOINT=http://127.0.0.1:PORT"),
+// the last one when it was restarted into the same log.
+std::string daemon_url(const std::string& log) {
+  static const std::regex re("HF_ENDPOINT=(http://127\\.0\\.0\\.1:[0-9]+)");
+  std::string url;
+  for (auto it = std::sregex_iterator(log.begin(), log.end(), re); it != std::sregex_iterator();
+       ++it)
+    url = (*it)[1];
+  return url;
+}
+
+httplib::Client http(const std::string& url) {
+  httplib::Client c(url);
+  c.set_connection_timeout(5);
+  c.set_read_timeout(10);
+  return c;
+}
+
+std::vector<std::string> run_args(const fs::path& cfg) {
+  return {"run", "--config", cfg.string(), "--threads", "1"};
+}
+
+// The one job of these tests (they watch one repo at one commit).
+std::optional<loftqd::storage::Job> only_job(const fs::path& store) {
+  auto db = loftqd::storage::StateDb::open(store / "loftqd.db");
+  auto jobs = db->jobs();
+  if (jobs.empty()) return std::nullopt;
+  return jobs.front();
+}
+
+// Polls the state db until `pred(job)` holds; false on timeout.
+template <class Pred>
+bool wait_for_job(const fs::path& store, Pred pred, std::chrono::milliseconds timeout) {
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < until) {
+    std::error_code ec;
+    if (fs::exists(store / "loftqd.db", ec)) {
+      try {
+        auto j = only_job(store);
+        if (j && pred(*j)) return true;
+      } catch (const std::exception&) {
+        // the daemon may be creating the schema right now
+      }
+    }
+    std::this_thread::sleep_for(5ms);
+  }
+  return false;
+}
+
+// What a reader of the daemon's store sees for me/tiny-loftq while the daemon is down: nothing,
+// or a complete revision whose every file verifies (snapshot_download checks each hash).
+// Returns the revision's commit, or "" when the repo is not there.
+std::string read_published(const TempDir& tmp, const std::string& label) {
+  loftqd::daemon::MirrorOptions mo;
+  mo.store = tmp / "store";
+  mo.port = 0;
+  loftqd::daemon::Mirror m(mo);
+  m.start();
+  loftqd::hub::ClientOptions co;
+  co.endpoint = m.url();
+  loftqd::hub::Client c(co);
+  auto info = c.repo_info("me/tiny-loftq", "main");
+  if (!info) {
+    m.stop();
+    return "";
+  }
+  loftqd::hub::SnapshotRequest sr;
+  sr.repo = "me/tiny-loftq";
+  sr.revision = info.value().sha;
+  sr.store = tmp / ("reader-" + label);
+  auto snap = c.snapshot_download(sr);
+  m.stop();
+  EXPECT_TRUE(snap) << label << ": " << (snap ? "" : snap.error().message);
+  if (!snap) return "";
+  EXPECT_TRUE(fs::exists(snap.value().dir / "loftq.json")) << label;
+  EXPECT_TRUE(fs::exists(snap.value().dir / "loftq_init" / "adapter_model.safetensors")) << label;
+  return info.value().sha;
+}
+
+size_t published_revisions(const TempDir& tmp) {
+  const fs::path snaps = tmp / "store" / "models--me--tiny-loftq" / "snapshots";
+  std::error_code ec;
+  if (!fs::exists(snaps, ec)) return 0;
+  return static_cast<size_t>(std::distance(fs::directory_iterator(snaps), {}));
+}
+
+}  // namespace
+
+TEST(Run, PublishesServesHealthMetricsAndWebhookThenStopsOnSigterm) {
+  TempDir tmp;
+  Upstream up(tmp.path());
+  const auto cfg = write_config(tmp, base_config(tmp, up.url(), 8));
+  Child d(run_args(cfg), tmp / "run.log");
+  ASSERT_TRUE(d.wait_for_log("step=done", 120s)) << d.log();
+  const std::string url = daemon_url(d.log());
+  ASSERT_FALSE(url.empty()) << d.log();
+  auto c = http(url);
+
+  auto h = c.Get("/healthz");
+  ASSERT_TRUE(h);
+  EXPECT_EQ(h->status, 200) << h->body;
+  EXPECT_EQ(json::parse(h->body)["status"], "ok");
+
+  auto m = c.Get("/metrics");
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->status, 200);
+  EXPECT_THAT(m->get_header_value("Content-Type"), HasSubstr("text/plain; version=0.0.4"));
+  EXPECT_THAT(m->body, HasSubstr("loftqd_jobs{state=\"done\"} 1\n"));
+  EXPECT_THAT(m->body, HasSubstr("loftqd_last_success_timestamp_seconds{repo=\"up/tiny\"} "));
+  EXPECT_THAT(m->body, HasSubstr("# TYPE loftqd_tensor_seconds histogram"));
+  // 2 layers x 7 llama projections, each timed once.
+  EXPECT_THAT(m->body, HasSubstr("loftqd_tensors_quantized_total 14\n"));
+  EXPECT_THAT(m->body, HasSubstr("loftqd_tensor_seconds_count 14\n"));
+  EXPECT_THAT(m->body, ::testing::Not(HasSubstr("loftqd_downloaded_bytes_total 0\n")));
+
+  // The result is served by the daemon's own mirror (the Hub read API).
+  auto info = c.Get("/api/models/me/tiny-loftq");
+  ASSERT_TRUE(info);
+  EXPECT_EQ(info->status, 200) << info->body;
+
+  // The webhook: the secret is required; a watched repo's push is checked at once (the poll
+  // interval is an hour, so nothing else would notice the new commit).
+  const std::string c2 = up.publish("second revision");
+  const json hook = {{"event", {{"action", "update"}, {"scope", "repo.content"}}},
+                     {"repo", {{"type", "model"}, {"name", "up/tiny"}, {"headSha", c2}}}};
+  auto bad = c.Post("/webhook", hook.dump(), "application/json");
+  ASSERT_TRUE(bad);
+  EXPECT_EQ(bad->status, 401);
+  httplib::Headers hs = {{"X-Webhook-Secret", kSecret}};
+  auto other =
+      c.Post("/webhook", hs, json{{"repo", {{"type", "model"}, {"name", "someone/else"}}}}.dump(),
+             "application/json");
+  ASSERT_TRUE(other);
+  EXPECT_EQ(other->status, 202);
+  EXPECT_THAT(other->body, HasSubstr("not watched"));
+  auto garbage = c.Post("/webhook", hs, "{not json", "application/json");
+  ASSERT_TRUE(garbage);
+  EXPECT_EQ(garbage->status, 400);
+  auto ok = c.Post("/webhook", hs, hook.dump(), "application/json");
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(ok->status, 202) << ok->body;
+  ASSERT_TRUE(d.wait_for_log("step=done", 120s, 2)) << d.log();
+  EXPECT_THAT(d.log(), HasSubstr("commit=" + c2));
+  EXPECT_THAT(d.log(), HasSubstr("step=webhook"));
+
+  d.signal(SIGTERM);
+  auto rc = d.wait(30s);
+  ASSERT_TRUE(rc.has_value()) << d.log();
+  EXPECT_EQ(*rc, 0) << d.log();
+  EXPECT_THAT(d.log(), HasSubstr("stopped cleanly"));
+  // No secret of the configuration reaches the log.
+  EXPECT_THAT(d.log(), ::testing::Not(HasSubstr(kSecret)));
+}
+
+TEST(Run, SighupAppliesAGoodConfigAndKeepsTheOldOneOnABadOne) {
+  TempDir tmp;
+  Upstream up(tmp.path());
+  const auto cfg = write_config(tmp, base_config(tmp, up.url(), 8));
+  Child d(run_args(cfg), tmp / "run.log");
+  ASSERT_TRUE(d.wait_for_log("step=done", 120s)) << d.log();
+
+  // A bad config: rejected with its JSON paths, the daemon keeps serving the old one.
+  json bad = base_config(tmp, up.url(), 8);
+  bad["repos"][0]["loftq"]["rank"] = 0;
+  bad["bogus_key"] = 1;
+  spit(cfg, bad.dump());
+  d.signal(SIGHUP);
+  ASSERT_TRUE(d.wait_for_log("rejected, keeping the previous configuration", 30s)) << d.log();
+  EXPECT_THAT(d.log(), HasSubstr("/repos/0/loftq/rank"));
+  EXPECT_THAT(d.log(), HasSubstr("/bogus_key"));
+  EXPECT_TRUE(d.running());
+  auto h = http(daemon_url(d.log())).Get("/healthz");
+  ASSERT_TRUE(h);
+  EXPECT_EQ(h->status, 200);
+
+  // A good one with a new rank: applied, and the same upstream commit is published again.
+  write_config(tmp, base_config(tmp, up.url(), 4));
+  d.signal(SIGHUP);
+  ASSERT_TRUE(d.wait_for_log("applied; watching 1 repos", 30s)) << d.log();
+  ASSERT_TRUE(d.wait_for_log("step=done", 120s, 2)) << d.log();
+  const fs::path repo_dir = tmp / "store" / "models--me--tiny-loftq";
+  const std::string head = slurp(repo_dir / "refs" / "main");
+  EXPECT_EQ(
+      json::parse(slurp(repo_dir / "snapshots" / head / "loftq_init" / "adapter_config.json"))["r"],
+      4);
+  d.signal(SIGINT);
+  auto rc = d.wait(30s);
+  ASSERT_TRUE(rc.has_value());
+  EXPECT_EQ(*rc, 0) << d.log();
+}
+
+TEST(Run, BadConfigAtStartExitsTwoNamingEveryProblem) {
+  TempDir tmp;
+  json bad = base_config(tmp, "http://127.0.0.1:9", 8);
+  bad["repos"][0]["loftq"]["bits"] = 5;
+  bad["repos"][0]["loftq"].erase("avg_bits");
+  bad["mirror"]["listen"] = "nonsense";
+  const auto cfg = write_config(tmp, bad);
+  auto r = run_loftqd(run_args(cfg));
+  EXPECT_EQ(r.exit_code, 2) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("/repos/0/loftq/bits"));
+  auto missing = run_loftqd({"run", "--config", (tmp / "nope.json").string()});
+  EXPECT_EQ(missing.exit_code, 2) << missing.out;
+  EXPECT_THAT(missing.out, HasSubstr("nope.json"));
+}
+
+TEST(Run, SigtermDuringQuantizationCheckpointsAndTheRestartResumes) {
+  TempDir tmp;
+  Upstream up(tmp.path());
+  const auto cfg = write_config(tmp, base_config(tmp, up.url(), 8));
+  // Each finished tensor pauses 200 ms, so SIGTERM lands mid-model.
+  Child d(run_args(cfg), tmp / "run.log", {"LOFTQD_FAILPOINT=tensor:200"});
+  ASSERT_TRUE(d.wait_for_log("failpoint=tensor", 120s, 3)) << d.log();
+  d.signal(SIGTERM);
+  auto rc = d.wait(30s);
+  ASSERT_TRUE(rc.has_value()) << d.log();
+  EXPECT_EQ(*rc, 0) << d.log();
+  EXPECT_THAT(d.log(), HasSubstr("step=interrupted"));
+  auto job = only_job(tmp / "store");
+  ASSERT_TRUE(job);
+  EXPECT_EQ(job->state, loftqd::storage::JobState::Quantizing);
+  const size_t done =
+      loftqd::storage::StateDb::open(tmp / "store" / "loftqd.db")->tensors_done(job->id).size();
+  EXPECT_GE(done, 3u);
+  EXPECT_LT(done, 14u);
+  EXPECT_EQ(published_revisions(tmp), 0u);
+
+  Child again(run_args(cfg), tmp / "run2.log");
+  ASSERT_TRUE(again.wait_for_log("step=done", 120s)) << again.log();
+  EXPECT_THAT(again.log(), HasSubstr("resume_from=" + std::to_string(done)));
+  EXPECT_THAT(again.log(), HasSubstr("resumed=" + std::to_string(done)));
+  again.signal(SIGTERM);
+  EXPECT_EQ(again.wait(30s).value_or(-1), 0);
+  const std::string head = read_published(tmp, "after");
+  ASSERT_FALSE(head.empty());
+  auto v = run_loftqd(
+      {"verify", (tmp / "store" / "models--me--tiny-loftq" / "snapshots" / head).string(),
+       "--original", (tmp / "store" / "models--up--tiny" / "snapshots" / up.commit()).string()});
+  EXPECT_EQ(v.exit_code, 0) << v.out;
+}
+
+TEST(Crash, KillDuringDownloadResumesAndNeverRefetchesAVerifiedBlob) {
+  TempDir tmp;
+  // 256 KiB/s per file body: the ~1 MB weights file takes seconds, the small files don't.
+  Upstream up(tmp.path(), 256 << 10);
+  const auto cfg = write_config(tmp, base_config(tmp, up.url(), 8));
+  const fs::path blobs = tmp / "store" / "models--up--tiny" / "blobs";
+  auto partial_bytes = [&] {
+    uint64_t n = 0;
+    std::error_code ec;
+    if (fs::exists(blobs, ec))
+      for (const auto& e : fs::directory_iterator(blobs, ec))
+        if (e.path().extension() == ".incomplete") n += fs::file_size(e.path(), ec);
+    return n;
+  };
+  {
+    Child d(run_args(cfg), tmp / "run.log");
+    const auto until = std::chrono::steady_clock::now() + 60s;
+    while (partial_bytes() < (64u << 10) && std::chrono::steady_clock::now() < until)
+      std::this_thread::sleep_for(5ms);
+    ASSERT_GE(partial_bytes(), 64u << 10) << d.log();
+    d.signal(SIGKILL);
+    d.wait(10s);
+  }
+  // What is verified now must never be fetched again.
+  std::set<std::string> verified;
+  for (const auto& e : fs::directory_iterator(blobs))
+    if (e.path().extension() != ".incomplete") verified.insert(e.path().filename().string());
+  EXPECT_FALSE(verified.empty());  // config.json and the other small files came first
+  EXPECT_FALSE(fs::exists(tmp / "store" / "models--up--tiny" / "snapshots" / up.commit() /
+                          "model.safetensors"));
+  const size_t before = up.requests().size();
+
+  Child again(run_args(cfg), tmp / "run2.log");
+  ASSERT_TRUE(again.wait_for_log("step=done", 180s)) << again.log();
+  again.signal(SIGTERM);
+  EXPECT_EQ(again.wait(30s).value_or(-1), 0);
+
+  // Map each file of the upstream commit to its blob (the snapshot's relative symlinks).
+  std::map<std::string, std::string> blob_of;
+  const fs::path snap = up.store() / "models--up--tiny" / "snapshots" / up.commit();
+  for (const auto& e : fs::recursive_directory_iterator(snap))
+    if (e.is_symlink())
+      blob_of[e.path().lexically_relative(snap).string()] = fs::read_symlink(e.path()).filename();
+  const auto reqs = up.requests();
+  int resumed = 0;
+  for (size_t i = before; i < reqs.size(); ++i) {
+    const auto& r = reqs[i];
+    const std::string marker = "/resolve/" + up.commit() + "/";
+    const auto pos = r.path.find(marker);
+    if (r.method != "GET" || pos == std::string::npos) continue;
+    const std::string file = r.path.substr(pos + marker.size());
+    ASSERT_TRUE(blob_of.count(file)) << file;
+    EXPECT_FALSE(verified.count(blob_of[file])) << file << " was downloaded again";
+    if (r.status == 206) ++resumed;
+  }
+  EXPECT_GE(resumed, 1);  // the weights continued from the partial file
+}
+
+TEST(Crash, KillDuringQuantizationResumesFromFinishedTensors) {
+  TempDir tmp;
+  Upstream up(tmp.path());
+  const auto cfg = write_config(tmp, base_config(tmp, up.url(), 8));
+  size_t done = 0;
+  {
+    Child d(run_args(cfg), tmp / "run.log", {"LOFTQD_FAILPOINT=tensor:150"});
+    ASSERT_TRUE(d.wait_for_log("failpoint=tensor", 120s, 5)) << d.log();
+    d.signal(SIGKILL);
+    d.wait(10s);
+    auto job = only_job(tmp / "store");
+    ASSERT_TRUE(job);
+    done =
+        loftqd::storage::StateDb::open(tmp / "store" / "loftqd.db")->tensors_done(job->id).size();
+  }
+  EXPECT_GE(done, 4u);
+  EXPECT_EQ(read_published(tmp, "killed"), "");
+  Child again(run_args(cfg), tmp / "run2.log");
+  ASSERT_TRUE(again.wait_for_log("step=done", 120s)) << again.log();
+  EXPECT_THAT(again.log(), HasSubstr("resumed=" + std::to_string(done)));
+  again.signal(SIGTERM);
+  EXPECT_EQ(again.wait(30s).value_or(-1), 0);
+  EXPECT_FALSE(read_published(tmp, "after").empty());
+}
+
+TEST(Crash, KillAroundThePublishCommitPublishesExactlyOnce) {
+  TempDir tmp;
+  Upstream up(tmp.path());
+  const auto cfg = write_config(tmp, base_config(tmp, up.url(), 8));
+  // 1. Killed before the upload: nothing is published; a reader sees no repo.
+  {
+    Child d(run_args(cfg), tmp / "run1.log", {"LOFTQD_FAILPOINT=publish:30000"});
+    ASSERT_TRUE(d.wait_for_log("failpoint=publish", 120s)) << d.log();
+    d.signal(SIGKILL);
+    d.wait(10s);
+  }
+  EXPECT_EQ(read_published(tmp, "before-upload"), "");
+  EXPECT_TRUE(wait_for_job(
+      tmp / "store",
+      [](const loftqd::storage::Job& j) {
+        return j.state == loftqd::storage::JobState::Publishing;
+      },
+      1s));
+  // 2. Killed after the commit but before the state db recorded it: a reader sees the complete
+  // revision.
+  std::string first;
+  {
+    Child d(run_args(cfg), tmp / "run2.log", {"LOFTQD_FAILPOINT=published:30000"});
+    ASSERT_TRUE(d.wait_for_log("failpoint=published", 120s)) << d.log();
+    d.signal(SIGKILL);
+    d.wait(10s);
+  }
+  first = read_published(tmp, "after-commit");
+  ASSERT_FALSE(first.empty());
+  const size_t revisions = published_revisions(tmp);  // the repo's initial commit + ours
+  // 3. The restart finishes the job without a second commit.
+  Child again(run_args(cfg), tmp / "run3.log");
+  ASSERT_TRUE(again.wait_for_log("step=done", 120s)) << again.log();
+  EXPECT_THAT(again.log(), HasSubstr("unchanged=yes"));
+  again.signal(SIGTERM);
+  EXPECT_EQ(again.wait(30s).value_or(-1), 0);
+  EXPECT_EQ(read_published(tmp, "final"), first);
+  EXPECT_EQ(published_revisions(tmp), revisions);
+  auto job = only_job(tmp / "store");
+  ASSERT_TRUE(job);
+  EXPECT_EQ(job->state, loftqd::storage::JobState::Done);
+  EXPECT_EQ(job->published_commit, first);
+}
