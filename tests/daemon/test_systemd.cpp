@@ -2,17 +2,18 @@
 // `cmake --install` of this build into a temp prefix puts every file where the docs say, and
 // `systemd-analyze verify` accepts the installed units without a single warning.
 #include <gtest/gtest.h>
+
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <optional>
-#include <regex>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -230,9 +231,16 @@ TEST_F(InstallTest, UnitsAreConfigured) {
   const std::string service = slurp(unitdir_ / "loftqd.service");
   const std::string nightly = slurp(unitdir_ / "loftqd-nightly.service");
   const std::string timer = slurp(unitdir_ / "loftqd-nightly.timer");
-  const std::regex placeholder("@[A-Za-z_]+@");
-  for (const auto* u : {&service, &nightly, &timer})
-    EXPECT_FALSE(std::regex_search(*u, placeholder)) << *u;
+  // No @VAR@ left unconfigured (std::regex is avoided: GCC 12 warns inside it under ASan).
+  auto has_placeholder = [](const std::string& u) {
+    for (size_t a = u.find('@'); a != std::string::npos; a = u.find('@', a + 1)) {
+      size_t b = a + 1;
+      while (b < u.size() && (std::isalpha(static_cast<unsigned char>(u[b])) || u[b] == '_')) ++b;
+      if (b > a + 1 && b < u.size() && u[b] == '@') return true;
+    }
+    return false;
+  };
+  for (const auto* u : {&service, &nightly, &timer}) EXPECT_FALSE(has_placeholder(*u)) << *u;
 
   // ExecStart= names the binary at the configure-time prefix.
   const auto s = settings(service);

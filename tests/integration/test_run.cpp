@@ -10,7 +10,6 @@
 #include <chrono>
 #include <filesystem>
 #include <nlohmann/json.hpp>
-#include <regex>
 #include <set>
 #include <thread>
 
@@ -59,12 +58,11 @@ fs::path write_config(const TempDir& tmp, const json& cfg) {
 // The daemon's mirror URL, from its start-up line ("... HF_ENDPOINT=http://127.0.0.1:PORT"),
 // the last one when it was restarted into the same log.
 std::string daemon_url(const std::string& log) {
-  static const std::regex re("HF_ENDPOINT=(http://127\\.0\\.0\\.1:[0-9]+)");
-  std::string url;
-  for (auto it = std::sregex_iterator(log.begin(), log.end(), re); it != std::sregex_iterator();
-       ++it)
-    url = (*it)[1];
-  return url;
+  const std::string key = "HF_ENDPOINT=";
+  const size_t at = log.rfind(key);
+  if (at == std::string::npos) return "";
+  const size_t end = log.find_first_of(" \n", at);
+  return log.substr(at + key.size(), end == std::string::npos ? end : end - at - key.size());
 }
 
 httplib::Client http(const std::string& url) {
