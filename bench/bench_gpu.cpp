@@ -21,6 +21,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "quant/backend.h"
 #include "quant/cuda_backend.h"
 #include "quant/device.h"
@@ -31,15 +32,9 @@ namespace q = loftqd::quant;
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-struct Shape {
-  int out = 0, in = 0;
-  std::string str() const { return std::to_string(out) + "x" + std::to_string(in); }
-};
+using loftqd::bench::Clock;
+using loftqd::bench::Shape;
+using loftqd::bench::since;
 
 struct Args {
   std::vector<Shape> shapes{{4096, 4096}, {11008, 4096}};
@@ -71,14 +66,7 @@ struct Args {
 }
 
 int parse_int(const std::string& flag, const std::string& v) {
-  try {
-    size_t pos = 0;
-    const long long x = std::stoll(v, &pos);
-    if (pos != v.size() || x < 0 || x > 2147483647) throw std::invalid_argument(v);
-    return static_cast<int>(x);
-  } catch (const std::exception&) {
-    usage(flag + " expects a non-negative integer, got '" + v + "'");
-  }
+  return loftqd::bench::parse_int(flag, v, usage, 0);
 }
 
 Args parse(int argc, char** argv) {
@@ -91,18 +79,7 @@ Args parse(int argc, char** argv) {
     };
     if (f == "-h" || f == "--help") usage("");
     if (f == "--shapes") {
-      a.shapes.clear();
-      const std::string s = val();
-      size_t start = 0;
-      while (start <= s.size()) {
-        const size_t end = std::min(s.find(',', start), s.size());
-        const std::string item = s.substr(start, end - start);
-        const size_t x = item.find('x');
-        if (x == std::string::npos) usage("bad shape '" + item + "' (expected OUTxIN)");
-        a.shapes.push_back(
-            {parse_int("--shapes", item.substr(0, x)), parse_int("--shapes", item.substr(x + 1))});
-        start = end + 1;
-      }
+      a.shapes = loftqd::bench::parse_shapes(val(), usage);
     } else if (f == "--rank") {
       a.rank = parse_int(f, val());
     } else if (f == "--iters") {

@@ -23,6 +23,7 @@
 #include <utility>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "quant/backend.h"
 #include "quant/loftq.h"
 #include "quant/safetensors.h"
@@ -33,16 +34,9 @@ namespace q = loftqd::quant;
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-struct Shape {
-  int out = 0, in = 0;
-  std::string str() const { return std::to_string(out) + "x" + std::to_string(in); }
-};
+using loftqd::bench::Clock;
+using loftqd::bench::Shape;
+using loftqd::bench::since;
 
 struct Args {
   std::vector<Shape> shapes;
@@ -51,6 +45,12 @@ struct Args {
   bool skip_exact = false, profile = false, check = false, sweep = false;
   std::string workdir;  // empty: a temporary directory, removed at exit
 };
+
+[[noreturn]] void usage(const std::string& err);
+
+int parse_int(const std::string& flag, const std::string& v) {
+  return loftqd::bench::parse_int(flag, v, usage);
+}
 
 [[noreturn]] void usage(const std::string& err) {
   if (!err.empty()) std::fprintf(stderr, "bench_loftq: %s\n", err.c_str());
@@ -73,33 +73,6 @@ struct Args {
   std::exit(err.empty() ? 0 : 2);
 }
 
-int parse_int(const std::string& flag, const std::string& v) {
-  try {
-    size_t pos = 0;
-    const int x = std::stoi(v, &pos);
-    if (pos != v.size()) throw std::invalid_argument(v);
-    return x;
-  } catch (const std::exception&) {
-    usage(flag + " expects an integer, got '" + v + "'");
-  }
-}
-
-std::vector<Shape> parse_shapes(const std::string& s) {
-  std::vector<Shape> out;
-  size_t start = 0;
-  while (start <= s.size()) {
-    const size_t comma = std::min(s.find(',', start), s.size());
-    const std::string item = s.substr(start, comma - start);
-    const size_t x = item.find('x');
-    if (x == std::string::npos) usage("--shapes: expected OUTxIN, got '" + item + "'");
-    Shape sh{parse_int("--shapes", item.substr(0, x)), parse_int("--shapes", item.substr(x + 1))};
-    if (sh.out <= 0 || sh.in <= 0) usage("--shapes: dimensions must be positive in '" + item + "'");
-    out.push_back(sh);
-    start = comma + 1;
-  }
-  return out;
-}
-
 Args parse_args(int argc, char** argv) {
   Args a;
   a.shapes = {{1024, 1024}, {4096, 4096}, {11008, 4096}};
@@ -110,7 +83,7 @@ Args parse_args(int argc, char** argv) {
       return argv[++i];
     };
     if (f == "--shapes")
-      a.shapes = parse_shapes(value());
+      a.shapes = loftqd::bench::parse_shapes(value(), usage);
     else if (f == "--quick")
       a.shapes = {{1024, 1024}};
     else if (f == "--rank")

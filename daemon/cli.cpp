@@ -94,12 +94,8 @@ int cmd_quantize(const QuantizeArgs& a) {
   opt.repo_id = a.repo_id;
   opt.force = a.force;
   std::string chosen;
-  auto backend = q::make_backend(a.device, a.threads, &chosen);
-  std::unique_ptr<q::Backend> cpu;
-  if (backend->name() != "cpu") {
-    cpu = q::make_cpu_backend(a.threads);  // a layer that does not fit on the device runs here
-    opt.fallback = cpu.get();
-  }
+  auto backends = q::make_backends(a.device, a.threads, &chosen);
+  opt.fallback = backends.fallback();  // a layer that does not fit on the device runs there
   spdlog::info("quantize {} -> {}: rank {}, {} iterations, {} {}, svd {}, device {}", a.model,
                a.out, a.rank, a.iters, a.quant, opt.plan.to_string(), a.svd, chosen);
   std::optional<Progress> bar;
@@ -107,7 +103,7 @@ int cmd_quantize(const QuantizeArgs& a) {
     if (!bar) bar.emplace("quantize", total);
     bar->update(done, tensor);
   };
-  auto report = q::quantize_model(a.model, a.out, opt, *backend);
+  auto report = q::quantize_model(a.model, a.out, opt, *backends.primary);
   if (bar) bar->finish();
   std::fputs(q::layer_table(report.layers).c_str(), stdout);
   std::printf("%zu target weights quantized in %.1f s; wrote %s\n", report.layers.size(),

@@ -166,9 +166,8 @@ bool Pipeline::quantize(const storage::Job& job, const config::RepoConfig& rc,
   qo.repo_id = job.target;
   qo.source = quant::SourceInfo{job.repo, job.revision, job.upstream_commit};
   std::string chosen;
-  auto backend = quant::make_backend(cfg_.device, opt_.threads, &chosen);
-  std::unique_ptr<quant::Backend> cpu;
-  if (backend->name() != "cpu") qo.fallback = (cpu = quant::make_cpu_backend(opt_.threads)).get();
+  auto backends = quant::make_backends(cfg_.device, opt_.threads, &chosen);
+  qo.fallback = backends.fallback();
   fs::create_directories(out.parent_path());
   // Finished tensors are checkpointed under the work dir and recorded in the state db, so a
   // job killed or stopped mid-way skips them when it runs again.
@@ -187,7 +186,7 @@ bool Pipeline::quantize(const storage::Job& job, const config::RepoConfig& rc,
     log(tag + " step=quantize resume_from=" + std::to_string(recorded) + " tensors");
   quant::QuantizeReport qr;
   try {
-    qr = quant::quantize_model(model_dir, out, qo, *backend);
+    qr = quant::quantize_model(model_dir, out, qo, *backends.primary);
   } catch (const quant::Interrupted&) {
     ++report.jobs_interrupted;
     return false;

@@ -292,22 +292,24 @@ int run_command(const RunOptions& ro) {
   }
 
   // 7. The scheduler.
-  PipelineOptions po = pipeline_options(cfg, ro.threads);
-  po.stop = &sh.stop;
-  po.metrics = &metrics;
-  po.heartbeat = [&] { sh.beat(); };
-  po.status = [&](const std::string& s) {
-    {
-      std::lock_guard g(sh.mu);
-      sh.status = s;
-    }
-    notifier.status(s);
+  // Everything but the config-derived part (token, Hub target) is fixed for the process, so a
+  // reload rebuilds the options with this one function.
+  auto options_for = [&](const config::Config& c) {
+    PipelineOptions p = pipeline_options(c, ro.threads);
+    p.stop = &sh.stop;
+    p.metrics = &metrics;
+    p.heartbeat = [&] { sh.beat(); };
+    p.status = [&](const std::string& st) {
+      {
+        std::lock_guard g(sh.mu);
+        sh.status = st;
+      }
+      notifier.status(st);
+    };
+    if (c.publish.mirror && mirror) p.mirror = PublishEndpoint{mirror->url(), mo.write_token};
+    return p;
   };
-  auto set_mirror_target = [&] {
-    po.mirror.reset();
-    if (cfg.publish.mirror && mirror) po.mirror = PublishEndpoint{mirror->url(), mo.write_token};
-  };
-  set_mirror_target();
+  PipelineOptions po = options_for(cfg);
 
   std::map<std::string, Clock::time_point> next_check;  // repo -> when it is polled next
   std::optional<long> nightly_done_day;
@@ -349,16 +351,7 @@ int run_command(const RunOptions& ro) {
         n.schedule.timezone = cfg.schedule.timezone;
         cfg = std::move(n);
         spdlog::set_level(spdlog::level::from_str(ro.log_level.value_or(cfg.log_level)));
-        const auto keep_stop = po.stop;
-        auto keep_metrics = po.metrics;
-        auto keep_beat = po.heartbeat;
-        auto keep_status = po.status;
-        po = pipeline_options(cfg, ro.threads);
-        po.stop = keep_stop;
-        po.metrics = keep_metrics;
-        po.heartbeat = keep_beat;
-        po.status = keep_status;
-        set_mirror_target();
+        po = options_for(cfg);
         {
           std::lock_guard g(sh.mu);
           sh.watched.clear();

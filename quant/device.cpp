@@ -99,6 +99,13 @@ std::unique_ptr<Backend> make_backend(const std::string& device, int threads, st
   return make_cuda_backend(c.index, cuda);
 }
 
+Backends make_backends(const std::string& device, int threads, std::string* chosen) {
+  Backends b;
+  b.primary = make_backend(device, threads, chosen);
+  if (b.primary->name() != "cpu") b.cpu_fallback = make_cpu_backend(threads);
+  return b;
+}
+
 LoftqResult loftq_with_fallback(Backend& primary, Backend* fallback, const float* w,
                                 int out_features, int in_features, const LoftqOptions& opt,
                                 const std::string& what,

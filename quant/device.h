@@ -36,6 +36,15 @@ DeviceChoice parse_device(const std::string& device);
 std::unique_ptr<Backend> make_backend(const std::string& device, int threads,
                                       std::string* chosen = nullptr, const CudaOptions& cuda = {});
 
+// make_backend() plus, when that is not the CPU, a CPU backend for the layers that run out of
+// device memory (QuantizeOptions::fallback). What `loftqd quantize` and the daemon use.
+struct Backends {
+  std::unique_ptr<Backend> primary;
+  std::unique_ptr<Backend> cpu_fallback;  // null when primary is the CPU
+  Backend* fallback() const { return cpu_fallback.get(); }
+};
+Backends make_backends(const std::string& device, int threads, std::string* chosen = nullptr);
+
 // loftq() on `primary`; if that throws DeviceOutOfMemory and `fallback` is set, a warning
 // naming `what` (e.g. the tensor) goes to `warn` (default: stderr) and the layer is redone on
 // `fallback`. Without a fallback the exception propagates.
