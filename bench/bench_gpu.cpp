@@ -22,10 +22,10 @@
 #include <vector>
 
 #include "bench/bench_util.h"
+#include "convert/convert.h"
 #include "quant/backend.h"
 #include "quant/cuda_backend.h"
 #include "quant/device.h"
-#include "quant/layout.h"
 #include "quant/loftq.h"
 
 namespace q = loftqd::quant;
@@ -243,7 +243,7 @@ int quantize_model_mode(const Args& args) {
   co.cholesky_qr = args.qr == "cholesky";
   auto gpu = q::make_cuda_backend(args.device, co);
   auto cpu = q::make_cpu_backend(args.threads);
-  q::QuantizeOptions qo;
+  convert::QuantizeOptions qo;
   qo.rank = args.rank;
   qo.iters = args.iters;
   qo.plan = q::BitPlan::uniform(args.bits);
@@ -255,7 +255,7 @@ int quantize_model_mode(const Args& args) {
       std::printf("  [%6.1f s] %zu/%zu %s\n", since(t0), done, total, name.c_str());
     std::fflush(stdout);
   };
-  const auto rep = q::quantize_model(args.model, args.out, qo, *gpu);
+  const auto rep = convert::quantize_model(args.model, args.out, qo, *gpu);
   double loftq_s = 0, worst = 0;
   for (const auto& l : rep.layers) loftq_s += l.seconds, worst = std::max(worst, l.loftq_error);
   std::printf(

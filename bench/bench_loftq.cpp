@@ -24,10 +24,10 @@
 #include <vector>
 
 #include "bench/bench_util.h"
+#include "model/safetensors.h"
+#include "model/synth.h"
 #include "quant/backend.h"
 #include "quant/loftq.h"
-#include "quant/safetensors.h"
-#include "quant/synth.h"
 
 namespace fs = std::filesystem;
 namespace q = loftqd::quant;
@@ -242,21 +242,21 @@ std::vector<float> load_matrix(const fs::path& root, const ModelKey& key, const 
                                const Shape& s) {
   const fs::path dir = model_dir(root, key);
   if (!fs::exists(dir / "model.safetensors")) {
-    q::SynthOptions so;
+    model::SynthOptions so;
     so.arch = "llama";
     so.layers = 1;
     so.hidden = key.hidden;
     so.intermediate = key.intermediate;
     so.heads = pick_heads(key.hidden);
     so.vocab = 256;
-    so.dtype = q::DType::BF16;
+    so.dtype = model::DType::BF16;
     const auto t0 = Clock::now();
     fs::remove_all(dir);
-    q::synth_checkpoint(so, dir);
+    model::synth_checkpoint(so, dir);
     std::printf("synthesized %s in %.1f s\n", dir.string().c_str(), since(t0));
   }
-  auto f = q::SafetensorsFile::open(dir / "model.safetensors");
-  const q::TensorInfo* t = f->find(tensor);
+  auto f = model::SafetensorsFile::open(dir / "model.safetensors");
+  const model::TensorInfo* t = f->find(tensor);
   if (!t) throw std::runtime_error(dir.string() + ": no tensor " + tensor);
   if (t->shape.size() != 2 || t->shape[0] != s.out || t->shape[1] != s.in)
     throw std::runtime_error(dir.string() + ": " + tensor + " is not " + s.str());

@@ -9,6 +9,10 @@
 #include <set>
 #include <sstream>
 
+#include "common/env.h"
+#include "common/ids.h"
+#include "common/parse.h"
+#include "common/strings.h"
 #include "quant/bitplan.h"
 #include "quant/quantizer.h"
 
@@ -17,12 +21,6 @@ using nlohmann::json;
 namespace loftqd::config {
 
 namespace {
-
-std::string join(const std::vector<std::string>& v, const std::string& sep) {
-  std::string s;
-  for (const auto& x : v) s += (s.empty() ? "" : sep) + x;
-  return s;
-}
 
 // Walks a JSON document, collecting "path: message" problems instead of stopping at the first.
 class Reader {
@@ -190,6 +188,18 @@ NightlyWindow parse_window(Reader& r, const std::string& s, const std::string& p
   return w;
 }
 
+// A duration or size from JSON: a number (seconds, bytes) or a string for common/parse.h.
+std::optional<int64_t> json_duration(const json& j) {
+  if (j.is_number_integer())
+    return j.get<int64_t>() > 0 ? std::optional<int64_t>(j.get<int64_t>()) : std::nullopt;
+  return j.is_string() ? common::parse_duration(j.get<std::string>()) : std::nullopt;
+}
+std::optional<uint64_t> json_size(const json& j) {
+  if (j.is_number_unsigned() || (j.is_number_integer() && j.get<int64_t>() >= 0))
+    return j.get<uint64_t>();
+  return j.is_string() ? common::parse_size(j.get<std::string>()) : std::nullopt;
+}
+
 bool valid_listen(const std::string& s) {
   const size_t colon = s.rfind(':');
   if (colon == std::string::npos || colon == 0 || colon + 1 == s.size()) return false;
@@ -232,78 +242,8 @@ json LoftqSettings::to_json() const {
 
 ConfigError::ConfigError(std::string source, std::vector<std::string> problems)
     : std::invalid_argument(source + ": " + std::to_string(problems.size()) + " problem(s):\n  " +
-                            join(problems, "\n  ")),
+                            common::join(problems, "\n  ")),
       problems_(std::move(problems)) {}
-
-std::optional<int64_t> parse_duration(const json& j) {
-  if (j.is_number_integer())
-    return j.get<int64_t>() > 0 ? std::optional<int64_t>(j.get<int64_t>()) : std::nullopt;
-  if (!j.is_string()) return std::nullopt;
-  const std::string s = j.get<std::string>();
-  size_t pos = 0;
-  int64_t total = 0;
-  while (pos < s.size()) {
-    size_t end = pos;
-    while (end < s.size() && std::isdigit(static_cast<unsigned char>(s[end]))) ++end;
-    if (end == pos || end == s.size() || end - pos > 9) return std::nullopt;
-    const int64_t v = std::stoll(s.substr(pos, end - pos));
-    const char unit = s[end];
-    const int64_t mul = unit == 's'   ? 1
-                        : unit == 'm' ? 60
-                        : unit == 'h' ? 3600
-                        : unit == 'd' ? 86400
-                                      : 0;
-    if (mul == 0) return std::nullopt;
-    total += v * mul;
-    pos = end + 1;
-  }
-  return total > 0 ? std::optional<int64_t>(total) : std::nullopt;
-}
-
-std::optional<uint64_t> parse_size(const json& j) {
-  if (j.is_number_unsigned() || (j.is_number_integer() && j.get<int64_t>() >= 0))
-    return j.get<uint64_t>();
-  if (!j.is_string()) return std::nullopt;
-  const std::string s = j.get<std::string>();
-  size_t end = 0;
-  while (end < s.size() && (std::isdigit(static_cast<unsigned char>(s[end])) || s[end] == '.'))
-    ++end;
-  if (end == 0) return std::nullopt;
-  double v;
-  try {
-    v = std::stod(s.substr(0, end));
-  } catch (...) {
-    return std::nullopt;
-  }
-  static const std::map<std::string, double> units = {{"", 1},
-                                                      {"B", 1},
-                                                      {"KB", 1e3},
-                                                      {"MB", 1e6},
-                                                      {"GB", 1e9},
-                                                      {"TB", 1e12},
-                                                      {"KiB", 1024.0},
-                                                      {"MiB", 1048576.0},
-                                                      {"GiB", 1073741824.0},
-                                                      {"TiB", 1099511627776.0}};
-  auto it = units.find(s.substr(end));
-  if (it == units.end()) return std::nullopt;
-  return static_cast<uint64_t>(v * it->second);
-}
-
-bool valid_repo_id(const std::string& s) {
-  if (s.empty() || s.size() > 96 || s.find("--") != std::string::npos ||
-      s.find("..") != std::string::npos)
-    return false;
-  const size_t slash = s.find('/');
-  if (slash != std::string::npos &&
-      (slash == 0 || slash + 1 == s.size() || s.find('/', slash + 1) != std::string::npos))
-    return false;
-  for (char c : s)
-    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.' ||
-          c == '/'))
-      return false;
-  return s.front() != '.' && s.front() != '-' && s.back() != '.' && s.back() != '-';
-}
 
 std::string render_publish_as(const std::string& tmpl, const RepoConfig& repo,
                               const std::optional<std::string>& hub_org) {
@@ -334,9 +274,9 @@ std::string render_publish_as(const std::string& tmpl, const RepoConfig& repo,
     out += it->second;
     i = close;
   }
-  if (!valid_repo_id(out) || out.find('/') == std::string::npos)
+  if (auto why = common::namespaced_repo_id_problem(out))
     throw std::invalid_argument("publish_as '" + tmpl + "' gives '" + out +
-                                "', which is not a valid org/name repo id");
+                                "', which is not a valid org/name repo id: " + *why);
   return out;
 }
 
@@ -404,8 +344,9 @@ Config parse_config(const json& j, const std::string& source) {
     r.known_keys(v, p, {"hub_org", "mirror"});
     r.opt_str(v, p, "hub_org", c.publish.hub_org);
     r.boolean(v, p, "mirror", c.publish.mirror);
-    if (c.publish.hub_org && !valid_repo_id(*c.publish.hub_org))
-      r.bad(p + "/hub_org", "is not a valid org name");
+    if (c.publish.hub_org && (c.publish.hub_org->find('/') != std::string::npos ||
+                              common::repo_id_problem(*c.publish.hub_org)))
+      r.bad(p + "/hub_org", "'" + *c.publish.hub_org + "' is not a valid org name");
   });
   if (!c.publish.hub_org && !c.publish.mirror)
     r.bad("/publish", "publishes nowhere: set hub_org or mirror: true");
@@ -427,8 +368,9 @@ Config parse_config(const json& j, const std::string& source) {
       rc.loftq = c.defaults;
       if (!o.contains("repo")) r.bad(rp + "/repo", "is required");
       r.str(o, rp, "repo", rc.repo);
-      if (o.contains("repo") && (!valid_repo_id(rc.repo) || rc.repo.find('/') == std::string::npos))
-        r.bad(rp + "/repo", "'" + rc.repo + "' is not an org/name repo id");
+      const auto repo_problem = common::namespaced_repo_id_problem(rc.repo);
+      if (o.contains("repo") && repo_problem)
+        r.bad(rp + "/repo", "'" + rc.repo + "' is not an org/name repo id: " + *repo_problem);
       r.str(o, rp, "revision", rc.revision);
       if (rc.revision.empty()) r.bad(rp + "/revision", "must not be empty");
       r.strings(o, rp, "allow_patterns", rc.allow_patterns);
@@ -438,7 +380,7 @@ Config parse_config(const json& j, const std::string& source) {
         rc.loftq = read_loftq(r, l, lp, c.defaults);
       });
       check_loftq(r, rc.loftq, rp + "/loftq");
-      if (valid_repo_id(rc.repo)) {
+      if (!repo_problem) {
         try {
           const std::string target = render_publish_as(rc.publish_as, rc, c.publish.hub_org);
           if (target == rc.repo)
@@ -452,16 +394,14 @@ Config parse_config(const json& j, const std::string& source) {
       c.repos.push_back(std::move(rc));
     }
   });
-  if (c.repos.empty() && j.contains("repos") && j["repos"].is_array()) {
-    // An empty watch list is allowed (the daemon then only serves the mirror).
-  }
+  // (An empty watch list is allowed: the daemon then only serves the mirror.)
   check_loftq(r, c.defaults, "/defaults/loftq");
 
   r.field(j, "", "schedule", [&](const json& v, const std::string& p) {
     if (!r.object(v, p)) return;
     r.known_keys(v, p, {"poll_interval", "nightly", "timezone"});
     r.field(v, p, "poll_interval", [&](const json& d, const std::string& dp) {
-      auto s = parse_duration(d);
+      auto s = json_duration(d);
       if (!s)
         r.bad(dp, "must be a positive duration such as \"15m\", \"1h\" or a number of seconds");
       else if (*s < 10)
@@ -505,9 +445,9 @@ Config parse_config(const json& j, const std::string& source) {
     r.integer(v, p, "concurrent_jobs", c.limits.concurrent_jobs, 1, 64);
     r.integer(v, p, "max_attempts", c.limits.max_attempts, 1, 1000);
     r.field(v, p, "disk_reserve", [&](const json& d, const std::string& dp) {
-      auto s = parse_size(d);
+      auto s = json_size(d);
       if (!s)
-        r.bad(dp, "must be a size such as \"10GiB\" or a number of bytes");
+        r.bad(dp, std::string("must be ") + common::kSizeExample);
       else
         c.limits.disk_reserve_bytes = *s;
     });
@@ -531,17 +471,8 @@ Config load_config(const std::filesystem::path& p) {
   return parse_config(j, p.string());
 }
 
-void apply_env(Config& c, const std::function<std::optional<std::string>(const char*)>& getenv_fn) {
-  auto get = [&](const char* k) -> std::optional<std::string> {
-    if (getenv_fn) return getenv_fn(k);
-    const char* v = std::getenv(k);
-    return v ? std::optional<std::string>(v) : std::nullopt;
-  };
-  if (auto e = get("HF_ENDPOINT"); e && !e->empty()) {
-    std::string endpoint = *e;
-    while (endpoint.size() > 1 && endpoint.back() == '/') endpoint.pop_back();
-    c.hub.endpoint = endpoint;
-  }
+void apply_env(Config& c, const common::EnvLookup& lookup) {
+  if (auto e = common::hub_env(lookup).endpoint) c.hub.endpoint = *e;
 }
 
 }  // namespace loftqd::config

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "common/env.h"
 #include "quant/bitplan.h"
 
 namespace loftqd::config {
@@ -107,10 +108,9 @@ class ConfigError : public std::invalid_argument {
 Config parse_config(const nlohmann::json& j, const std::string& source = "config");
 Config load_config(const std::filesystem::path& p);  // ConfigError also for unreadable/bad JSON
 
-// HF_ENDPOINT overrides hub.endpoint. (Tokens are resolved by the hub client.) getenv_fn
+// HF_ENDPOINT overrides hub.endpoint. (Tokens are resolved by the hub client.) `lookup`
 // defaults to the process environment.
-void apply_env(Config& c,
-               const std::function<std::optional<std::string>(const char*)>& getenv_fn = {});
+void apply_env(Config& c, const common::EnvLookup& lookup = {});
 
 // "{org}/{name}-loftq-{plan}-{rank}rank" -> "my-org/Llama-2-7b-hf-loftq-avg3bit-64rank".
 // {org}: publish.hub_org if set, else the upstream org; {upstream_org}, {name}, {plan}, {rank},
@@ -122,12 +122,5 @@ std::string render_publish_as(const std::string& tmpl, const RepoConfig& repo,
 // Stable 16-hex hash of everything that changes a repo's published result (LoftQ settings,
 // target name). A config change re-publishes; an unchanged one never runs twice.
 std::string config_hash(const RepoConfig& repo, const std::optional<std::string>& hub_org);
-
-// "15m", "2h", "90s", "1d" or a number of seconds.
-std::optional<int64_t> parse_duration(const nlohmann::json& j);
-// "10GiB", "500MB", "0" or a number of bytes.
-std::optional<uint64_t> parse_size(const nlohmann::json& j);
-// A Hub repo id: "name" or "org/name", letters, digits, '-', '_', '.'; no "--", "..".
-bool valid_repo_id(const std::string& s);
 
 }  // namespace loftqd::config

@@ -9,15 +9,15 @@
 #include <optional>
 
 #include "config/config.h"
+#include "convert/convert.h"
+#include "convert/verify.h"
 #include "daemon/cmd_hub.h"
 #include "daemon/progress.h"
 #include "daemon/run.h"
 #include "daemon/sync.h"
+#include "model/safetensors.h"
+#include "model/synth.h"
 #include "quant/device.h"
-#include "quant/layout.h"
-#include "quant/safetensors.h"
-#include "quant/synth.h"
-#include "quant/verify.h"
 #include "storage/state.h"
 
 namespace fs = std::filesystem;
@@ -28,7 +28,7 @@ namespace loftqd::daemon {
 namespace {
 
 struct SynthArgs {
-  q::SynthOptions opt;
+  model::SynthOptions opt;
   std::string dtype = "bf16";
   std::string out;
 };
@@ -52,16 +52,16 @@ struct VerifyArgs {
   int threads = 0;
 };
 
-q::DType parse_dtype_flag(const std::string& s) {
-  if (s == "bf16" || s == "bfloat16") return q::DType::BF16;
-  if (s == "f16" || s == "fp16" || s == "float16") return q::DType::F16;
-  if (s == "f32" || s == "fp32" || s == "float32") return q::DType::F32;
+model::DType parse_dtype_flag(const std::string& s) {
+  if (s == "bf16" || s == "bfloat16") return model::DType::BF16;
+  if (s == "f16" || s == "fp16" || s == "float16") return model::DType::F16;
+  if (s == "f32" || s == "fp32" || s == "float32") return model::DType::F32;
   throw std::invalid_argument("--dtype must be bf16, f16 or f32 (got '" + s + "')");
 }
 
 int cmd_synth(SynthArgs& a) {
   a.opt.dtype = parse_dtype_flag(a.dtype);
-  q::synth_checkpoint(a.opt, a.out);
+  model::synth_checkpoint(a.opt, a.out);
   std::printf("wrote synthetic %s checkpoint to %s\n", a.opt.arch.c_str(), a.out.c_str());
   return kExitOk;
 }
@@ -81,7 +81,7 @@ q::BitPlan plan_from(const QuantizeArgs& a) {
 }
 
 int cmd_quantize(const QuantizeArgs& a) {
-  q::QuantizeOptions opt;
+  convert::QuantizeOptions opt;
   opt.rank = a.rank;
   opt.iters = a.iters;
   opt.method = q::parse_method(a.quant);
@@ -103,9 +103,9 @@ int cmd_quantize(const QuantizeArgs& a) {
     if (!bar) bar.emplace("quantize", total);
     bar->update(done, tensor);
   };
-  auto report = q::quantize_model(a.model, a.out, opt, *backends.primary);
+  auto report = convert::quantize_model(a.model, a.out, opt, *backends.primary);
   if (bar) bar->finish();
-  std::fputs(q::layer_table(report.layers).c_str(), stdout);
+  std::fputs(convert::layer_table(report.layers).c_str(), stdout);
   std::printf("%zu target weights quantized in %.1f s; wrote %s\n", report.layers.size(),
               report.seconds, a.out.c_str());
   return kExitOk;
@@ -113,8 +113,8 @@ int cmd_quantize(const QuantizeArgs& a) {
 
 int cmd_verify(const VerifyArgs& a) {
   auto backend = q::make_backend(a.device, a.threads);
-  auto rep = q::verify_layout(a.out, a.original, *backend);
-  std::fputs(q::verify_table(rep).c_str(), stdout);
+  auto rep = convert::verify_layout(a.out, a.original, *backend);
+  std::fputs(convert::verify_table(rep).c_str(), stdout);
   for (const auto& p : rep.problems) std::fprintf(stderr, "verify: %s\n", p.c_str());
   if (!rep.ok()) {
     std::fprintf(stderr, "verify: %zu problem(s) in %s\n", rep.problems.size(), a.out.c_str());
@@ -282,7 +282,7 @@ int run_cli(int argc, char** argv) {
     }
     if (*demo) return demo_command(demo_dir, demo_threads);
     if (auto rc = run_hub_commands(*hub)) return *rc;
-  } catch (const q::FormatError& e) {
+  } catch (const model::FormatError& e) {
     std::fprintf(stderr, "loftqd: error: %s\n", e.what());
     return kExitRuntime;
   } catch (const std::invalid_argument& e) {

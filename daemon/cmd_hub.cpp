@@ -11,11 +11,12 @@
 #include <mutex>
 #include <thread>
 
+#include "common/fs.h"
+#include "common/parse.h"
 #include "daemon/cli.h"
 #include "daemon/mirror.h"
 #include "daemon/progress.h"
 #include "hub/hub.h"
-#include "quant/fsutil.h"
 #include "storage/store.h"
 
 namespace fs = std::filesystem;
@@ -59,8 +60,9 @@ int cmd_serve(HubCommands& h) {
   o.port = port;
   o.threads = h.threads;
   o.tree_page_size = h.page_size;
-  o.multipart_threshold = storage::parse_size(h.multipart_threshold);
-  o.multipart_chunk = storage::parse_size(h.multipart_chunk);
+  o.multipart_threshold =
+      common::parse_size_or_throw("--multipart-threshold", h.multipart_threshold);
+  o.multipart_chunk = common::parse_size_or_throw("--multipart-chunk", h.multipart_chunk);
   if (o.multipart_chunk == 0) throw std::invalid_argument("--multipart-chunk must be > 0");
   if (!h.write_token_file.empty()) {
     o.write_token = hub::read_token_file(h.write_token_file);
@@ -91,7 +93,7 @@ int cmd_serve(HubCommands& h) {
   int bound = mirror.bind();
   std::string url = "http://" + (host.find(':') != std::string::npos ? "[" + host + "]" : host) +
                     ":" + std::to_string(bound);
-  if (!h.port_file.empty()) quant::write_file_atomic(h.port_file, std::to_string(bound) + "\n");
+  if (!h.port_file.empty()) common::write_file_atomic(h.port_file, std::to_string(bound) + "\n");
   spdlog::info("mirror: serving {} on {} (write API {}); HF_ENDPOINT={}", o.store.string(), url,
                o.write_token ? "enabled" : "disabled", url);
   std::thread watcher([&] {
@@ -116,9 +118,9 @@ hub::Client make_client(HubCommands& h) {
   auto o = hub::options_from_env(h.endpoint.empty() ? std::nullopt
                                                     : std::optional<std::string>(h.endpoint));
   o.parallel = h.parallel;
-  o.disk_reserve = storage::parse_size(h.disk_reserve);
-  o.range_threshold = storage::parse_size(h.range_threshold);
-  o.max_recv_bytes_per_s = storage::parse_size(h.limit_rate);
+  o.disk_reserve = common::parse_size_or_throw("--disk-reserve", h.disk_reserve);
+  o.range_threshold = common::parse_size_or_throw("--range-threshold", h.range_threshold);
+  o.max_recv_bytes_per_s = common::parse_size_or_throw("--limit-rate", h.limit_rate);
   o.max_retries = h.max_retries;
   o.backoff_base_s = h.backoff;
   o.stall_timeout_s = h.stall_timeout;

@@ -17,6 +17,7 @@
 #include <sstream>
 #include <thread>
 
+#include "common/strings.h"
 #include "hub/http.h"
 #include "storage/store.h"
 
@@ -41,27 +42,6 @@ bool lfs_by_name(std::string_view path) {
   for (const char* e : kExt)
     if (path.ends_with(e)) return true;
   return false;
-}
-
-std::vector<std::string> split(std::string_view s, char sep) {
-  std::vector<std::string> out;
-  size_t start = 0;
-  while (true) {
-    size_t end = s.find(sep, start);
-    out.emplace_back(s.substr(start, end == std::string_view::npos ? end : end - start));
-    if (end == std::string_view::npos) break;
-    start = end + 1;
-  }
-  return out;
-}
-
-std::string join(const std::vector<std::string>& v, size_t from, size_t to, char sep) {
-  std::string r;
-  for (size_t i = from; i < to && i < v.size(); ++i) {
-    if (i > from) r += sep;
-    r += v[i];
-  }
-  return r;
 }
 
 std::string quote_etag(const std::string& e) {
@@ -236,7 +216,7 @@ struct Mirror::Impl {
   std::optional<Rev> resolve_rev(const std::string& repo, const std::vector<std::string>& segs,
                                  bool greedy_path) const {
     for (size_t n = 1; n <= segs.size(); ++n) {
-      std::string name = join(segs, 0, n, '/');
+      std::string name = common::join(segs, "/", 0, n);
       if (auto c = resolve_name(repo, name)) return Rev{name, *c, n};
       if (!greedy_path) continue;
     }
@@ -257,7 +237,7 @@ struct Mirror::Impl {
     if (!t.rest.empty()) {
       if (t.rest[0] != "revision" || t.rest.size() < 2)
         return send_error(res, 404, "", "Not found: " + req.path);
-      rev = join(t.rest, 1, t.rest.size(), '/');
+      rev = common::join(t.rest, "/", 1, t.rest.size());
     }
     auto commit = resolve_name(t.repo, rev);
     if (!commit) return revision_not_found(res, t.repo, rev);
@@ -303,7 +283,7 @@ struct Mirror::Impl {
     if (segs.empty()) return send_error(res, 404, "", "Not found: " + req.path);
     auto rev = resolve_rev(t.repo, segs, true);
     if (!rev) return revision_not_found(res, t.repo, segs[0]);
-    std::string prefix = join(segs, rev->used, segs.size(), '/');
+    std::string prefix = common::join(segs, "/", rev->used, segs.size());
     bool recursive =
         req.get_param_value("recursive") == "true" || req.get_param_value("recursive") == "1";
     auto files = store.list_snapshot(t.repo, rev->commit);
@@ -321,7 +301,7 @@ struct Mirror::Impl {
       } else {
         continue;
       }
-      auto parts = split(rel, '/');
+      auto parts = common::split(rel, '/');
       std::string base = prefix;
       for (size_t i = 0; i + 1 < parts.size(); ++i) {
         std::string dir = base.empty() ? parts[i] : base + "/" + parts[i];
@@ -395,14 +375,14 @@ struct Mirror::Impl {
     // Try revisions shortest-first, leaving at least one segment for the file path.
     std::optional<Rev> rev;
     for (size_t n = 1; n < segs.size(); ++n) {
-      std::string name = join(segs, 0, n, '/');
+      std::string name = common::join(segs, "/", 0, n);
       if (auto c = resolve_name(t.repo, name)) {
         rev = Rev{name, *c, n};
         break;
       }
     }
     if (!rev) return revision_not_found(res, t.repo, segs[0]);
-    std::string path = join(segs, rev->used, segs.size(), '/');
+    std::string path = common::join(segs, "/", rev->used, segs.size());
     if (auto p = st::path_problem(path)) return send_error(res, 400, "", "invalid path: " + *p);
     auto link = store.snapshot_dir(t.repo, rev->commit) / path;
     std::error_code ec;
@@ -508,7 +488,7 @@ struct Mirror::Impl {
   void create_branch(const httplib::Request& req, httplib::Response& res, const Target& t) {
     if (!require_write(req, res)) return;
     if (!check_read(req, res, t.repo)) return;
-    std::string branch = join(t.rest, 1, t.rest.size(), '/');
+    std::string branch = common::join(t.rest, "/", 1, t.rest.size());
     if (auto p = st::revision_problem(branch))
       return send_error(res, 400, "", "invalid branch name: " + *p);
     json body = json::object();
@@ -542,7 +522,7 @@ struct Mirror::Impl {
   void preupload(const httplib::Request& req, httplib::Response& res, const Target& t) {
     if (!require_write(req, res)) return;
     if (!check_read(req, res, t.repo)) return;
-    std::string rev = join(t.rest, 1, t.rest.size(), '/');
+    std::string rev = common::join(t.rest, "/", 1, t.rest.size());
     auto head = resolve_name(t.repo, rev);
     json body;
     try {
@@ -575,7 +555,7 @@ struct Mirror::Impl {
   // POST /api/models/{repo}/paths-info/{rev} {paths:[...]}: the entries that exist.
   void paths_info(const httplib::Request& req, httplib::Response& res, const Target& t) {
     if (!check_read(req, res, t.repo)) return;
-    std::string rev = join(t.rest, 1, t.rest.size(), '/');
+    std::string rev = common::join(t.rest, "/", 1, t.rest.size());
     auto commit = resolve_name(t.repo, rev);
     if (!commit) return revision_not_found(res, t.repo, rev);
     std::vector<std::string> wanted;
@@ -704,14 +684,6 @@ struct Mirror::Impl {
     return true;
   }
 
-  static std::string random_suffix() {
-    unsigned char b[6];
-    RAND_bytes(b, sizeof b);
-    char s[16];
-    std::snprintf(s, sizeof s, "%02x%02x%02x%02x%02x%02x", b[0], b[1], b[2], b[3], b[4], b[5]);
-    return s;
-  }
-
   // Streams a request body into `fd` at `offset`; returns bytes written or -1.
   static int64_t receive_to(const httplib::ContentReader& reader, int fd, uint64_t offset,
                             uint64_t max_bytes) {
@@ -740,7 +712,7 @@ struct Mirror::Impl {
     fs::create_directories(store.repo_dir(repo) / "blobs");
     if (segs.size() == 4) {  // basic
       auto tmp = store.blob_path(repo, oid);
-      tmp += ".upload-" + random_suffix();
+      tmp += ".upload-" + common::random_hex(12);
       int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
       if (fd < 0) return send_error(res, 500, "", "cannot create upload file");
       int64_t n = receive_to(reader, fd, 0, size);
@@ -810,7 +782,7 @@ struct Mirror::Impl {
   void commit(const httplib::Request& req, httplib::Response& res, const Target& t) {
     if (!require_write(req, res)) return;
     if (!check_read(req, res, t.repo)) return;
-    std::string branch = join(t.rest, 1, t.rest.size(), '/');
+    std::string branch = common::join(t.rest, "/", 1, t.rest.size());
     if (req.has_param("create_pr") && req.get_param_value("create_pr") != "0" &&
         req.get_param_value("create_pr") != "false")
       return send_error(res, 400, "", "pull requests are not supported by this mirror");
@@ -900,7 +872,7 @@ struct Mirror::Impl {
   // ---- dispatch ----
 
   void on_get(const httplib::Request& req, httplib::Response& res) {
-    auto segs = split(std::string_view(req.path).substr(1), '/');
+    auto segs = common::split(std::string_view(req.path).substr(1), '/');
     if (req.path == "/api/whoami-v2") {
       if (!has_write_token(req)) return send_error(res, 401, "", "Invalid credentials");
       return send_json(res, {{"type", "user"},
@@ -923,7 +895,7 @@ struct Mirror::Impl {
   }
 
   void on_post(const httplib::Request& req, httplib::Response& res) {
-    auto segs = split(std::string_view(req.path).substr(1), '/');
+    auto segs = common::split(std::string_view(req.path).substr(1), '/');
     if (req.path == "/api/repos/create") return create_repo(req, res);
     if (segs.size() == 5 && segs[0] == "api" && segs[1] == "loftqd" && segs[2] == "lfs")
       return lfs_post(req, res, segs);
@@ -944,7 +916,7 @@ struct Mirror::Impl {
 
   void on_put(const httplib::Request& req, httplib::Response& res,
               const httplib::ContentReader& reader) {
-    auto segs = split(std::string_view(req.path).substr(1), '/');
+    auto segs = common::split(std::string_view(req.path).substr(1), '/');
     if (segs.size() >= 4 && segs[0] == "api" && segs[1] == "loftqd" && segs[2] == "lfs")
       return lfs_put(req, res, reader, segs);
     if (!require_write(req, res)) return;

@@ -8,10 +8,10 @@
 
 #include <spdlog/spdlog.h>
 
+#include "convert/convert.h"
 #include "hub/hub.h"
+#include "model/safetensors.h"
 #include "quant/device.h"
-#include "quant/layout.h"
-#include "quant/safetensors.h"
 
 namespace fs = std::filesystem;
 
@@ -32,8 +32,8 @@ struct JobFailure {
   bool permanent;
 };
 
-quant::QuantizeOptions quantize_options(const config::LoftqSettings& s) {
-  quant::QuantizeOptions q;
+convert::QuantizeOptions quantize_options(const config::LoftqSettings& s) {
+  convert::QuantizeOptions q;
   q.rank = s.rank;
   q.iters = s.iters;
   q.method = quant::parse_method(s.quant);
@@ -162,9 +162,9 @@ bool Pipeline::quantize(const storage::Job& job, const config::RepoConfig& rc,
                         SyncReport& report) {
   db_.set_state(job.id, storage::JobState::Quantizing, now_s());
   log(tag + " step=quantize");
-  quant::QuantizeOptions qo = quantize_options(rc.loftq);
+  convert::QuantizeOptions qo = quantize_options(rc.loftq);
   qo.repo_id = job.target;
-  qo.source = quant::SourceInfo{job.repo, job.revision, job.upstream_commit};
+  qo.source = convert::SourceInfo{job.repo, job.revision, job.upstream_commit};
   std::string chosen;
   auto backends = quant::make_backends(cfg_.device, opt_.threads, &chosen);
   qo.fallback = backends.fallback();
@@ -184,13 +184,13 @@ bool Pipeline::quantize(const storage::Job& job, const config::RepoConfig& rc,
   const size_t recorded = db_.tensors_done(job.id).size();
   if (recorded > 0)
     log(tag + " step=quantize resume_from=" + std::to_string(recorded) + " tensors");
-  quant::QuantizeReport qr;
+  convert::QuantizeReport qr;
   try {
-    qr = quant::quantize_model(model_dir, out, qo, *backends.primary);
-  } catch (const quant::Interrupted&) {
+    qr = convert::quantize_model(model_dir, out, qo, *backends.primary);
+  } catch (const convert::Interrupted&) {
     ++report.jobs_interrupted;
     return false;
-  } catch (const quant::FormatError& e) {
+  } catch (const model::FormatError& e) {
     throw JobFailure{e.what(), true};
   } catch (const std::invalid_argument& e) {
     throw JobFailure{e.what(), true};

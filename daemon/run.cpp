@@ -1,5 +1,7 @@
 #include "daemon/run.h"
 
+#include "common/strings.h"
+
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -189,7 +191,7 @@ int run_command(const RunOptions& ro) {
   mo.store = cfg.store;
   auto write_token = read_secret(cfg.mirror.write_token_file, "mirror.write_token_file");
   // Without a configured token only the daemon itself may write (a random per-process token).
-  mo.write_token = write_token ? write_token : std::optional<std::string>(random_token());
+  mo.write_token = write_token ? write_token : std::optional<std::string>(common::random_hex(32));
   if (cfg.mirror.enabled) {
     auto [host, port] = parse_listen(cfg.mirror.listen);
     mo.host = host;

@@ -6,14 +6,15 @@
 #include <fstream>
 #include <random>
 
+#include "common/fs.h"
+#include "common/strings.h"
 #include "config/config.h"
+#include "convert/verify.h"
 #include "daemon/mirror.h"
 #include "daemon/pipeline.h"
 #include "hub/hub.h"
+#include "model/synth.h"
 #include "quant/device.h"
-#include "quant/fsutil.h"
-#include "quant/synth.h"
-#include "quant/verify.h"
 #include "storage/state.h"
 
 namespace fs = std::filesystem;
@@ -27,14 +28,6 @@ void log_line(const std::string& s) {
 }
 
 }  // namespace
-
-std::string random_token() {
-  std::random_device rd;
-  std::string s;
-  static const char* hex = "0123456789abcdef";
-  for (int i = 0; i < 32; ++i) s += hex[rd() % 16];
-  return s;
-}
 
 int sync_once_command(const std::string& config_path, int threads) {
   // 1. Configuration (a bad one is a usage error: ConfigError is an invalid_argument).
@@ -51,7 +44,7 @@ int sync_once_command(const std::string& config_path, int threads) {
     MirrorOptions mo;
     mo.store = cfg.store;
     mo.port = 0;
-    mo.write_token = random_token();
+    mo.write_token = common::random_hex(32);
     mirror = std::make_unique<Mirror>(mo);
     mirror->start();
     po.mirror = PublishEndpoint{mirror->url(), mo.write_token};
@@ -77,7 +70,7 @@ int demo_command(const fs::path& workdir_in, int threads) {
   MirrorOptions mo;
   mo.store = store;
   mo.port = 0;
-  mo.write_token = random_token();
+  mo.write_token = common::random_hex(32);
   Mirror mirror(mo);
   mirror.start();
   const std::string url = mirror.url();
@@ -86,7 +79,7 @@ int demo_command(const fs::path& workdir_in, int threads) {
   const fs::path src = workdir / "upstream-src";
   if (!fs::exists(src / "config.json")) {
     fs::remove_all(src);
-    quant::SynthOptions so;
+    model::SynthOptions so;
     so.arch = "llama";
     so.layers = 4;
     so.hidden = 512;
@@ -95,7 +88,7 @@ int demo_command(const fs::path& workdir_in, int threads) {
     so.kv_heads = 4;
     so.vocab = 2048;
     so.seed = 1;
-    quant::synth_checkpoint(so, src);
+    model::synth_checkpoint(so, src);
   }
   hub::ClientOptions wo;
   wo.endpoint = url;
@@ -146,8 +139,8 @@ int demo_command(const fs::path& workdir_in, int threads) {
   mirror.stop();
   if (!res || !ups) throw std::runtime_error("demo: downloading for verification failed");
   auto backend = quant::make_cpu_backend(threads);
-  const auto vr = quant::verify_layout(res.value().dir, ups.value().dir, *backend);
-  std::fputs(quant::verify_table(vr).c_str(), stdout);
+  const auto vr = convert::verify_layout(res.value().dir, ups.value().dir, *backend);
+  std::fputs(convert::verify_table(vr).c_str(), stdout);
   for (const auto& p : vr.problems) std::fprintf(stderr, "verify: %s\n", p.c_str());
   if (!vr.ok()) return 1;
 

@@ -15,7 +15,4 @@ int sync_once_command(const std::string& config_path, int threads);
 // downloads it over HTTP, LoftQ with the mixed 4/2-bit plan, publish back, verify, print.
 int demo_command(const std::filesystem::path& workdir, int threads);
 
-// 32 random hex characters (tokens for in-process mirrors).
-std::string random_token();
-
 }  // namespace loftqd::daemon

@@ -19,7 +19,10 @@
 
 #include "hub/http.h"
 #include "hub/hub.h"
-#include "quant/fsutil.h"
+
+#include "common/env.h"
+#include "common/fs.h"
+#include "common/strings.h"
 #include "storage/store.h"
 
 namespace fs = std::filesystem;
@@ -27,6 +30,8 @@ namespace st = loftqd::storage;
 using nlohmann::json;
 
 namespace loftqd::hub {
+
+using common::trim;
 
 const char* kind_name(ErrorKind k) {
   switch (k) {
@@ -73,19 +78,6 @@ const char* kind_name(ErrorKind k) {
 }
 
 namespace {
-
-std::string trim(std::string s) {
-  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.pop_back();
-  size_t i = 0;
-  while (i < s.size() && std::isspace(static_cast<unsigned char>(s[i]))) ++i;
-  return s.substr(i);
-}
-
-std::optional<std::string> env(const char* name) {
-  const char* v = std::getenv(name);
-  if (!v || !*v) return std::nullopt;
-  return std::string(v);
-}
 
 std::string unquote_etag(std::string e) {
   e = trim(e);
@@ -267,43 +259,28 @@ double jitter01() {
 }  // namespace
 
 std::optional<std::string> find_token(const std::optional<std::string>& config_token) {
-  if (auto t = env("HF_TOKEN")) return trim(*t);
-  fs::path home_dir;
-  if (auto h = env("HF_HOME")) {
-    home_dir = *h;
-  } else if (auto x = env("XDG_CACHE_HOME")) {
-    home_dir = fs::path(*x) / "huggingface";
-  } else if (auto h2 = env("HOME")) {
-    home_dir = fs::path(*h2) / ".cache" / "huggingface";
-  }
-  if (!home_dir.empty()) {
-    std::ifstream f(home_dir / "token");
-    std::string t;
-    if (f && std::getline(f, t) && !trim(t).empty()) return trim(t);
-  }
+  if (auto t = common::hub_env().token) return t;
   if (config_token && !config_token->empty()) return config_token;
   return std::nullopt;
 }
 
 std::optional<std::string> read_token_file(const fs::path& p) {
-  std::string t = trim(quant::read_file(p));
+  std::string t = trim(common::read_file(p));
   return t.empty() ? std::nullopt : std::optional<std::string>(std::move(t));
 }
 
 ClientOptions options_from_env(const std::optional<std::string>& endpoint,
                                const std::optional<std::string>& config_token) {
+  const common::HubEnv e = common::hub_env();
   ClientOptions o;
   if (endpoint && !endpoint->empty())
     o.endpoint = *endpoint;
-  else if (auto e = env("HF_ENDPOINT"))
-    o.endpoint = *e;
+  else if (e.endpoint)
+    o.endpoint = *e.endpoint;
   while (!o.endpoint.empty() && o.endpoint.back() == '/') o.endpoint.pop_back();
-  o.token = find_token(config_token);
-  if (auto off = env("HF_HUB_OFFLINE")) {
-    std::string v = *off;
-    std::transform(v.begin(), v.end(), v.begin(), ::tolower);
-    o.offline = v == "1" || v == "true" || v == "yes" || v == "on";
-  }
+  o.token =
+      e.token ? e.token : (config_token && !config_token->empty() ? config_token : std::nullopt);
+  o.offline = e.offline;
   o.user_agent = std::string("loftqd/") + LOFTQD_VERSION;
   return o;
 }
@@ -1266,7 +1243,7 @@ Result<CommitInfo> Client::upload_folder(const PublishRequest& pr, const Progres
     } else {
       std::string content;
       try {
-        content = quant::read_file(l.file);
+        content = common::read_file(l.file);
       } catch (const std::exception& e) {
         return Error{ErrorKind::Io, e.what()};
       }

@@ -220,32 +220,4 @@ std::string origin_of(const std::string& url) {
   return out;
 }
 
-std::string escape_segment(const std::string& s) {
-  static const char* kHex = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : s) {
-    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
-      out += static_cast<char>(c);
-    } else {
-      out += '%';
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
-    }
-  }
-  return out;
-}
-
-std::string escape_path(const std::string& s) {
-  std::string out;
-  size_t start = 0;
-  while (true) {
-    size_t end = s.find('/', start);
-    out += escape_segment(s.substr(start, end == std::string::npos ? end : end - start));
-    if (end == std::string::npos) break;
-    out += '/';
-    start = end + 1;
-  }
-  return out;
-}
-
 }  // namespace loftqd::hub::http

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "common/strings.h"
+
 namespace loftqd::hub::http {
 
 struct Request {
@@ -47,8 +49,8 @@ Response perform(const Request& req);
 
 // URL helpers (libcurl's URL API).
 std::string resolve_url(const std::string& base, const std::string& location);
-std::string origin_of(const std::string& url);     // scheme://host:port
-std::string escape_segment(const std::string& s);  // percent-encodes everything but unreserved
-std::string escape_path(const std::string& s);     // same, keeping '/'
+std::string origin_of(const std::string& url);  // scheme://host:port
+using common::escape_path;     // percent-encodes everything but unreserved, keeping '/'
+using common::escape_segment;  // percent-encodes everything but unreserved
 
 }  // namespace loftqd::hub::http

@@ -7,7 +7,7 @@
 // it never appears in a URL, a log line, an error message or a file.
 #pragma once
 
-#include "storage/result.h"
+#include "common/result.h"
 
 #include <atomic>
 #include <cstdint>
@@ -51,8 +51,8 @@ struct Error {
 };
 
 template <class T>
-using Result = storage::BasicResult<T, Error>;
-using storage::Ok;
+using Result = common::BasicResult<T, Error>;
+using common::Ok;
 
 struct ClientOptions {
   std::string endpoint = "https://huggingface.co";

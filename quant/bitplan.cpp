@@ -6,22 +6,11 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "common/strings.h"
+
 namespace loftqd::quant {
 
 namespace {
-
-std::vector<std::string> split(std::string_view s, char sep) {
-  std::vector<std::string> out;
-  size_t start = 0;
-  while (true) {
-    const size_t pos = s.find(sep, start);
-    out.emplace_back(
-        s.substr(start, pos == std::string_view::npos ? std::string_view::npos : pos - start));
-    if (pos == std::string_view::npos) break;
-    start = pos + 1;
-  }
-  return out;
-}
 
 bool all_digits(std::string_view s) {
   return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
@@ -78,59 +67,6 @@ std::string fmt_bits(double b) {
 
 }  // namespace
 
-std::optional<int> layer_index(std::string_view name) {
-  const auto parts = split(name, '.');
-  for (size_t i = 0; i + 1 < parts.size(); ++i) {
-    const auto& p = parts[i];
-    if ((p == "layers" || p == "layer" || p == "h" || p == "block" || p == "blocks") &&
-        all_digits(parts[i + 1]) && parts[i + 1].size() < 9)
-      return std::stoi(parts[i + 1]);
-  }
-  return std::nullopt;
-}
-
-std::string module_path(std::string_view name) {
-  const size_t dot = name.rfind('.');
-  return std::string(dot == std::string_view::npos ? name : name.substr(0, dot));
-}
-
-std::string module_leaf(std::string_view name) {
-  const std::string m = module_path(name);
-  const size_t dot = m.rfind('.');
-  return dot == std::string::npos ? m : m.substr(dot + 1);
-}
-
-std::vector<std::string> default_target_modules(std::string_view t) {
-  if (t == "llama" || t == "mistral" || t == "mixtral" || t == "qwen2" || t == "qwen3" ||
-      t == "qwen2_moe" || t == "gemma" || t == "gemma2" || t == "phi3")
-    return {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
-  if (t == "bart" || t == "mbart" || t == "marian" || t == "pegasus")
-    return {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"};
-  if (t == "t5" || t == "mt5") return {"q", "k", "v", "o", "wi", "wo", "wi_0", "wi_1"};
-  if (t == "bert" || t == "roberta") return {"query", "key", "value", "dense"};
-  if (t == "deberta" || t == "deberta-v2") return {"query_proj", "key_proj", "value_proj", "dense"};
-  return {};
-}
-
-std::string default_task_type(std::string_view t) {
-  if (t == "bart" || t == "mbart" || t == "marian" || t == "pegasus" || t == "t5" || t == "mt5")
-    return "SEQ_2_SEQ_LM";
-  if (t == "bert" || t == "roberta" || t == "deberta" || t == "deberta-v2") return "SEQ_CLS";
-  return "CAUSAL_LM";
-}
-
-bool is_target_weight(std::string_view name, const std::vector<std::string>& targets) {
-  if (name.size() < 7 || name.substr(name.size() - 7) != ".weight") return false;
-  const std::string m = module_path(name);
-  for (const auto& t : targets) {
-    if (m == t) return true;
-    if (m.size() > t.size() && m.compare(m.size() - t.size(), t.size(), t) == 0 &&
-        m[m.size() - t.size() - 1] == '.')
-      return true;
-  }
-  return false;
-}
-
 BitPlan BitPlan::uniform(int bits) {
   BitPlan p;
   p.rules_.push_back(PlanRule{-1, -1, {}, bits});
@@ -140,7 +76,7 @@ BitPlan BitPlan::uniform(int bits) {
 BitPlan BitPlan::parse(std::string_view spec) {
   BitPlan p;
   if (spec.empty()) throw std::invalid_argument("bit plan is empty");
-  for (const auto& item : split(spec, ',')) {
+  for (const auto& item : common::split(spec, ',')) {
     const std::string what = "bit plan item '" + item + "'";
     const size_t colon = item.rfind(':');
     if (colon == std::string::npos) throw std::invalid_argument(what + ": expected RANGE:BITS");
@@ -149,7 +85,7 @@ BitPlan BitPlan::parse(std::string_view spec) {
     std::string_view range = std::string_view(item).substr(0, colon);
     const size_t at = range.find('@');
     if (at != std::string_view::npos) {
-      r.modules = split(range.substr(0, at), '+');
+      r.modules = common::split(range.substr(0, at), '+');
       for (const auto& m : r.modules)
         if (m.empty()) throw std::invalid_argument(what + ": empty module name");
       range = range.substr(at + 1);

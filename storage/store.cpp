@@ -1,5 +1,7 @@
 #include "storage/store.h"
 
+#include "common/strings.h"
+
 #include <fcntl.h>
 #include <openssl/evp.h>
 #include <sys/stat.h>
@@ -16,7 +18,7 @@
 #include <random>
 #include <stdexcept>
 
-#include "quant/fsutil.h"
+#include "common/fs.h"
 
 namespace fs = std::filesystem;
 
@@ -46,92 +48,7 @@ Error io_error(std::string what, const fs::path& p, int err) {
   return {Errc::Io, what + " " + p.string() + ": " + std::strerror(err)};
 }
 
-std::string random_hex(size_t n) {
-  thread_local std::mt19937_64 rng{std::random_device{}()};
-  static const char* kHex = "0123456789abcdef";
-  std::string s(n, '0');
-  for (auto& c : s) c = kHex[rng() % 16];
-  return s;
-}
-
-bool all_hex(std::string_view s) {
-  return std::all_of(s.begin(), s.end(),
-                     [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
-}
-
-std::string lower(std::string_view s) {
-  std::string r(s);
-  for (auto& c : r) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return r;
-}
-
 }  // namespace
-
-// ---- Validation ----
-
-std::optional<std::string> path_problem(std::string_view path) {
-  if (path.empty()) return "empty path";
-  if (path.size() > 4096) return "path longer than 4096 bytes";
-  for (char c : path) {
-    if (c == '\0') return "NUL byte in path";
-    if (c == '\\') return "backslash in path";
-    if (static_cast<unsigned char>(c) < 0x20) return "control character in path";
-  }
-  if (path.front() == '/') return "absolute path";
-  size_t start = 0;
-  while (start <= path.size()) {
-    size_t end = path.find('/', start);
-    if (end == std::string_view::npos) end = path.size();
-    std::string_view comp = path.substr(start, end - start);
-    if (comp.empty()) return "empty path component";
-    if (comp == ".") return "'.' path component";
-    if (comp == "..") return "'..' path component";
-    if (lower(comp) == ".git") return "'.git' path component";
-    start = end + 1;
-  }
-  return std::nullopt;
-}
-
-std::optional<std::string> repo_id_problem(std::string_view id) {
-  if (id.empty()) return "empty repo id";
-  if (id.size() > 96) return "repo id longer than 96 characters";
-  size_t slash = id.find('/');
-  if (slash != std::string_view::npos && id.find('/', slash + 1) != std::string_view::npos)
-    return "repo id has more than one '/'";
-  auto part_ok = [](std::string_view p) -> std::optional<std::string> {
-    if (p.empty()) return "empty name";
-    for (char c : p)
-      if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.')
-        return std::string("character '") + c + "' not allowed";
-    if (p.front() == '.' || p.front() == '-' || p.back() == '.' || p.back() == '-')
-      return "name starts or ends with '.' or '-'";
-    if (p.find("--") != std::string_view::npos || p.find("..") != std::string_view::npos)
-      return "'--' and '..' are not allowed";
-    return std::nullopt;
-  };
-  if (slash == std::string_view::npos) return part_ok(id);
-  if (auto p = part_ok(id.substr(0, slash))) return p;
-  return part_ok(id.substr(slash + 1));
-}
-
-std::optional<std::string> revision_problem(std::string_view rev) {
-  if (rev.empty()) return "empty revision";
-  if (rev.size() > 255) return "revision longer than 255 bytes";
-  if (auto p = path_problem(rev)) return p;
-  for (char c : rev)
-    if (c == ' ' || c == '~' || c == '^' || c == ':' || c == '?' || c == '*' || c == '[')
-      return std::string("character '") + c + "' not allowed in a revision";
-  if (rev.find(".lock") != std::string_view::npos && rev.ends_with(".lock"))
-    return "revision ends with .lock";
-  return std::nullopt;
-}
-
-bool is_sha1_hex(std::string_view s) {
-  return s.size() == 40 && all_hex(s);
-}
-bool is_sha256_hex(std::string_view s) {
-  return s.size() == 64 && all_hex(s);
-}
 
 // ---- Hashing ----
 
@@ -419,36 +336,6 @@ Status check_space(const fs::path& dir, uint64_t needed, uint64_t reserve) {
   return ok_status();
 }
 
-uint64_t parse_size(std::string_view s) {
-  if (s.empty()) throw std::invalid_argument("empty size");
-  std::string str(s);
-  size_t idx = 0;
-  double v = 0;
-  try {
-    v = std::stod(str, &idx);
-  } catch (const std::exception&) {
-    throw std::invalid_argument("bad size '" + str + "' (expected e.g. 10G, 512M, 4096)");
-  }
-  std::string unit = lower(str.substr(idx));
-  if (!unit.empty() && unit.back() == 'b') unit.pop_back();
-  if (!unit.empty() && unit.back() == 'i') unit.pop_back();
-  double mult = 1;
-  if (unit.empty())
-    mult = 1;
-  else if (unit == "k")
-    mult = 1024.0;
-  else if (unit == "m")
-    mult = 1024.0 * 1024;
-  else if (unit == "g")
-    mult = 1024.0 * 1024 * 1024;
-  else if (unit == "t")
-    mult = 1024.0 * 1024 * 1024 * 1024;
-  else
-    throw std::invalid_argument("bad size unit in '" + str + "' (use K, M, G or T)");
-  if (v < 0 || !std::isfinite(v)) throw std::invalid_argument("bad size '" + str + "'");
-  return static_cast<uint64_t>(v * mult);
-}
-
 // ---- Store ----
 
 std::string FileEntry::git_oid() const {
@@ -564,7 +451,7 @@ Status Store::write_ref(std::string_view repo_id, std::string_view revision,
   try {
     fs::create_directories(path.parent_path());
     // huggingface_hub writes the bare commit hash without a newline.
-    quant::write_file_atomic(path, commit);
+    common::write_file_atomic(path, commit);
   } catch (const std::exception& e) {
     return Error{Errc::Io, e.what()};
   }
@@ -626,7 +513,7 @@ Status Store::install_blob(std::string_view repo_id, const fs::path& partial,
     fs::create_directories(dst.parent_path());
     if (::rename(partial.c_str(), dst.c_str()) != 0)
       return io_error("cannot rename to", dst, errno);
-    quant::fsync_dir(dst.parent_path());
+    common::fsync_dir(dst.parent_path());
   } catch (const std::exception& ex) {
     return Error{Errc::Io, ex.what()};
   }
@@ -641,7 +528,7 @@ Status Store::put_blob(std::string_view repo_id, std::string_view content, const
   auto dst = blob_path(repo_id, d.hex);
   try {
     fs::create_directories(dst.parent_path());
-    quant::write_file_atomic(dst, content);
+    common::write_file_atomic(dst, content);
   } catch (const std::exception& e) {
     return Error{Errc::Io, e.what()};
   }
@@ -662,7 +549,7 @@ Status Store::link_file(std::string_view repo_id, std::string_view commit, std::
     if (fs::read_symlink(link, ec).string() == target) return ok_status();
   }
   auto tmp = link;
-  tmp += ".tmp-" + random_hex(8);
+  tmp += ".tmp-" + common::random_hex(8);
   if (::symlink(target.c_str(), tmp.c_str()) != 0) return io_error("cannot symlink", tmp, errno);
   if (::rename(tmp.c_str(), link.c_str()) != 0) {
     int e = errno;
@@ -725,7 +612,7 @@ Result<std::string> Store::commit_snapshot(std::string_view repo_id, std::string
   std::error_code ec;
   if (!fs::is_directory(final_dir, ec)) {
     auto snaps = final_dir.parent_path();
-    auto tmp = snaps / (".tmp-" + id + "-" + random_hex(8));
+    auto tmp = snaps / (".tmp-" + id + "-" + common::random_hex(8));
     fs::create_directories(tmp, ec);
     if (ec) return Error{Errc::Io, "cannot create " + tmp.string() + ": " + ec.message()};
     for (const auto& [path, etag] : files) {
@@ -743,7 +630,7 @@ Result<std::string> Store::commit_snapshot(std::string_view repo_id, std::string
       if (!fs::is_directory(final_dir, ec)) return io_error("cannot rename to", final_dir, e);
     }
     try {
-      quant::fsync_dir(snaps);
+      common::fsync_dir(snaps);
     } catch (const std::exception& ex) {
       return Error{Errc::Io, ex.what()};
     }
@@ -777,7 +664,7 @@ Status Store::write_meta(std::string_view repo_id, const RepoMeta& m) {
   try {
     auto dir = repo_dir(repo_id);
     fs::create_directories(dir);
-    quant::write_file_atomic(dir / "loftqd-repo.json", j.dump(2) + "\n");
+    common::write_file_atomic(dir / "loftqd-repo.json", j.dump(2) + "\n");
   } catch (const std::exception& e) {
     return Error{Errc::Io, e.what()};
   }

@@ -11,7 +11,8 @@
 // Status/Result values; programming errors throw.
 #pragma once
 
-#include "storage/result.h"
+#include "common/ids.h"
+#include "common/result.h"
 
 #include <cstdint>
 #include <filesystem>
@@ -24,6 +25,9 @@
 #include <vector>
 
 namespace loftqd::storage {
+
+using common::BasicResult;
+using common::Ok;
 
 enum class Errc {
   InvalidPath,   // an unsafe or malformed repo path, repo id or revision
@@ -47,18 +51,12 @@ inline Status ok_status() {
   return Ok{};
 }
 
-// ---- Validation (before anything touches the disk) ----
-
-// Why `path` is not a safe repo file path, or nullopt when it is: POSIX, relative, no empty,
-// "." or ".." component, no ".git" component, no NUL, backslash or control character.
-std::optional<std::string> path_problem(std::string_view path);
-// Same for a repo id ("name" or "org/name", [A-Za-z0-9._-], no "--" or "..").
-std::optional<std::string> repo_id_problem(std::string_view repo_id);
-// Same for a revision stored under refs/ (a branch or tag name; "refs/pr/1" allowed).
-std::optional<std::string> revision_problem(std::string_view revision);
-
-bool is_sha1_hex(std::string_view s);    // 40 lowercase hex digits
-bool is_sha256_hex(std::string_view s);  // 64 lowercase hex digits
+// ---- Validation (common/ids.h) ----
+using common::is_sha1_hex;
+using common::is_sha256_hex;
+using common::path_problem;
+using common::repo_id_problem;
+using common::revision_problem;
 
 // ---- Hashing (OpenSSL EVP) ----
 
@@ -125,8 +123,6 @@ bool path_selected(std::string_view path, const std::vector<std::string>& allow,
 Result<uint64_t> free_bytes(const std::filesystem::path& dir);
 // NoSpace when writing `needed` more bytes under `dir` would leave less than `reserve` free.
 Status check_space(const std::filesystem::path& dir, uint64_t needed, uint64_t reserve);
-// "10G", "512M", "0", "1.5T", "4096" -> bytes; throws std::invalid_argument.
-uint64_t parse_size(std::string_view s);
 
 // ---- The store ----
 

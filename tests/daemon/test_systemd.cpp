@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "common/test_util.h"
+#include "support/test_util.h"
 
 #ifndef LOFTQD_BINARY
 #error "LOFTQD_BINARY must name the built loftqd executable"

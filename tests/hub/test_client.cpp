@@ -9,9 +9,9 @@
 #include <filesystem>
 #include <random>
 
-#include "common/test_util.h"
 #include "fault/fault_server.h"
 #include "storage/store.h"
+#include "support/test_util.h"
 
 namespace fs = std::filesystem;
 using loftqd::testing::FaultServer;

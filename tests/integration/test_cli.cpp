@@ -7,10 +7,11 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
-#include "common/test_util.h"
-#include "quant/safetensors.h"
+#include "model/safetensors.h"
+#include "support/test_util.h"
 
 namespace fs = std::filesystem;
+namespace model = loftqd::model;
 using loftqd::testing::run_loftqd;
 using loftqd::testing::slurp;
 using loftqd::testing::spit;
@@ -125,8 +126,7 @@ TEST(Layout, PeftKeysShapesAndConfig) {
   EXPECT_EQ(acfg["bias"], "none");
   EXPECT_EQ(acfg["target_modules"],
             json({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}));
-  auto ad = loftqd::quant::SafetensorsFile::open(tmp / "out" / "loftq_init" /
-                                                 "adapter_model.safetensors");
+  auto ad = model::SafetensorsFile::open(tmp / "out" / "loftq_init" / "adapter_model.safetensors");
   const auto* a = ad->find("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight");
   const auto* b = ad->find("base_model.model.model.layers.0.mlp.down_proj.lora_B.weight");
   ASSERT_TRUE(a && b);
@@ -140,8 +140,8 @@ TEST(Layout, PeftKeysShapesAndConfig) {
   for (const auto& l : lj["layers"]) EXPECT_EQ(l["bits"], l["layer"] == 0 ? 4 : 2) << l["tensor"];
   EXPECT_EQ(lj["bnb_nf4_reload_exact"], true);
   // Non-target tensors are byte-identical; copied files too.
-  auto in = loftqd::quant::SafetensorsFile::open(tmp / "model" / "model.safetensors");
-  auto out = loftqd::quant::SafetensorsFile::open(tmp / "out" / "model.safetensors");
+  auto in = model::SafetensorsFile::open(tmp / "model" / "model.safetensors");
+  auto out = model::SafetensorsFile::open(tmp / "out" / "model.safetensors");
   for (const char* name : {"model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"}) {
     auto x = in->bytes(*in->find(name)), y = out->bytes(*out->find(name));
     EXPECT_TRUE(std::equal(x.begin(), x.end(), y.begin(), y.end())) << name;
@@ -164,10 +164,8 @@ TEST(Layout, LoraAlphaPreScalesBothFactors) {
                 quantize_args(tmp / "model", tmp / "a32", {"--svd", "exact", "--lora-alpha", "32"}))
                 .exit_code,
             0);
-  auto r =
-      loftqd::quant::SafetensorsFile::open(tmp / "r" / "loftq_init" / "adapter_model.safetensors");
-  auto s = loftqd::quant::SafetensorsFile::open(tmp / "a32" / "loftq_init" /
-                                                "adapter_model.safetensors");
+  auto r = model::SafetensorsFile::open(tmp / "r" / "loftq_init" / "adapter_model.safetensors");
+  auto s = model::SafetensorsFile::open(tmp / "a32" / "loftq_init" / "adapter_model.safetensors");
   const std::string key = "base_model.model.model.layers.1.mlp.up_proj.lora_A.weight";
   auto va = r->read_f32(*r->find(key)), vb = s->read_f32(*s->find(key));
   ASSERT_EQ(va.size(), vb.size());
@@ -271,7 +269,7 @@ TEST(Verify, DetectsTampering) {
   };
   auto patch_tensor = [](const fs::path& file, const std::string& tensor, size_t elem,
                          float value) {
-    auto f = loftqd::quant::SafetensorsFile::open(file);
+    auto f = model::SafetensorsFile::open(file);
     const auto* t = f->find(tensor);
     const size_t header = fs::file_size(file) - f->tensors().back().end;
     std::string bytes = slurp(file);
@@ -297,7 +295,7 @@ TEST(Verify, DetectsTampering) {
 
   auto p3 = copy("q");  // a Q value off the code table
   {
-    auto f = loftqd::quant::SafetensorsFile::open(p3 / "model.safetensors");
+    auto f = model::SafetensorsFile::open(p3 / "model.safetensors");
     auto v = f->read_f32(*f->find("model.layers.1.mlp.up_proj.weight"));
     float amax = 0;
     for (int i = 0; i < 64; ++i) amax = std::max(amax, std::fabs(v[i]));

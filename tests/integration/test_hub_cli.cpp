@@ -13,10 +13,10 @@
 #include <filesystem>
 #include <thread>
 
-#include "common/test_util.h"
 #include "daemon/mirror.h"
 #include "hub/hub.h"
 #include "storage/store.h"
+#include "support/test_util.h"
 
 namespace fs = std::filesystem;
 using loftqd::testing::run_loftqd;

@@ -13,9 +13,9 @@
 #include <set>
 #include <thread>
 
-#include "common/test_util.h"
 #include "hub/hub.h"
 #include "storage/store.h"
+#include "support/test_util.h"
 
 namespace fs = std::filesystem;
 using loftqd::testing::random_bytes;

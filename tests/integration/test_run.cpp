@@ -13,11 +13,11 @@
 #include <set>
 #include <thread>
 
-#include "common/test_util.h"
 #include "daemon/mirror.h"
 #include "hub/hub.h"
 #include "integration/upstream.h"
 #include "storage/state.h"
+#include "support/test_util.h"
 
 namespace fs = std::filesystem;
 using loftqd::testing::Child;

@@ -2,8 +2,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include "common/test_util.h"
 #include "storage/state.h"
+#include "support/test_util.h"
 
 using loftqd::testing::run_loftqd;
 using loftqd::testing::spit;

@@ -5,14 +5,15 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
-#include "common/test_util.h"
 #include "daemon/mirror.h"
 #include "hub/hub.h"
 #include "integration/upstream.h"
-#include "quant/synth.h"
+#include "model/synth.h"
 #include "storage/state.h"
+#include "support/test_util.h"
 
 namespace fs = std::filesystem;
+namespace model = loftqd::model;
 using loftqd::testing::run_loftqd;
 using loftqd::testing::slurp;
 using loftqd::testing::spit;

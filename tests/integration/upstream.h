@@ -9,10 +9,10 @@
 #include <string>
 #include <vector>
 
-#include "common/test_util.h"
 #include "daemon/mirror.h"
 #include "hub/hub.h"
-#include "quant/synth.h"
+#include "model/synth.h"
+#include "support/test_util.h"
 
 namespace loftqd::testing {
 
@@ -26,7 +26,7 @@ class Upstream {
 
   // `rate`: bytes per second per file body (0 = unthrottled).
   explicit Upstream(const std::filesystem::path& dir, uint64_t rate = 0,
-                    loftqd::quant::SynthOptions so = small()) {
+                    model::SynthOptions so = small()) {
     loftqd::daemon::MirrorOptions mo;
     mo.store = dir / "upstream-store";
     mo.port = 0;
@@ -40,12 +40,12 @@ class Upstream {
     mirror_ = std::make_unique<loftqd::daemon::Mirror>(mo);
     mirror_->start();
     src_ = dir / "src";
-    loftqd::quant::synth_checkpoint(so, src_);
+    model::synth_checkpoint(so, src_);
     commit_ = publish();
   }
   ~Upstream() { mirror_->stop(); }
-  static loftqd::quant::SynthOptions small() {
-    loftqd::quant::SynthOptions so;
+  static model::SynthOptions small() {
+    model::SynthOptions so;
     so.layers = 2;
     so.hidden = 128;
     so.intermediate = 256;

@@ -13,10 +13,10 @@
 #include <string>
 #include <vector>
 
-#include "common/matrices.h"
 #include "quant/cuda_backend.h"
 #include "quant/device.h"
 #include "quant/loftq.h"
+#include "support/matrices.h"
 
 using namespace loftqd::quant;
 

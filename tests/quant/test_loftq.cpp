@@ -1,6 +1,6 @@
 // The LoftQ loop against an independent computation and the paper's qualitative claims.
-#include "common/matrices.h"
 #include "quant/loftq.h"
+#include "support/matrices.h"
 
 #include <gtest/gtest.h>
 #include <lapacke.h>

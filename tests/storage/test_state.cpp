@@ -4,7 +4,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "common/test_util.h"
+#include "support/test_util.h"
 
 using namespace loftqd::storage;
 using loftqd::testing::TempDir;

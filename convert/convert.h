@@ -14,7 +14,7 @@
 #include "quant/bitplan.h"
 #include "quant/loftq.h"
 
-namespace loftqd::quant {
+namespace loftqd::convert {
 
 struct SourceInfo {
   std::optional<std::string> repo, revision, commit;
@@ -23,11 +23,11 @@ struct SourceInfo {
 struct QuantizeOptions {
   int rank = 64;
   int iters = 5;
-  QuantMethod method = QuantMethod::NF;
-  int block_size = kDefaultBlockSize;
-  BitPlan plan = BitPlan::uniform(4);
+  quant::QuantMethod method = quant::QuantMethod::NF;
+  int block_size = quant::kDefaultBlockSize;
+  quant::BitPlan plan = quant::BitPlan::uniform(4);
   std::vector<std::string> target_modules;  // empty: by config.json model_type
-  SvdMode svd = SvdMode::Randomized;
+  quant::SvdMode svd = quant::SvdMode::Randomized;
   std::optional<double> lora_alpha;  // default: rank
   double lora_dropout = 0.0;
   std::string repo_id;  // adapter base_model_name_or_path; default: OUT_DIR's name
@@ -38,7 +38,7 @@ struct QuantizeOptions {
   // When the backend runs out of device memory on a layer, that layer is redone on this one
   // (normally the CPU) with a warning on stderr (quant/device.h loftq_with_fallback). Null: the
   // error propagates.
-  Backend* fallback = nullptr;
+  quant::Backend* fallback = nullptr;
   // Resuming: when set, each target tensor's result (Q in the tensor's dtype, the scaled A and
   // B, its report) is saved durably to one file per tensor in this directory, created if
   // missing, as soon as LoftQ finishes it (a failed write is a runtime_error like any other
@@ -97,7 +97,7 @@ class Interrupted : public std::runtime_error {
 // I/O, Interrupted when should_stop says so; in every failure case out_dir is left as it was.
 QuantizeReport quantize_model(const std::filesystem::path& model_dir,
                               const std::filesystem::path& out_dir, const QuantizeOptions& opt,
-                              Backend& backend);
+                              quant::Backend& backend);
 
 // Names of the adapter tensors for a target weight ("M.weight" ->
 // base_model.model.M.lora_A.weight).
@@ -112,4 +112,4 @@ std::string layer_table(const std::vector<LayerReport>& layers);
 // safetensors index) and README.md (replaced by the model card).
 std::vector<std::string> passthrough_files(const std::filesystem::path& model_dir);
 
-}  // namespace loftqd::quant
+}  // namespace loftqd::convert

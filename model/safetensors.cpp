@@ -1,4 +1,4 @@
-#include "quant/safetensors.h"
+#include "model/safetensors.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -15,9 +15,12 @@
 #include <string_view>
 #include <utility>
 
-#include "quant/fsutil.h"
+#include "common/fs.h"
 
-namespace loftqd::quant {
+namespace loftqd::model {
+
+using common::AtomicFile;
+using common::read_file;
 
 namespace {
 
@@ -619,4 +622,4 @@ std::vector<std::pair<size_t, const TensorInfo*>> Checkpoint::all_tensors() cons
   return out;
 }
 
-}  // namespace loftqd::quant
+}  // namespace loftqd::model

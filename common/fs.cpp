@@ -1,4 +1,4 @@
-#include "quant/fsutil.h"
+#include "common/fs.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -12,7 +12,7 @@
 #include <utility>
 #include <vector>
 
-namespace loftqd::quant {
+namespace loftqd::common {
 
 namespace {
 
@@ -181,4 +181,4 @@ void copy_file_atomic(const std::filesystem::path& src, const std::filesystem::p
   out.commit();
 }
 
-}  // namespace loftqd::quant
+}  // namespace loftqd::common

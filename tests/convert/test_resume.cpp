@@ -15,12 +15,14 @@
 #include <string>
 #include <vector>
 
-#include "common/test_util.h"
-#include "quant/layout.h"
-#include "quant/safetensors.h"
-#include "quant/synth.h"
+#include "convert/convert.h"
+#include "model/safetensors.h"
+#include "model/synth.h"
+#include "support/test_util.h"
 
-namespace loftqd::quant {
+namespace loftqd::convert {
+using namespace loftqd::model;  // NOLINT
+using namespace loftqd::quant;  // NOLINT
 namespace {
 
 namespace fs = std::filesystem;
@@ -317,4 +319,4 @@ TEST_F(ResumeTest, MismatchedCheckpointsAreRecomputed) {
 }
 
 }  // namespace
-}  // namespace loftqd::quant
+}  // namespace loftqd::convert

@@ -1,11 +1,11 @@
-#include "quant/dtype.h"
+#include "model/dtype.h"
 
 #include <bit>
 #include <cstring>
 #include <stdexcept>
 #include <string>
 
-namespace loftqd::quant {
+namespace loftqd::model {
 
 namespace {
 
@@ -229,4 +229,4 @@ void round_to_dtype(DType t, float* x, size_t n) {
   }
 }
 
-}  // namespace loftqd::quant
+}  // namespace loftqd::model

@@ -1,9 +1,11 @@
-#include "quant/verify.h"
+#include "convert/verify.h"
 
 #include <gtest/gtest.h>
 
 #include <vector>
 
+using namespace loftqd::convert;
+using namespace loftqd::model;
 using namespace loftqd::quant;
 
 TEST(VerifyBlocks, QuantizedBlocksAreRepresentable) {

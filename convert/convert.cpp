@@ -1,4 +1,4 @@
-#include "quant/layout.h"
+#include "convert/convert.h"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -19,14 +19,24 @@
 #include <span>
 #include <sstream>
 
+#include "common/fs.h"
+#include "model/naming.h"
+#include "model/safetensors.h"
 #include "quant/device.h"
-#include "quant/fsutil.h"
-#include "quant/safetensors.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-namespace loftqd::quant {
+namespace loftqd::convert {
+
+using namespace loftqd::model;  // NOLINT: safetensors, dtypes, naming
+using namespace loftqd::quant;  // NOLINT: quantizers, bit plans, LoftQ, backends
+
+using common::AtomicFile;
+using common::copy_file_atomic;
+using common::fsync_dir;
+using common::read_file;
+using common::write_file_atomic;
 
 namespace {
 
@@ -692,4 +702,4 @@ QuantizeReport quantize_model(const fs::path& model_dir, const fs::path& out_dir
   return report;
 }
 
-}  // namespace loftqd::quant
+}  // namespace loftqd::convert

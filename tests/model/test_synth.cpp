@@ -1,4 +1,4 @@
-#include "quant/synth.h"
+#include "model/synth.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -13,10 +13,10 @@
 #include <string>
 #include <vector>
 
-#include "common/test_util.h"
-#include "quant/safetensors.h"
+#include "model/safetensors.h"
+#include "support/test_util.h"
 
-namespace loftqd::quant {
+namespace loftqd::model {
 namespace {
 
 namespace fs = std::filesystem;
@@ -562,4 +562,4 @@ TEST(SynthOptionsCheck, OutputDirectoryMustBeEmpty) {
 }
 
 }  // namespace
-}  // namespace loftqd::quant
+}  // namespace loftqd::model

@@ -6,11 +6,11 @@
 #include <string>
 #include <vector>
 
+#include "convert/convert.h"
+#include "model/dtype.h"
 #include "quant/backend.h"
-#include "quant/dtype.h"
-#include "quant/layout.h"
 
-namespace loftqd::quant {
+namespace loftqd::convert {
 
 struct VerifyLayer {
   LayerReport report;           // recomputed: qlora_error unused (taken from loftq.json)
@@ -30,7 +30,7 @@ struct VerifyReport {
 // tensors and copied files byte for byte, adapter_config.json fields, every Q block against its
 // layer's code table, and each layer's effective weight error against loftq.json.
 VerifyReport verify_layout(const std::filesystem::path& out_dir,
-                           const std::filesystem::path& original_dir, Backend& backend);
+                           const std::filesystem::path& original_dir, quant::Backend& backend);
 
 // Formats the per-layer verification table.
 std::string verify_table(const VerifyReport& r);
@@ -38,7 +38,7 @@ std::string verify_table(const VerifyReport& r);
 // Is this block of values (already rounded to dtype) table[code_i] * s for one scale s, up to
 // the rounding of dtype? absmax_scaled: s is the block's largest magnitude (NF quantizers);
 // otherwise any scale (uniform). Exposed for tests.
-bool block_representable(const float* q, size_t n, std::span<const float> table, DType dtype,
+bool block_representable(const float* q, size_t n, std::span<const float> table, model::DType dtype,
                          bool absmax_scaled);
 
-}  // namespace loftqd::quant
+}  // namespace loftqd::convert

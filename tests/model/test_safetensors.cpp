@@ -14,10 +14,10 @@
 #include <string>
 #include <vector>
 
-#include "common/test_util.h"
-#include "quant/safetensors.h"
+#include "model/safetensors.h"
+#include "support/test_util.h"
 
-namespace loftqd::quant {
+namespace loftqd::model {
 namespace {
 
 namespace fs = std::filesystem;
@@ -720,4 +720,4 @@ TEST(Checkpoint, NoModelFile) {
 }
 
 }  // namespace
-}  // namespace loftqd::quant
+}  // namespace loftqd::model

@@ -1,4 +1,4 @@
-#include "quant/synth.h"
+#include "model/synth.h"
 
 #include <algorithm>
 #include <array>
@@ -12,10 +12,12 @@
 #include <thread>
 #include <vector>
 
-#include "quant/fsutil.h"
-#include "quant/safetensors.h"
+#include "common/fs.h"
+#include "model/safetensors.h"
 
-namespace loftqd::quant {
+namespace loftqd::model {
+
+using common::write_file_atomic;
 
 namespace {
 
@@ -768,4 +770,4 @@ void synth_checkpoint(const SynthOptions& opt, const fs::path& out_dir) {
   write_json(out_dir / "config.json", config);
 }
 
-}  // namespace loftqd::quant
+}  // namespace loftqd::model

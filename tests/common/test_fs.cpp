@@ -10,10 +10,10 @@
 #include <string>
 #include <vector>
 
-#include "common/test_util.h"
-#include "quant/fsutil.h"
+#include "common/fs.h"
+#include "support/test_util.h"
 
-namespace loftqd::quant {
+namespace loftqd::common {
 namespace {
 
 namespace fs = std::filesystem;
@@ -193,4 +193,4 @@ TEST(FsutilFsyncDir, ExistingAndMissing) {
 }
 
 }  // namespace
-}  // namespace loftqd::quant
+}  // namespace loftqd::common

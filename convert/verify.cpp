@@ -1,4 +1,4 @@
-#include "quant/verify.h"
+#include "convert/verify.h"
 
 #include <algorithm>
 #include <cmath>
@@ -7,13 +7,19 @@
 #include <set>
 #include <sstream>
 
-#include "quant/fsutil.h"
-#include "quant/safetensors.h"
+#include "common/fs.h"
+#include "model/naming.h"
+#include "model/safetensors.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-namespace loftqd::quant {
+namespace loftqd::convert {
+
+using namespace loftqd::model;  // NOLINT: safetensors, dtypes, naming
+using namespace loftqd::quant;  // NOLINT: quantizers, bit plans, LoftQ, backends
+
+using common::read_file;
 
 namespace {
 
@@ -247,4 +253,4 @@ std::string verify_table(const VerifyReport& r) {
   return o.str();
 }
 
-}  // namespace loftqd::quant
+}  // namespace loftqd::convert

@@ -11,9 +11,9 @@
 #include <string>
 #include <vector>
 
-#include "quant/dtype.h"
+#include "model/dtype.h"
 
-namespace loftqd::quant {
+namespace loftqd::model {
 
 // Thrown for any malformed input. what() is "FILE: tensor 'NAME': RULE" (or "FILE: RULE" when no
 // tensor is involved), so the user can find the culprit.
@@ -128,4 +128,4 @@ class Checkpoint {
   std::vector<std::shared_ptr<SafetensorsFile>> shards_;
 };
 
-}  // namespace loftqd::quant
+}  // namespace loftqd::model

@@ -6,7 +6,7 @@
 #include <utility>
 #include <variant>
 
-namespace loftqd::storage {
+namespace loftqd::common {
 
 template <class T, class E>
 class [[nodiscard]] BasicResult {
@@ -26,4 +26,4 @@ class [[nodiscard]] BasicResult {
 
 struct Ok {};
 
-}  // namespace loftqd::storage
+}  // namespace loftqd::common

@@ -6,7 +6,7 @@
 #include <optional>
 #include <string_view>
 
-namespace loftqd::quant {
+namespace loftqd::model {
 
 // Every dtype the safetensors format names. Only F32/F16/BF16 are converted;
 // the others pass through byte for byte (embeddings in I8, masks in BOOL...).
@@ -50,4 +50,4 @@ void from_f32(DType t, const float* src, void* dst, size_t n);
 // Rounds every value to what `t` can hold (identity for F32).
 void round_to_dtype(DType t, float* x, size_t n);
 
-}  // namespace loftqd::quant
+}  // namespace loftqd::model

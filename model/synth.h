@@ -5,9 +5,9 @@
 #include <filesystem>
 #include <string>
 
-#include "quant/dtype.h"
+#include "model/dtype.h"
 
-namespace loftqd::quant {
+namespace loftqd::model {
 
 struct SynthOptions {
   std::string arch = "llama";  // llama | bart | bert
@@ -28,4 +28,4 @@ struct SynthOptions {
 // The same options always produce byte-identical files. OUT_DIR must not exist or be empty.
 void synth_checkpoint(const SynthOptions& opt, const std::filesystem::path& out_dir);
 
-}  // namespace loftqd::quant
+}  // namespace loftqd::model

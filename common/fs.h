@@ -6,7 +6,7 @@
 #include <string>
 #include <string_view>
 
-namespace loftqd::quant {
+namespace loftqd::common {
 
 // A file that appears at `final_path` complete or not at all.
 // Write through write()/fd(); commit() fsyncs, renames over final_path and fsyncs the directory.
@@ -38,4 +38,4 @@ void fsync_dir(const std::filesystem::path& dir);
 // Copies src to dst atomically (temp + fsync + rename).
 void copy_file_atomic(const std::filesystem::path& src, const std::filesystem::path& dst);
 
-}  // namespace loftqd::quant
+}  // namespace loftqd::common

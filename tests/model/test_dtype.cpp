@@ -11,9 +11,9 @@
 #include <stdexcept>
 #include <vector>
 
-#include "quant/dtype.h"
+#include "model/dtype.h"
 
-namespace loftqd::quant {
+namespace loftqd::model {
 namespace {
 
 float f(uint32_t bits) {
@@ -362,4 +362,4 @@ TEST(DtypeBulk, RejectsNonFloatDtypes) {
 }
 
 }  // namespace
-}  // namespace loftqd::quant
+}  // namespace loftqd::model
