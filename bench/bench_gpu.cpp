@@ -244,9 +244,9 @@ int quantize_model_mode(const Args& args) {
   auto gpu = q::make_cuda_backend(args.device, co);
   auto cpu = q::make_cpu_backend(args.threads);
   convert::QuantizeOptions qo;
-  qo.rank = args.rank;
-  qo.iters = args.iters;
-  qo.plan = q::BitPlan::uniform(args.bits);
+  qo.settings.rank = args.rank;
+  qo.settings.iters = args.iters;
+  qo.settings.plan = q::BitPlan::uniform(args.bits);
   qo.force = true;
   qo.fallback = cpu.get();
   const auto t0 = Clock::now();

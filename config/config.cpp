@@ -85,6 +85,16 @@ class Reader {
       out = static_cast<int>(x);
     });
   }
+  // An integer checked by one of the settings validators (convert/settings.h).
+  void integer(const json& j, const std::string& path, const char* key, int& out,
+               std::string (*problem)(int64_t)) {
+    field(j, path, key, [&](const json& v, const std::string& p) {
+      if (!v.is_number_integer()) return bad(p, "must be an integer");
+      const int64_t x = v.get<int64_t>();
+      if (auto why = problem(x); !why.empty()) return bad(p, why);
+      out = static_cast<int>(x);
+    });
+  }
   void strings(const json& j, const std::string& path, const char* key,
                std::vector<std::string>& out) {
     field(j, path, key, [&](const json& v, const std::string& p) {
@@ -100,70 +110,99 @@ class Reader {
   }
 };
 
-// LoftQ settings on top of `base` (the defaults). Plan forms: one of bits, bit_plan, avg_bits.
-LoftqSettings read_loftq(Reader& r, const json& j, const std::string& path,
-                         const LoftqSettings& base) {
-  LoftqSettings s = base;
-  if (!r.object(j, path)) return s;
-  r.known_keys(j, path,
-               {"rank", "iters", "quant", "block_size", "bits", "bit_plan", "avg_bits",
-                "target_modules", "svd", "lora_alpha"});
-  r.integer(j, path, "rank", s.rank, 1, 65536);
-  r.integer(j, path, "iters", s.iters, 1, 1000);
-  r.integer(j, path, "block_size", s.block_size, 1, 1 << 20);
-  r.str(j, path, "quant", s.quant);
-  if (s.quant != "nf" && s.quant != "uniform")
-    r.bad(path + "/quant", "must be \"nf\" or \"uniform\"");
-  r.str(j, path, "svd", s.svd);
-  if (s.svd != "randomized" && s.svd != "exact")
-    r.bad(path + "/svd", "must be \"randomized\" or \"exact\"");
-  r.strings(j, path, "target_modules", s.target_modules);
-  r.field(j, path, "lora_alpha", [&](const json& v, const std::string& p) {
-    if (v.is_null())
-      s.lora_alpha.reset();
-    else if (!v.is_number() || !(v.get<double>() > 0))
-      r.bad(p, "must be a number > 0");
-    else
-      s.lora_alpha = v.get<double>();
-  });
+// A plan as the config writes it: one base form (bits, bit_plan or avg_bits) and module
+// overrides on top. Kept apart while the defaults and a repo's keys are merged.
+struct PlanParts {
+  quant::BitPlan base = quant::BitPlan::average(3.0);  // the daemon's default: 4-bit early layers
+  std::vector<quant::PlanRule> overrides;
+
+  quant::BitPlan plan() const {
+    quant::BitPlan p = base;
+    for (const auto& r : overrides) p.add(r);
+    return p;
+  }
+};
+
+// The plan keys of one loftq object on top of `parts`.
+void read_plan(Reader& r, const json& j, const std::string& path, PlanParts& parts) {
   const int forms =
       int(j.contains("bits")) + int(j.contains("bit_plan")) + int(j.contains("avg_bits"));
   if (forms > 1) r.bad(path, "set only one of bits, bit_plan and avg_bits");
-  if (forms >= 1) s.bits.reset(), s.bit_plan.reset(), s.avg_bits.reset();
   r.field(j, path, "bits", [&](const json& v, const std::string& p) {
     if (!v.is_number_integer()) return r.bad(p, "must be an integer");
-    s.bits = v.get<int>();
+    parts.base = quant::BitPlan::uniform(v.get<int>());
   });
   r.field(j, path, "avg_bits", [&](const json& v, const std::string& p) {
-    if (!v.is_number() || v.get<double>() < 2.0 || v.get<double>() > 4.0)
-      return r.bad(p, "must be a number in [2, 4]");
-    s.avg_bits = v.get<double>();
+    if (!v.is_number()) return r.bad(p, "must be a number in [2, 4]");
+    if (auto why = convert::avg_bits_problem(v.get<double>()); !why.empty()) return r.bad(p, why);
+    parts.base = quant::BitPlan::average(v.get<double>());
   });
   r.field(j, path, "bit_plan", [&](const json& v, const std::string& p) {
     try {
-      (void)quant::BitPlan::from_json(v);
-      s.bit_plan = v;
+      parts.base = quant::BitPlan::from_json(v);
     } catch (const std::invalid_argument& e) {
       r.bad(p, e.what());
     }
   });
+  r.field(j, path, "overrides", [&](const json& v, const std::string& p) {
+    try {
+      parts.overrides = quant::BitPlan::from_json(v).rules();
+      for (size_t i = 0; i < parts.overrides.size(); ++i)
+        if (parts.overrides[i].modules.empty())
+          r.bad(p + "/" + std::to_string(i), "an override needs \"modules\"");
+    } catch (const std::invalid_argument& e) {
+      r.bad(p, e.what());
+    }
+  });
+}
+
+// LoftQ settings on top of `base` (the defaults); `parts` holds the plan as written.
+LoftqSettings read_loftq(Reader& r, const json& j, const std::string& path,
+                         const LoftqSettings& base, PlanParts& parts) {
+  LoftqSettings s = base;
+  if (!r.object(j, path)) return s;
+  r.known_keys(j, path,
+               {"rank", "iters", "quant", "block_size", "bits", "bit_plan", "avg_bits", "overrides",
+                "target_modules", "svd", "lora_alpha", "lora_dropout"});
+  r.integer(j, path, "rank", s.rank, convert::rank_problem);
+  r.integer(j, path, "iters", s.iters, convert::iters_problem);
+  r.integer(j, path, "block_size", s.block_size, convert::block_size_problem);
+  r.field(j, path, "quant", [&](const json& v, const std::string& p) {
+    try {
+      s.quant = quant::parse_method(v.is_string() ? v.get<std::string>() : "");
+    } catch (const std::invalid_argument&) {
+      r.bad(p, "must be \"nf\" or \"uniform\"");
+    }
+  });
+  r.field(j, path, "svd", [&](const json& v, const std::string& p) {
+    try {
+      s.svd = quant::parse_svd_mode(v.is_string() ? v.get<std::string>() : "");
+    } catch (const std::invalid_argument&) {
+      r.bad(p, "must be \"randomized\" or \"exact\"");
+    }
+  });
+  r.strings(j, path, "target_modules", s.target_modules);
+  r.field(j, path, "lora_alpha", [&](const json& v, const std::string& p) {
+    if (v.is_null()) return s.lora_alpha.reset();
+    if (!v.is_number()) return r.bad(p, "must be a number > 0");
+    if (auto why = convert::lora_alpha_problem(v.get<double>()); !why.empty()) return r.bad(p, why);
+    s.lora_alpha = v.get<double>();
+  });
+  r.field(j, path, "lora_dropout", [&](const json& v, const std::string& p) {
+    if (!v.is_number()) return r.bad(p, "must be a number in [0, 1)");
+    if (auto why = convert::lora_dropout_problem(v.get<double>()); !why.empty())
+      return r.bad(p, why);
+    s.lora_dropout = v.get<double>();
+  });
+  read_plan(r, j, path, parts);
+  s.plan = parts.plan();
   return s;
 }
 
-// Checks the merged settings as a whole (bits in the quantizer's set, plan without overlaps).
+// Checks the merged settings as a whole (bits in the quantizer's set, plan without overlaps):
+// the settings' own validator, each problem under its key.
 void check_loftq(Reader& r, const LoftqSettings& s, const std::string& path) {
-  if (s.quant != "nf" && s.quant != "uniform") return;
-  const auto method = quant::parse_method(s.quant);
-  std::set<int> allowed;
-  for (int b : {2, 3, 4, 8})
-    if (quant::supports(method, b)) allowed.insert(b);
-  try {
-    quant::BitPlan plan = s.plan();
-    plan.resolve(1 << 20, allowed);
-  } catch (const std::invalid_argument& e) {
-    const char* key = s.bits ? "/bits" : s.bit_plan ? "/bit_plan" : "/avg_bits";
-    r.bad(path + key, e.what());
-  }
+  for (const auto& p : convert::validate(s)) r.bad(path + "/" + p.key, p.message);
 }
 
 NightlyWindow parse_window(Reader& r, const std::string& s, const std::string& path, bool& ok) {
@@ -216,30 +255,6 @@ bool NightlyWindow::contains(int m) const {
                                    : (m >= start_minute || m < end_minute);
 }
 
-quant::BitPlan LoftqSettings::plan() const {
-  return bits       ? quant::BitPlan::uniform(*bits)
-         : bit_plan ? quant::BitPlan::from_json(*bit_plan)
-                    : quant::BitPlan::average(avg_bits.value_or(3.0));
-}
-
-std::string LoftqSettings::plan_label() const {
-  return plan().label();
-}
-
-json LoftqSettings::to_json() const {
-  json j = {{"rank", rank},   {"iters", iters},
-            {"quant", quant}, {"block_size", block_size},
-            {"svd", svd},     {"target_modules", target_modules}};
-  j["lora_alpha"] = lora_alpha ? json(*lora_alpha) : json(nullptr);
-  if (bits)
-    j["bits"] = *bits;
-  else if (bit_plan)
-    j["bit_plan"] = *bit_plan;
-  else
-    j["avg_bits"] = avg_bits.value_or(3.0);
-  return j;
-}
-
 ConfigError::ConfigError(std::string source, std::vector<std::string> problems)
     : std::invalid_argument(source + ": " + std::to_string(problems.size()) + " problem(s):\n  " +
                             common::join(problems, "\n  ")),
@@ -256,7 +271,7 @@ std::string render_publish_as(const std::string& tmpl, const RepoConfig& repo,
                                                    {"plan", repo.loftq.plan_label()},
                                                    {"rank", std::to_string(repo.loftq.rank)},
                                                    {"iters", std::to_string(repo.loftq.iters)},
-                                                   {"quant", repo.loftq.quant}};
+                                                   {"quant", quant::method_name(repo.loftq.quant)}};
   std::string out;
   for (size_t i = 0; i < tmpl.size(); ++i) {
     if (tmpl[i] != '{') {
@@ -290,14 +305,15 @@ std::string config_hash(const RepoConfig& repo, const std::optional<std::string>
   return buf;
 }
 
-Config parse_config(const json& j, const std::string& source) {
-  Reader r;
-  Config c;
-  if (!r.object(j, "")) throw ConfigError(source, r.problems);
-  r.known_keys(j, "",
-               {"hub", "store", "state_db", "log_level", "device", "defaults", "repos", "schedule",
-                "publish", "mirror", "limits"});
+namespace {
 
+// The per-repo defaults ("defaults"), applied to every entry of "repos" before its own keys.
+struct RepoDefaults {
+  RepoConfig repo;  // revision, patterns, publish_as, loftq
+  PlanParts plan;
+};
+
+void read_hub(Reader& r, const json& j, Config& c) {
   r.field(j, "", "hub", [&](const json& v, const std::string& p) {
     if (!r.object(v, p)) return;
     r.known_keys(v, p, {"endpoint", "token_file"});
@@ -306,6 +322,10 @@ Config parse_config(const json& j, const std::string& source) {
     if (!(c.hub.endpoint.starts_with("http://") || c.hub.endpoint.starts_with("https://")))
       r.bad(p + "/endpoint", "must start with http:// or https://");
   });
+}
+
+// store, state_db, log_level, device.
+void read_top_level(Reader& r, const json& j, Config& c) {
   if (!j.contains("store")) r.bad("/store", "is required");
   r.str(j, "", "store", c.store);
   if (j.contains("store") && c.store.empty()) r.bad("/store", "must not be empty");
@@ -316,29 +336,36 @@ Config parse_config(const json& j, const std::string& source) {
                                                "error", "critical", "off"};
   if (!levels.count(c.log_level))
     r.bad("/log_level", "must be one of trace, debug, info, warn, error, critical, off");
-  r.str(j, "", "device", c.device);
-  if (!(c.device == "auto" || c.device == "cpu" || c.device == "cuda" ||
-        (c.device.starts_with("cuda:") && c.device.size() > 5 &&
-         std::all_of(c.device.begin() + 5, c.device.end(), ::isdigit))))
-    r.bad("/device", "must be auto, cpu, cuda or cuda:N");
+  r.field(j, "", "device", [&](const json& v, const std::string& p) {
+    try {
+      c.device = quant::parse_device(v.is_string() ? v.get<std::string>() : "");
+    } catch (const std::invalid_argument&) {
+      r.bad(p, "must be auto, cpu, cuda or cuda:N");
+    }
+  });
+}
 
-  // Defaults for every repo.
-  std::string default_publish_as = "{org}/{name}-loftq-{plan}-{rank}rank";
-  std::string default_revision = "main";
-  std::vector<std::string> default_allow, default_ignore;
+RepoDefaults read_defaults(Reader& r, const json& j, Config& c) {
+  RepoDefaults d;
+  d.repo.publish_as = "{org}/{name}-loftq-{plan}-{rank}rank";
+  d.repo.loftq.plan = d.plan.plan();
   r.field(j, "", "defaults", [&](const json& v, const std::string& p) {
     if (!r.object(v, p)) return;
     r.known_keys(v, p, {"revision", "allow_patterns", "ignore_patterns", "publish_as", "loftq"});
-    r.str(v, p, "revision", default_revision);
-    r.strings(v, p, "allow_patterns", default_allow);
-    r.strings(v, p, "ignore_patterns", default_ignore);
-    r.str(v, p, "publish_as", default_publish_as);
+    r.str(v, p, "revision", d.repo.revision);
+    r.strings(v, p, "allow_patterns", d.repo.allow_patterns);
+    r.strings(v, p, "ignore_patterns", d.repo.ignore_patterns);
+    r.str(v, p, "publish_as", d.repo.publish_as);
     r.field(v, p, "loftq", [&](const json& l, const std::string& lp) {
-      c.defaults = read_loftq(r, l, lp, c.defaults);
+      d.repo.loftq = read_loftq(r, l, lp, d.repo.loftq, d.plan);
     });
   });
-  if (!c.defaults.bits && !c.defaults.bit_plan && !c.defaults.avg_bits) c.defaults.avg_bits = 3.0;
+  d.repo.loftq.device = c.device;
+  c.defaults = d.repo.loftq;
+  return d;
+}
 
+void read_publish(Reader& r, const json& j, Config& c) {
   r.field(j, "", "publish", [&](const json& v, const std::string& p) {
     if (!r.object(v, p)) return;
     r.known_keys(v, p, {"hub_org", "mirror"});
@@ -350,64 +377,66 @@ Config parse_config(const json& j, const std::string& source) {
   });
   if (!c.publish.hub_org && !c.publish.mirror)
     r.bad("/publish", "publishes nowhere: set hub_org or mirror: true");
+}
 
+// One entry of "repos" on top of the defaults; its publish target must be new.
+RepoConfig read_repo(Reader& r, const json& o, const std::string& rp, const RepoDefaults& d,
+                     const Config& c, std::set<std::string>& seen_targets) {
+  RepoConfig rc = d.repo;
+  PlanParts plan = d.plan;
+  if (!r.object(o, rp)) return rc;
+  r.known_keys(o, rp,
+               {"repo", "revision", "allow_patterns", "ignore_patterns", "publish_as", "loftq"});
+  if (!o.contains("repo")) r.bad(rp + "/repo", "is required");
+  r.str(o, rp, "repo", rc.repo);
+  const auto repo_problem = common::namespaced_repo_id_problem(rc.repo);
+  if (o.contains("repo") && repo_problem)
+    r.bad(rp + "/repo", "'" + rc.repo + "' is not an org/name repo id: " + *repo_problem);
+  r.str(o, rp, "revision", rc.revision);
+  if (rc.revision.empty()) r.bad(rp + "/revision", "must not be empty");
+  r.strings(o, rp, "allow_patterns", rc.allow_patterns);
+  r.strings(o, rp, "ignore_patterns", rc.ignore_patterns);
+  r.str(o, rp, "publish_as", rc.publish_as);
+  r.field(o, rp, "loftq", [&](const json& l, const std::string& lp) {
+    rc.loftq = read_loftq(r, l, lp, d.repo.loftq, plan);
+  });
+  check_loftq(r, rc.loftq, rp + "/loftq");
+  if (repo_problem) return rc;
+  try {
+    const std::string target = render_publish_as(rc.publish_as, rc, c.publish.hub_org);
+    if (target == rc.repo)
+      r.bad(rp + "/publish_as", "would overwrite the upstream repo '" + rc.repo + "'");
+    if (!seen_targets.insert(target).second)
+      r.bad(rp + "/publish_as", "'" + target + "' is also the target of another repo");
+  } catch (const std::invalid_argument& e) {
+    r.bad(rp + "/publish_as", e.what());
+  }
+  return rc;
+}
+
+// (An empty watch list is allowed: the daemon then only serves the mirror.)
+void read_repos(Reader& r, const json& j, const RepoDefaults& d, Config& c) {
   std::set<std::string> seen_targets;
   r.field(j, "", "repos", [&](const json& v, const std::string& p) {
     if (!v.is_array()) return r.bad(p, "must be an array");
-    for (size_t i = 0; i < v.size(); ++i) {
-      const std::string rp = p + "/" + std::to_string(i);
-      const json& o = v[i];
-      if (!r.object(o, rp)) continue;
-      r.known_keys(
-          o, rp, {"repo", "revision", "allow_patterns", "ignore_patterns", "publish_as", "loftq"});
-      RepoConfig rc;
-      rc.revision = default_revision;
-      rc.allow_patterns = default_allow;
-      rc.ignore_patterns = default_ignore;
-      rc.publish_as = default_publish_as;
-      rc.loftq = c.defaults;
-      if (!o.contains("repo")) r.bad(rp + "/repo", "is required");
-      r.str(o, rp, "repo", rc.repo);
-      const auto repo_problem = common::namespaced_repo_id_problem(rc.repo);
-      if (o.contains("repo") && repo_problem)
-        r.bad(rp + "/repo", "'" + rc.repo + "' is not an org/name repo id: " + *repo_problem);
-      r.str(o, rp, "revision", rc.revision);
-      if (rc.revision.empty()) r.bad(rp + "/revision", "must not be empty");
-      r.strings(o, rp, "allow_patterns", rc.allow_patterns);
-      r.strings(o, rp, "ignore_patterns", rc.ignore_patterns);
-      r.str(o, rp, "publish_as", rc.publish_as);
-      r.field(o, rp, "loftq", [&](const json& l, const std::string& lp) {
-        rc.loftq = read_loftq(r, l, lp, c.defaults);
-      });
-      check_loftq(r, rc.loftq, rp + "/loftq");
-      if (!repo_problem) {
-        try {
-          const std::string target = render_publish_as(rc.publish_as, rc, c.publish.hub_org);
-          if (target == rc.repo)
-            r.bad(rp + "/publish_as", "would overwrite the upstream repo '" + rc.repo + "'");
-          if (!seen_targets.insert(target).second)
-            r.bad(rp + "/publish_as", "'" + target + "' is also the target of another repo");
-        } catch (const std::invalid_argument& e) {
-          r.bad(rp + "/publish_as", e.what());
-        }
-      }
-      c.repos.push_back(std::move(rc));
-    }
+    for (size_t i = 0; i < v.size(); ++i)
+      c.repos.push_back(read_repo(r, v[i], p + "/" + std::to_string(i), d, c, seen_targets));
   });
-  // (An empty watch list is allowed: the daemon then only serves the mirror.)
   check_loftq(r, c.defaults, "/defaults/loftq");
+}
 
+void read_schedule(Reader& r, const json& j, Config& c) {
   r.field(j, "", "schedule", [&](const json& v, const std::string& p) {
     if (!r.object(v, p)) return;
     r.known_keys(v, p, {"poll_interval", "nightly", "timezone"});
     r.field(v, p, "poll_interval", [&](const json& d, const std::string& dp) {
-      auto s = json_duration(d);
-      if (!s)
+      auto secs = json_duration(d);
+      if (!secs)
         r.bad(dp, "must be a positive duration such as \"15m\", \"1h\" or a number of seconds");
-      else if (*s < 10)
+      else if (*secs < 10)
         r.bad(dp, "must be at least 10 seconds");
       else
-        c.schedule.poll_interval_s = *s;
+        c.schedule.poll_interval_s = *secs;
     });
     r.field(v, p, "nightly", [&](const json& n, const std::string& np) {
       if (n.is_null()) return c.schedule.nightly.reset();
@@ -424,7 +453,9 @@ Config parse_config(const json& j, const std::string& source) {
       r.bad(p + "/timezone",
             "'" + tz + "' is not UTC, local or a time zone in /usr/share/zoneinfo");
   });
+}
 
+void read_mirror(Reader& r, const json& j, Config& c) {
   r.field(j, "", "mirror", [&](const json& v, const std::string& p) {
     if (!r.object(v, p)) return;
     r.known_keys(v, p, {"enabled", "listen", "write_token_file", "webhook_secret_file"});
@@ -437,7 +468,9 @@ Config parse_config(const json& j, const std::string& source) {
   });
   if (c.publish.mirror && !c.mirror.enabled)
     r.bad("/publish/mirror", "is true but /mirror/enabled is false");
+}
 
+void read_limits(Reader& r, const json& j, Config& c) {
   r.field(j, "", "limits", [&](const json& v, const std::string& p) {
     if (!r.object(v, p)) return;
     r.known_keys(v, p, {"concurrent_downloads", "concurrent_jobs", "disk_reserve", "max_attempts"});
@@ -445,14 +478,32 @@ Config parse_config(const json& j, const std::string& source) {
     r.integer(v, p, "concurrent_jobs", c.limits.concurrent_jobs, 1, 64);
     r.integer(v, p, "max_attempts", c.limits.max_attempts, 1, 1000);
     r.field(v, p, "disk_reserve", [&](const json& d, const std::string& dp) {
-      auto s = json_size(d);
-      if (!s)
+      auto size = json_size(d);
+      if (!size)
         r.bad(dp, std::string("must be ") + common::kSizeExample);
       else
-        c.limits.disk_reserve_bytes = *s;
+        c.limits.disk_reserve_bytes = *size;
     });
   });
+}
 
+}  // namespace
+
+Config parse_config(const json& j, const std::string& source) {
+  Reader r;
+  Config c;
+  if (!r.object(j, "")) throw ConfigError(source, r.problems);
+  r.known_keys(j, "",
+               {"hub", "store", "state_db", "log_level", "device", "defaults", "repos", "schedule",
+                "publish", "mirror", "limits"});
+  read_hub(r, j, c);
+  read_top_level(r, j, c);
+  const RepoDefaults defaults = read_defaults(r, j, c);
+  read_publish(r, j, c);  // before the repos: publish_as renders {org} from hub_org
+  read_repos(r, j, defaults, c);
+  read_schedule(r, j, c);
+  read_mirror(r, j, c);
+  read_limits(r, j, c);
   if (!r.problems.empty()) throw ConfigError(source, r.problems);
   return c;
 }

@@ -12,27 +12,14 @@
 #include <vector>
 
 #include "common/env.h"
-#include "quant/bitplan.h"
+#include "convert/settings.h"
+#include "quant/device.h"
 
 namespace loftqd::config {
 
-// LoftQ settings of a watched repo (global defaults merged in).
-struct LoftqSettings {
-  int rank = 64;
-  int iters = 5;
-  std::string quant = "nf";  // nf | uniform
-  int block_size = 64;
-  // Exactly one plan form is set after merging; the daemon's default is avg_bits = 3.
-  std::optional<int> bits;
-  std::optional<nlohmann::json> bit_plan;  // config form: [{"layers": "0-7", "bits": 4}, ...]
-  std::optional<double> avg_bits;
-  std::vector<std::string> target_modules;  // empty: by model_type
-  std::string svd = "randomized";           // randomized | exact
-  std::optional<double> lora_alpha;         // default: rank
-  std::string plan_label() const;           // "4bit", "avg3bit", "mixed" (for {plan})
-  quant::BitPlan plan() const;              // the plan form that is set (avg_bits 3 if none)
-  nlohmann::json to_json() const;           // canonical form (for the config hash)
-};
+// LoftQ settings of a watched repo (global defaults merged in): the typed settings that the CLI
+// flags parse into too (convert/settings.h).
+using LoftqSettings = convert::LoftqSettings;
 
 struct RepoConfig {
   std::string repo;  // org/name upstream
@@ -84,7 +71,7 @@ struct Config {
   std::string store;     // blob store root (required)
   std::string state_db;  // default: <store>/loftqd.db
   std::string log_level = "info";
-  std::string device = "auto";
+  quant::DeviceChoice device;  // "device": auto | cpu | cuda | cuda:N (also in every repo's loftq)
   LoftqSettings defaults;
   std::vector<RepoConfig> repos;
   Schedule schedule;

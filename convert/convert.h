@@ -10,9 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "convert/settings.h"
 #include "quant/backend.h"
-#include "quant/bitplan.h"
-#include "quant/loftq.h"
 
 namespace loftqd::convert {
 
@@ -21,16 +20,8 @@ struct SourceInfo {
 };
 
 struct QuantizeOptions {
-  int rank = 64;
-  int iters = 5;
-  quant::QuantMethod method = quant::QuantMethod::NF;
-  int block_size = quant::kDefaultBlockSize;
-  quant::BitPlan plan = quant::BitPlan::uniform(4);
-  std::vector<std::string> target_modules;  // empty: by config.json model_type
-  quant::SvdMode svd = quant::SvdMode::Randomized;
-  std::optional<double> lora_alpha;  // default: rank
-  double lora_dropout = 0.0;
-  std::string repo_id;  // adapter base_model_name_or_path; default: OUT_DIR's name
+  LoftqSettings settings;  // validated (convert::check) before any work starts
+  std::string repo_id;     // adapter base_model_name_or_path; default: OUT_DIR's name
   SourceInfo source;
   bool force = false;  // replace a non-empty OUT_DIR
   // Called before each tensor of the backbone (done, total, tensor name).

@@ -66,7 +66,13 @@ int cmd_synth(SynthArgs& a) {
   return kExitOk;
 }
 
+// The plan flags: one form (--bits, --bit-plan or --avg-bits; 4 bits when none) plus --override
+// module rules on top. Parsed once here; resolved against the model by quantize_model.
 q::BitPlan plan_from(const QuantizeArgs& a) {
+  if (a.avg_bits) {
+    if (auto why = convert::avg_bits_problem(*a.avg_bits); !why.empty())
+      throw std::invalid_argument("--avg-bits: " + why);
+  }
   q::BitPlan plan = a.avg_bits            ? q::BitPlan::average(*a.avg_bits)
                     : !a.bit_plan.empty() ? q::BitPlan::parse(a.bit_plan)
                                           : q::BitPlan::uniform(a.bits.value_or(4));
@@ -80,24 +86,33 @@ q::BitPlan plan_from(const QuantizeArgs& a) {
   return plan;
 }
 
+// The flags of `quantize` as typed settings, checked by the same validators as the config.
+convert::LoftqSettings settings_from(const QuantizeArgs& a) {
+  convert::LoftqSettings s;
+  s.rank = a.rank;
+  s.iters = a.iters;
+  s.quant = q::parse_method(a.quant);
+  s.block_size = a.block_size;
+  s.plan = plan_from(a);
+  s.target_modules = a.targets;
+  s.svd = q::parse_svd_mode(a.svd);
+  s.lora_alpha = a.lora_alpha;
+  s.lora_dropout = a.lora_dropout;
+  s.device = q::parse_device(a.device);
+  convert::check(s);
+  return s;
+}
+
 int cmd_quantize(const QuantizeArgs& a) {
   convert::QuantizeOptions opt;
-  opt.rank = a.rank;
-  opt.iters = a.iters;
-  opt.method = q::parse_method(a.quant);
-  opt.block_size = a.block_size;
-  opt.plan = plan_from(a);
-  opt.target_modules = a.targets;
-  opt.svd = q::parse_svd_mode(a.svd);
-  opt.lora_alpha = a.lora_alpha;
-  opt.lora_dropout = a.lora_dropout;
+  opt.settings = settings_from(a);
   opt.repo_id = a.repo_id;
   opt.force = a.force;
   std::string chosen;
-  auto backends = q::make_backends(a.device, a.threads, &chosen);
+  auto backends = q::make_backends(opt.settings.device, a.threads, &chosen);
   opt.fallback = backends.fallback();  // a layer that does not fit on the device runs there
   spdlog::info("quantize {} -> {}: rank {}, {} iterations, {} {}, svd {}, device {}", a.model,
-               a.out, a.rank, a.iters, a.quant, opt.plan.to_string(), a.svd, chosen);
+               a.out, a.rank, a.iters, a.quant, opt.settings.plan.to_string(), a.svd, chosen);
   std::optional<Progress> bar;
   opt.progress = [&](size_t done, size_t total, const std::string& tensor) {
     if (!bar) bar.emplace("quantize", total);

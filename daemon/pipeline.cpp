@@ -34,14 +34,7 @@ struct JobFailure {
 
 convert::QuantizeOptions quantize_options(const config::LoftqSettings& s) {
   convert::QuantizeOptions q;
-  q.rank = s.rank;
-  q.iters = s.iters;
-  q.method = quant::parse_method(s.quant);
-  q.block_size = s.block_size;
-  q.plan = s.plan();
-  q.target_modules = s.target_modules;
-  q.svd = quant::parse_svd_mode(s.svd);
-  q.lora_alpha = s.lora_alpha;
+  q.settings = s;
   q.force = true;
   return q;
 }
@@ -166,7 +159,7 @@ bool Pipeline::quantize(const storage::Job& job, const config::RepoConfig& rc,
   qo.repo_id = job.target;
   qo.source = convert::SourceInfo{job.repo, job.revision, job.upstream_commit};
   std::string chosen;
-  auto backends = quant::make_backends(cfg_.device, opt_.threads, &chosen);
+  auto backends = quant::make_backends(rc.loftq.device, opt_.threads, &chosen);
   qo.fallback = backends.fallback();
   fs::create_directories(out.parent_path());
   // Finished tensors are checkpointed under the work dir and recorded in the state db, so a

@@ -143,18 +143,12 @@ BitPlan BitPlan::from_json(const nlohmann::json& j) {
   return p;
 }
 
-void BitPlan::resolve(int num_layers, const std::set<int>& allowed) {
-  if (avg_ && !resolved_) {
-    const int n4 = static_cast<int>(std::floor(num_layers * (*avg_ - 2.0) / 2.0 + 1e-9));
-    std::vector<PlanRule> base;
-    if (n4 > 0) base.push_back(PlanRule{0, n4 - 1, {}, 4});
-    if (n4 < num_layers || num_layers == 0) base.push_back(PlanRule{n4, -1, {}, 2});
-    rules_.insert(rules_.begin(), base.begin(), base.end());
-  }
-  resolved_ = true;
-  if (rules_.empty()) throw std::invalid_argument("bit plan has no rules");
-  for (size_t i = 0; i < rules_.size(); ++i) {
-    const auto& a = rules_[i];
+namespace {
+
+// Bits each rule uses are allowed, and no two rules claim the same (layer, module).
+void check_rules(const std::vector<PlanRule>& rules, const std::set<int>& allowed) {
+  for (size_t i = 0; i < rules.size(); ++i) {
+    const auto& a = rules[i];
     if (!allowed.count(a.bits)) {
       std::string list;
       for (int b : allowed) list += (list.empty() ? "" : ", ") + std::to_string(b);
@@ -163,7 +157,7 @@ void BitPlan::resolve(int num_layers, const std::set<int>& allowed) {
                                   " bits not supported (allowed: " + list + ")");
     }
     for (size_t k = 0; k < i; ++k) {
-      const auto& b = rules_[k];
+      const auto& b = rules[k];
       if (!overlaps(a, b)) continue;
       bool clash = a.modules.empty() && b.modules.empty();
       for (const auto& m : a.modules)
@@ -174,6 +168,39 @@ void BitPlan::resolve(int num_layers, const std::set<int>& allowed) {
                                     std::to_string(a.bits) + "' overlap");
     }
   }
+}
+
+}  // namespace
+
+void BitPlan::validate(const std::set<int>& allowed) const {
+  if (avg_ && !resolved_) {
+    for (int b : {4, 2})
+      if (!allowed.count(b))
+        throw std::invalid_argument("average bits " + fmt_bits(*avg_) + " needs 4- and 2-bit " +
+                                    "layers, which this quantizer does not support");
+    for (const auto& r : rules_)
+      if (r.modules.empty())
+        throw std::invalid_argument("bit plan rule " + range_string(r) + ":" +
+                                    std::to_string(r.bits) +
+                                    ": only module overrides (e.g. down_proj@*:4) can be combined "
+                                    "with average bits");
+  } else if (rules_.empty()) {
+    throw std::invalid_argument("bit plan has no rules");
+  }
+  check_rules(rules_, allowed);
+}
+
+void BitPlan::resolve(int num_layers, const std::set<int>& allowed) {
+  validate(allowed);
+  if (avg_ && !resolved_) {
+    const int n4 = static_cast<int>(std::floor(num_layers * (*avg_ - 2.0) / 2.0 + 1e-9));
+    std::vector<PlanRule> base;
+    if (n4 > 0) base.push_back(PlanRule{0, n4 - 1, {}, 4});
+    if (n4 < num_layers || num_layers == 0) base.push_back(PlanRule{n4, -1, {}, 2});
+    rules_.insert(rules_.begin(), base.begin(), base.end());
+  }
+  resolved_ = true;
+  check_rules(rules_, allowed);
 }
 
 std::optional<int> BitPlan::bits_for(std::optional<int> layer, std::string_view module) const {

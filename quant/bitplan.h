@@ -36,9 +36,13 @@ class BitPlan {
   // Adds rules (e.g. per-module overrides after --avg-bits). Validated by resolve().
   void add(PlanRule r) { rules_.push_back(std::move(r)); }
 
-  // Fixes an average plan for `num_layers` and checks the rules: ranges well formed, no
-  // overlap, bits in `allowed`. std::invalid_argument with a clear message otherwise.
+  // Checks what does not depend on the model: every rule's bits in `allowed`, no two rules for
+  // the same (layer, module), and only module overrides on top of an average plan.
+  // std::invalid_argument with a clear message otherwise.
+  void validate(const std::set<int>& allowed_bits) const;
+  // validate(), then fixes an average plan for the model's `num_layers` (once per job).
   void resolve(int num_layers, const std::set<int>& allowed_bits);
+  bool resolved() const { return resolved_; }
 
   // Bits for a tensor with this layer index (nullopt = unindexed) and module leaf. Unindexed
   // targets (e.g. bert.pooler.dense) take the highest bits of the plan unless a rule covers

@@ -23,6 +23,18 @@ std::unique_ptr<Backend> make_cuda_backend(int, const CudaOptions&) {
 }
 #endif
 
+std::string DeviceChoice::name() const {
+  switch (kind) {
+    case Kind::Auto:
+      return "auto";
+    case Kind::Cpu:
+      return "cpu";
+    case Kind::Cuda:
+      return index_given ? "cuda:" + std::to_string(index) : "cuda";
+  }
+  return "auto";
+}
+
 DeviceChoice parse_device(const std::string& device) {
   DeviceChoice c;
   if (device == "auto") return c;
@@ -42,6 +54,7 @@ DeviceChoice parse_device(const std::string& device) {
     if (ec == std::errc() && ptr == last && n >= 0 && *first != '+' && *first != '-') {
       c.kind = DeviceChoice::Kind::Cuda;
       c.index = n;
+      c.index_given = true;
       return c;
     }
   }
@@ -66,7 +79,12 @@ std::string cpu_description(int threads) {
 
 std::unique_ptr<Backend> make_backend(const std::string& device, int threads, std::string* chosen,
                                       const CudaOptions& cuda) {
-  const DeviceChoice c = parse_device(device);
+  return make_backend(parse_device(device), threads, chosen, cuda);
+}
+
+std::unique_ptr<Backend> make_backend(const DeviceChoice& c, int threads, std::string* chosen,
+                                      const CudaOptions& cuda) {
+  const std::string device = c.name();
   if (c.kind == DeviceChoice::Kind::Cpu) {
     if (chosen) *chosen = cpu_description(threads);
     return make_cpu_backend(threads);
@@ -100,6 +118,10 @@ std::unique_ptr<Backend> make_backend(const std::string& device, int threads, st
 }
 
 Backends make_backends(const std::string& device, int threads, std::string* chosen) {
+  return make_backends(parse_device(device), threads, chosen);
+}
+
+Backends make_backends(const DeviceChoice& device, int threads, std::string* chosen) {
   Backends b;
   b.primary = make_backend(device, threads, chosen);
   if (b.primary->name() != "cpu") b.cpu_fallback = make_cpu_backend(threads);

@@ -23,7 +23,10 @@ class DeviceOutOfMemory : public std::runtime_error {
 
 struct DeviceChoice {
   enum class Kind { Auto, Cpu, Cuda } kind = Kind::Auto;
-  int index = 0;  // cuda:N
+  int index = 0;             // cuda:N
+  bool index_given = false;  // "cuda:0" rather than "cuda" (kept for messages)
+  std::string name() const;  // "auto", "cpu", "cuda", "cuda:N": what parse_device() read
+  bool operator==(const DeviceChoice&) const = default;
 };
 // Parses "auto", "cpu", "cuda" or "cuda:N"; std::invalid_argument otherwise.
 DeviceChoice parse_device(const std::string& device);
@@ -33,6 +36,9 @@ DeviceChoice parse_device(const std::string& device);
 // device or std::invalid_argument ("--device cuda: loftqd was built without CUDA", "... no
 // CUDA device (...)"). `chosen`, when set, receives a line for the log ("cuda:0 (NVIDIA ...)",
 // "cpu (4 threads; auto: no CUDA device: ...)").
+std::unique_ptr<Backend> make_backend(const DeviceChoice& device, int threads,
+                                      std::string* chosen = nullptr, const CudaOptions& cuda = {});
+// The same for the text form ("auto", "cpu", "cuda:1"), parsed with parse_device().
 std::unique_ptr<Backend> make_backend(const std::string& device, int threads,
                                       std::string* chosen = nullptr, const CudaOptions& cuda = {});
 
@@ -43,6 +49,7 @@ struct Backends {
   std::unique_ptr<Backend> cpu_fallback;  // null when primary is the CPU
   Backend* fallback() const { return cpu_fallback.get(); }
 };
+Backends make_backends(const DeviceChoice& device, int threads, std::string* chosen = nullptr);
 Backends make_backends(const std::string& device, int threads, std::string* chosen = nullptr);
 
 // loftq() on `primary`; if that throws DeviceOutOfMemory and `fallback` is set, a warning

@@ -153,6 +153,13 @@ bool supports(QuantMethod m, int bits) {
   return bits == 2 || bits == 3 || bits == 4 || bits == 8;
 }
 
+std::set<int> supported_bits(QuantMethod m) {
+  std::set<int> out;
+  for (int b : {2, 3, 4, 8})
+    if (supports(m, b)) out.insert(b);
+  return out;
+}
+
 std::span<const float> code_table(QuantMethod m, int bits) {
   if (m == QuantMethod::NF) {
     switch (bits) {

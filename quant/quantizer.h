@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <set>
 #include <span>
 #include <string>
 
@@ -56,7 +57,8 @@ inline constexpr float kNF3Table[8] = {-1.0f,
                                        0.5626170039176941f,
                                        1.0f};
 
-bool supports(QuantMethod m, int bits);  // NF: 2,3,4; uniform: 2,3,4,8
+bool supports(QuantMethod m, int bits);       // NF: 2,3,4; uniform: 2,3,4,8
+std::set<int> supported_bits(QuantMethod m);  // the same, as a set
 // The code table, sorted ascending. Throws std::invalid_argument for an unsupported pair.
 std::span<const float> code_table(QuantMethod m, int bits);
 std::string spec_name(const QuantSpec& s);       // "nf4", "uniform2", ...

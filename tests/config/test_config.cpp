@@ -27,12 +27,12 @@ TEST(Config, ExampleConfigIsValid) {
   const auto c =
       load_config(std::filesystem::path(LOFTQD_SOURCE_DIR) / "systemd" / "loftqd.example.json");
   ASSERT_EQ(c.repos.size(), 3u);
-  EXPECT_EQ(c.repos[0].loftq.avg_bits, 3.0);
+  EXPECT_EQ(c.repos[0].loftq.plan.average_bits(), 3.0);
   EXPECT_EQ(c.repos[0].loftq.rank, 64);
-  EXPECT_EQ(c.repos[1].loftq.bits, 4);
-  EXPECT_FALSE(c.repos[1].loftq.avg_bits);
+  EXPECT_EQ(c.repos[1].loftq.to_json()["bits"], 4);
+  EXPECT_FALSE(c.repos[1].loftq.plan.average_bits());
   EXPECT_EQ(c.repos[1].loftq.rank, 32);
-  EXPECT_TRUE(c.repos[2].loftq.bit_plan);
+  EXPECT_TRUE(c.repos[2].loftq.to_json().contains("bit_plan"));
   EXPECT_EQ(c.repos[0].allow_patterns.size(), 5u);
   EXPECT_EQ(c.schedule.poll_interval_s, 900);
   ASSERT_TRUE(c.schedule.nightly);
@@ -50,7 +50,7 @@ TEST(Config, MinimalConfigTakesTheDefaults) {
   EXPECT_EQ(c.state_db, "/srv/store/loftqd.db");
   EXPECT_EQ(c.hub.endpoint, "https://huggingface.co");
   EXPECT_EQ(c.repos[0].revision, "main");
-  EXPECT_EQ(c.repos[0].loftq.avg_bits, 3.0);  // 4-bit early layers, 2-bit later
+  EXPECT_EQ(c.repos[0].loftq.plan.average_bits(), 3.0);  // 4-bit early layers, 2-bit later
   EXPECT_EQ(c.repos[0].loftq.plan_label(), "avg3bit");
   EXPECT_TRUE(c.publish.mirror);
   EXPECT_EQ(c.mirror.listen, "127.0.0.1:8080");

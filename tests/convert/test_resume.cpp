@@ -50,8 +50,8 @@ constexpr size_t kTargets = 14;  // 7 projections x 2 layers
 
 QuantizeOptions base_options() {
   QuantizeOptions o;
-  o.rank = 8;
-  o.iters = 2;               // randomized SVD (the default): seeded, so reproducible on one backend
+  o.settings.rank = 8;
+  o.settings.iters = 2;      // randomized SVD (the default): seeded, so reproducible on one backend
   o.repo_id = "org/resume";  // else the README and adapter_config.json name each OUT_DIR
   return o;
 }
@@ -276,13 +276,13 @@ TEST_F(ResumeTest, MismatchedCheckpointsAreRecomputed) {
 
   // Another rank into the same directory: nothing matches, everything is recomputed.
   QuantizeOptions o4 = o;
-  o4.rank = 4;
+  o4.settings.rank = 4;
   std::vector<std::string> computed;
   const auto r4 = run(tmp_ / "r4", o4, &computed);
   EXPECT_EQ(r4.resumed, 0u);
   EXPECT_EQ(computed.size(), kTargets);
   QuantizeOptions clean4 = base_options();
-  clean4.rank = 4;
+  clean4.settings.rank = 4;
   run(tmp_ / "clean4", clean4);
   expect_same_output(tmp_ / "clean4", tmp_ / "r4");
 
@@ -295,10 +295,10 @@ TEST_F(ResumeTest, MismatchedCheckpointsAreRecomputed) {
   // Other options in the fingerprint: alpha, iters, svd mode, bits.
   for (int variant = 0; variant < 4; ++variant) {
     QuantizeOptions v = o;
-    if (variant == 0) v.lora_alpha = 16.0;
-    if (variant == 1) v.iters = 1;
-    if (variant == 2) v.svd = SvdMode::Exact;
-    if (variant == 3) v.plan = BitPlan::uniform(2);
+    if (variant == 0) v.settings.lora_alpha = 16.0;
+    if (variant == 1) v.settings.iters = 1;
+    if (variant == 2) v.settings.svd = SvdMode::Exact;
+    if (variant == 3) v.settings.plan = BitPlan::uniform(2);
     const fs::path out = tmp_ / ("v" + std::to_string(variant));
     EXPECT_EQ(run(out, v).resumed, 0u) << variant;
     EXPECT_EQ(run(tmp_ / ("w" + std::to_string(variant)), v).resumed, kTargets) << variant;
@@ -313,7 +313,7 @@ TEST_F(ResumeTest, MismatchedCheckpointsAreRecomputed) {
   // Same names and shapes, other weights: the input checksum does not match.
   const fs::path other = tmp_ / "other-model";
   synth_checkpoint(resume_model(1), other);
-  o.lora_alpha.reset();
+  o.settings.lora_alpha.reset();
   const auto ro = quantize_model(other, tmp_ / "other-out", o, *backend_);
   EXPECT_EQ(ro.resumed, 0u);
 }
