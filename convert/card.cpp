@@ -95,7 +95,6 @@ std::string model_card(const json& lj, const json& adapter_cfg, const std::strin
   return o.str();
 }
 
-
 json adapter_config(const LoftqSettings& s, const TargetPlan& tp, const std::string& repo_id) {
   const double alpha = s.alpha();
   return {

@@ -84,7 +84,9 @@ std::vector<SettingProblem> validate(const LoftqSettings& s) {
   if (s.lora_alpha) add("lora_alpha", lora_alpha_problem(*s.lora_alpha));
   add("lora_dropout", lora_dropout_problem(s.lora_dropout));
   if (auto avg = s.plan.average_bits()) add("avg_bits", avg_bits_problem(*avg));
-  add(uniform_bits(s.plan) ? "bits" : s.plan.average_bits() ? "avg_bits" : "bit_plan",
+  add(uniform_bits(s.plan)    ? "bits"
+      : s.plan.average_bits() ? "avg_bits"
+                              : "bit_plan",
       plan_problem(s.plan, s.quant));
   for (const auto& t : s.target_modules)
     if (t.empty()) add("target_modules", "module names must not be empty");

@@ -69,9 +69,8 @@ TargetPlan plan_targets(const fs::path& model_dir, const std::string& model_type
                         const model::Checkpoint& ckpt, const LoftqSettings& s) {
   TargetPlan tp;
   tp.model_type = model_type;
-  const std::vector<std::string> targets = s.target_modules.empty()
-                                               ? model::default_target_modules(tp.model_type)
-                                               : s.target_modules;
+  const std::vector<std::string> targets =
+      s.target_modules.empty() ? model::default_target_modules(tp.model_type) : s.target_modules;
   if (targets.empty())
     throw std::invalid_argument((model_dir / "config.json").string() + ": model_type '" +
                                 tp.model_type +
