@@ -1,4 +1,4 @@
-// Internal: one HTTP exchange over libcurl (no redirects, no retries: the client does those).
+// Internal: one HTTP exchange over libcurl (no redirects, no retries: transport.h does those).
 #pragma once
 
 #include <cstdint>
@@ -50,6 +50,7 @@ Response perform(const Request& req);
 // URL helpers (libcurl's URL API).
 std::string resolve_url(const std::string& base, const std::string& location);
 std::string origin_of(const std::string& url);  // scheme://host:port
+// Kept for callers that still reach the escapes through here; hub/ uses common/strings.h.
 using common::escape_path;     // percent-encodes everything but unreserved, keeping '/'
 using common::escape_segment;  // percent-encodes everything but unreserved
 

@@ -1,6 +1,9 @@
 // The Hub client (DESIGN §5): repo info, tree listing, resolve/download with resume and
 // verification into the store (HF cache layout) or a plain local dir, and the commit API with
 // LFS uploads for publishing. libcurl underneath; one curl handle per thread.
+// Implemented in api.cpp (token, options, repo info, tree, metadata), download.cpp
+// (snapshot_download), publish.cpp (create_repo, create_branch, upload_folder), on top of
+// the internal transport.h (errors, retries, redirects) and http.h (one libcurl exchange).
 //
 // Routine failures come back as Result<T> with a typed Error whose message names the repo,
 // revision and file. The token is sent only in the Authorization header to the endpoint's host:
@@ -179,8 +182,6 @@ class Client {
   // Like huggingface_hub, it makes no empty commit: when the branch already matches the dir
   // (see CommitInfo::skipped) nothing is uploaded and the head commit is returned.
   Result<CommitInfo> upload_folder(const PublishRequest& req, const ProgressFn& progress = {});
-
-  struct Impl;
 
  private:
   ClientOptions opt_;

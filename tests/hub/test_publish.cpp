@@ -1,4 +1,4 @@
-// hub/client.cpp's write side against the real mirror (`loftqd serve`, a child process on
+// hub/publish.cpp against the real mirror (`loftqd serve`, a child process on
 // 127.0.0.1) behind a recording proxy: an unchanged dir makes no commit (CommitInfo::skipped),
 // a changed file, a deletion, a new branch or a new repo do, and the byte counters.
 #include <gtest/gtest.h>

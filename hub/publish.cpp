@@ -1,0 +1,495 @@
+// The write side of the Hub client: create_repo, create_branch and upload_folder (preupload,
+// the LFS batch API with basic and multipart uploads and verify, one NDJSON commit; no commit
+// when the branch already matches the folder).
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <atomic>
+#include <fstream>
+#include <map>
+#include <set>
+
+#include "hub/hub.h"
+#include "hub/transport.h"
+
+#include "common/fs.h"
+#include "common/ids.h"
+#include "common/strings.h"
+#include "storage/store.h"
+
+namespace fs = std::filesystem;
+namespace st = loftqd::storage;
+
+namespace loftqd::hub {
+
+using detail::Ctx;
+using detail::from_storage;
+using detail::json;
+using detail::Transport;
+
+namespace {
+
+constexpr size_t kBatch = 100;  // files per preupload call, objects per LFS batch call
+const std::vector<std::string> kLfsJson = {"Content-Type: application/vnd.git-lfs+json",
+                                           "Accept: application/vnd.git-lfs+json"};
+
+// Both return true when they made the repo/branch, false when it was there already (409).
+Result<bool> make_repo(const Transport& t, const std::string& repo, bool is_private) {
+  Ctx c{repo, "", ""};
+  if (auto e = detail::check_repo_id(repo)) return *e;
+  http::Request req;
+  req.method = "POST";
+  req.url = t.opt.endpoint + "/api/repos/create";
+  req.headers.push_back("Content-Type: application/json");
+  auto slash = repo.find('/');
+  json body = {{"name", slash == std::string::npos ? repo : repo.substr(slash + 1)},
+               {"private", is_private},
+               {"type", "model"}};
+  if (slash != std::string::npos) body["organization"] = repo.substr(0, slash);
+  req.body = body.dump();
+  auto r = t.call(req, c);
+  if (!r && r.error().http_status == 409) return false;
+  if (!r) return r.error();
+  return true;
+}
+
+Result<bool> make_branch(const Transport& t, const std::string& repo, const std::string& branch,
+                         const std::string& from) {
+  Ctx c{repo, branch, ""};
+  http::Request req;
+  req.method = "POST";
+  req.url = t.api(repo) + "/branch/" + common::escape_segment(branch);
+  req.headers.push_back("Content-Type: application/json");
+  req.body = json{{"startingPoint", from}}.dump();
+  auto r = t.call(req, c);
+  if (!r && r.error().http_status == 409) return false;
+  if (!r) return r.error();
+  return true;
+}
+
+// Hex digests compared without regard to case.
+bool same_hex(const std::string& a, const std::string& b) {
+  return common::lower(a) == common::lower(b);
+}
+
+// A local file to publish.
+struct Local {
+  std::string path;  // in the repo
+  fs::path file;
+  uint64_t size = 0;
+  std::string sha256, sample;  // sample: the first 512 bytes, for preupload
+  bool lfs = false;            // preupload's answer
+};
+
+// An LFS upload action: where to PUT, its headers, and for multipart the part URLs.
+struct UploadAction {
+  std::string href;
+  std::vector<std::string> headers;
+  std::map<uint64_t, std::string> parts;  // part number -> URL
+  std::optional<uint64_t> chunk;          // part size
+};
+
+UploadAction upload_action(const json& up) {
+  UploadAction a;
+  a.href = up.at("href").get<std::string>();
+  json header = up.value("header", json::object());
+  for (auto& [k, v] : header.items()) {
+    if (k == "chunk_size") {
+      a.chunk = v.is_string() ? std::stoull(v.get<std::string>()) : v.get<uint64_t>();
+    } else if (!k.empty() && std::all_of(k.begin(), k.end(), ::isdigit)) {
+      a.parts[std::stoull(k)] = v.get<std::string>();
+    } else if (v.is_string()) {
+      a.headers.push_back(k + ": " + v.get<std::string>());
+    }
+  }
+  return a;
+}
+
+// One NDJSON line.
+std::string line(const json& j) {
+  return j.dump() + "\n";
+}
+
+// One upload_folder call, as its steps.
+class Publish {
+ public:
+  Publish(Client& client, const PublishRequest& pr, const ProgressFn& progress)
+      : client_(client),
+        t_(client.options()),
+        pr_(pr),
+        progress_(progress),
+        c_{pr.repo, pr.branch, ""} {}
+
+  Result<CommitInfo> run() {
+    if (auto s = check(); !s) return s.error();
+    // Local files, hashed; then the repo and branch as they are.
+    if (auto s = scan_dir(); !s) return s.error();
+    if (auto s = hash_locals(); !s) return s.error();
+    if (auto s = ensure_branch(); !s) return s.error();
+    auto unchanged = compare_remote();
+    if (!unchanged) return unchanged.error();
+    if (unchanged.value()) return skipped();
+    // Which files go to LFS; the LFS objects; one commit with the rest inlined.
+    if (auto s = preupload(); !s) return s.error();
+    if (auto s = upload_lfs(); !s) return s.error();
+    auto nd = commit_body();
+    if (!nd) return nd.error();
+    return post_commit(std::move(nd.value()));
+  }
+
+ private:
+  // Not offline, a token, and a directory to publish.
+  Result<Ok> check() const {
+    if (t_.opt.offline) return Error{ErrorKind::Offline, c_.describe() + ": HF_HUB_OFFLINE is set"};
+    if (!t_.opt.token)
+      return Error{ErrorKind::Unauthorized,
+                   c_.describe() + ": publishing needs a token (HF_TOKEN or $HF_HOME/token)"};
+    std::error_code ec;
+    if (!fs::is_directory(pr_.dir, ec))
+      return Error{ErrorKind::Io, "not a directory: " + pr_.dir.string()};
+    return Ok{};
+  }
+
+  // Regular files and links to them, sorted by path; .git and .cache are skipped.
+  Result<Ok> scan_dir() {
+    std::error_code ec;
+    for (auto it = fs::recursive_directory_iterator(
+             pr_.dir, fs::directory_options::follow_directory_symlink, ec);
+         !ec && it != fs::end(it); it.increment(ec)) {
+      std::string rel = it->path().lexically_relative(pr_.dir).generic_string();
+      if (it->is_directory() && (rel == ".git" || rel == ".cache")) {
+        it.disable_recursion_pending();
+        continue;
+      }
+      if (!it->is_regular_file()) continue;
+      if (auto p = common::path_problem(rel))
+        return Error{ErrorKind::UnsafePath, "cannot publish '" + rel + "': " + *p};
+      locals_.push_back(Local{rel, it->path(), it->file_size(), "", "", false});
+    }
+    if (ec) return Error{ErrorKind::Io, "cannot list " + pr_.dir.string() + ": " + ec.message()};
+    std::sort(locals_.begin(), locals_.end(), [](auto& a, auto& b) { return a.path < b.path; });
+    return Ok{};
+  }
+
+  // The sha256 and the preupload sample of every local file; their total size.
+  Result<Ok> hash_locals() {
+    for (auto& l : locals_) {
+      auto h = st::hash_file(l.file, st::HashAlgo::Sha256);
+      if (!h) return from_storage(h.error(), c_);
+      l.sha256 = h.value();
+      std::ifstream f(l.file, std::ios::binary);
+      l.sample.resize(512);
+      f.read(l.sample.data(), 512);
+      l.sample.resize(static_cast<size_t>(f.gcount()));
+      total_ += l.size;
+    }
+    return Ok{};
+  }
+
+  // The repo and the branch, made when missing (then the publish is never "unchanged"), and
+  // the branch's head, the commit's parent.
+  Result<Ok> ensure_branch() {
+    auto made_repo = make_repo(t_, pr_.repo, pr_.is_private);
+    if (!made_repo) return made_repo.error();
+    fresh_ = made_repo.value();
+    auto info = client_.repo_info(pr_.repo, pr_.branch);
+    if (!info && info.error().kind == ErrorKind::RevisionNotFound) {
+      if (auto b = make_branch(t_, pr_.repo, pr_.branch, "main"); !b) return b.error();
+      fresh_ = true;
+      info = client_.repo_info(pr_.repo, pr_.branch);
+    }
+    if (!info) return info.error();
+    parent_ = info.value().sha;
+    return Ok{};
+  }
+
+  // The branch as it is: files that the dir lacks are to be deleted; true when every local
+  // file is already there with the same content and nothing is to be deleted.
+  Result<bool> compare_remote() {
+    bool unchanged = !fresh_;
+    if (fresh_ && !pr_.delete_missing) return unchanged;
+    auto tree = client_.list_tree(pr_.repo, parent_, true);
+    if (!tree) return tree.error();
+    std::map<std::string, const TreeEntry*> remote;
+    for (const auto& e : tree.value())
+      if (e.type == "file") remote[e.path] = &e;
+    if (pr_.delete_missing) {
+      std::set<std::string> have;
+      for (const auto& l : locals_) have.insert(l.path);
+      for (const auto& [path, e] : remote)
+        // .gitattributes (the Hub's LFS rules, made with the repo) is kept unless DIR has one.
+        if (!have.count(path) && path != ".gitattributes") deletions_.push_back(path);
+    }
+    unchanged = unchanged && deletions_.empty();
+    for (size_t i = 0; unchanged && i < locals_.size(); ++i) {
+      auto same = same_content(locals_[i], remote);
+      if (!same) return same.error();
+      unchanged = same.value();
+    }
+    return unchanged;
+  }
+
+  // Whether the branch holds `l` as it is: git blob sha1, or LFS sha256 and size.
+  Result<bool> same_content(const Local& l,
+                            const std::map<std::string, const TreeEntry*>& remote) const {
+    auto it = remote.find(l.path);
+    if (it == remote.end() || it->second->size != l.size) return false;
+    if (it->second->lfs_sha256) return same_hex(*it->second->lfs_sha256, l.sha256);
+    auto h = st::hash_file(l.file, st::HashAlgo::Sha1, true);  // git blob sha1
+    if (!h) return from_storage(h.error(), c_);
+    return same_hex(it->second->oid, h.value());
+  }
+
+  // No commit: the branch's head, reported as skipped.
+  CommitInfo skipped() const {
+    CommitInfo out;
+    out.commit_oid = parent_;
+    out.commit_url = t_.opt.endpoint + "/" + pr_.repo + "/commit/" + parent_;
+    out.files = locals_.size();
+    out.skipped = true;
+    spdlog::info("hub: {}: every file is unchanged at commit {}; no commit made", c_.describe(),
+                 parent_);
+    if (progress_) progress_(total_, total_, "");
+    return out;
+  }
+
+  // Preupload, kBatch files a call: the server says which files go to LFS.
+  Result<Ok> preupload() {
+    for (size_t i = 0; i < locals_.size(); i += kBatch) {
+      const size_t end = std::min(locals_.size(), i + kBatch);
+      json files = json::array();
+      for (size_t k = i; k < end; ++k)
+        files.push_back({{"path", locals_[k].path},
+                         {"sample", st::base64_encode(locals_[k].sample)},
+                         {"size", locals_[k].size}});
+      http::Request req;
+      req.method = "POST";
+      req.url = t_.api(pr_.repo) + "/preupload/" + common::escape_segment(pr_.branch);
+      req.headers.push_back("Content-Type: application/json");
+      req.body = json{{"files", files}}.dump();
+      auto j = t_.call_json(req, c_);
+      if (!j) return j.error();
+      std::map<std::string, bool> mode;
+      for (const auto& f : j.value().value("files", json::array()))
+        mode[f.value("path", "")] = f.value("uploadMode", "regular") == "lfs";
+      for (size_t k = i; k < end; ++k)
+        locals_[k].lfs = mode.count(locals_[k].path) ? mode[locals_[k].path] : false;
+    }
+    return Ok{};
+  }
+
+  // The LFS files, kBatch per batch call (identical files are one object).
+  Result<Ok> upload_lfs() {
+    std::vector<const Local*> lfs;
+    for (const auto& l : locals_)
+      if (l.lfs) lfs.push_back(&l);
+    for (size_t i = 0; i < lfs.size(); i += kBatch) {
+      std::map<std::string, const Local*> by_oid;
+      json objs = json::array();
+      for (size_t k = i; k < std::min(lfs.size(), i + kBatch); ++k) {
+        if (by_oid.emplace(lfs[k]->sha256, lfs[k]).second)
+          objs.push_back({{"oid", lfs[k]->sha256}, {"size", lfs[k]->size}});
+      }
+      auto batch = lfs_batch(objs);
+      if (!batch) return batch.error();
+      for (const auto& o : batch.value().value("objects", json::array()))
+        if (auto u = upload_object(o, by_oid); !u) return u.error();
+    }
+    return Ok{};
+  }
+
+  // POST to the LFS batch API: what to do for each object.
+  Result<json> lfs_batch(const json& objs) const {
+    http::Request req;
+    req.method = "POST";
+    req.url = t_.opt.endpoint + "/" + pr_.repo + ".git/info/lfs/objects/batch";
+    req.headers = kLfsJson;
+    req.body = json{{"operation", "upload"},
+                    {"transfers", {"basic", "multipart"}},
+                    {"objects", objs},
+                    {"hash_algo", "sha256"},
+                    {"ref", {{"name", "refs/heads/" + pr_.branch}}}}
+                   .dump();
+    return t_.call_json(req, c_);
+  }
+
+  // One object of a batch answer: nothing when the server has it, else upload and verify.
+  Result<Ok> upload_object(const json& o, const std::map<std::string, const Local*>& by_oid) {
+    std::string oid = o.value("oid", "");
+    auto it = by_oid.find(oid);
+    if (it == by_oid.end())
+      return Error{ErrorKind::InvalidResponse,
+                   c_.describe() + ": LFS batch answered an unknown oid"};
+    const Local& l = *it->second;
+    Ctx fc{pr_.repo, pr_.branch, l.path};
+    if (o.contains("error"))
+      return Error{ErrorKind::BadRequest, fc.describe() + ": LFS batch refused the object: " +
+                                              o["error"].value("message", o["error"].dump())};
+    if (!o.contains("actions") || !o["actions"].contains("upload")) {
+      done_ += l.size;  // already stored
+      if (progress_) progress_(done_, total_, l.path);
+      return Ok{};
+    }
+    // Upload URLs are presigned: our token goes there only when it is the endpoint's host.
+    UploadAction a = upload_action(o["actions"]["upload"]);
+    auto up =
+        a.chunk && !a.parts.empty() ? upload_multipart(l, oid, a, fc) : upload_basic(l, a, fc);
+    if (!up) return up.error();
+    if (o["actions"].contains("verify")) {
+      if (auto v = verify(o["actions"]["verify"], oid, l, fc); !v) return v.error();
+    }
+    ++out_.lfs_uploaded;
+    return Ok{};
+  }
+
+  // Multipart: each part PUT to its URL, then the part etags POSTed to `href`.
+  Result<Ok> upload_multipart(const Local& l, const std::string& oid, const UploadAction& a,
+                              const Ctx& fc) {
+    json done_parts = json::array();
+    for (auto& [num, url] : a.parts) {
+      uint64_t off = (num - 1) * *a.chunk;
+      if (off >= l.size)
+        return Error{ErrorKind::InvalidResponse, fc.describe() + ": multipart part out of range"};
+      http::Request put;
+      put.method = "PUT";
+      put.url = url;
+      put.upload_file = l.file;
+      put.upload_offset = off;
+      put.upload_length = std::min(*a.chunk, l.size - off);
+      auto r = t_.call(put, fc, false);
+      if (!r) return r.error();
+      done_parts.push_back(
+          {{"partNumber", num}, {"etag", detail::unquote_etag(r.value().header("etag"))}});
+      sent(put.upload_length, l.path);
+    }
+    http::Request fin;
+    fin.method = "POST";
+    fin.url = a.href;
+    fin.headers = kLfsJson;
+    fin.body = json{{"oid", oid}, {"parts", done_parts}}.dump();
+    auto r = t_.call(fin, fc, false);
+    if (!r) return r.error();
+    return Ok{};
+  }
+
+  // Basic: the whole file PUT to `href` (no overall time limit).
+  Result<Ok> upload_basic(const Local& l, const UploadAction& a, const Ctx& fc) {
+    http::Request put;
+    put.method = "PUT";
+    put.url = a.href;
+    put.headers = a.headers;
+    put.headers.push_back("Content-Type: application/octet-stream");
+    put.upload_file = l.file;
+    put.upload_length = l.size;
+    put.total_timeout_s = -1;
+    auto r = t_.call(put, fc, false);
+    if (!r) return r.error();
+    sent(l.size, l.path);
+    return Ok{};
+  }
+
+  // The verify action: oid and size POSTed (with the token only to the endpoint's origin).
+  Result<Ok> verify(const json& ver, const std::string& oid, const Local& l, const Ctx& fc) const {
+    http::Request vr;
+    vr.method = "POST";
+    vr.url = ver.at("href").get<std::string>();
+    vr.headers = kLfsJson;
+    json ver_header = ver.value("header", json::object());
+    for (auto& [k, v] : ver_header.items())
+      if (v.is_string()) vr.headers.push_back(k + ": " + v.get<std::string>());
+    vr.body = json{{"oid", oid}, {"size", l.size}}.dump();
+    auto r = t_.call(vr, fc, http::origin_of(vr.url) == t_.origin);
+    if (!r) return r.error();
+    return Ok{};
+  }
+
+  // Counts uploaded bytes and reports progress.
+  void sent(uint64_t n, const std::string& path) {
+    done_ += n;
+    out_.bytes_uploaded += n;
+    if (progress_) progress_(done_, total_, path);
+  }
+
+  // The NDJSON commit: header, LFS pointers, regular files inlined (base64), deletions.
+  Result<std::string> commit_body() {
+    std::string nd = line({{"key", "header"},
+                           {"value",
+                            {{"summary", pr_.summary.empty() ? "Upload with loftqd" : pr_.summary},
+                             {"description", pr_.description},
+                             {"parentCommit", parent_}}}});
+    for (const auto& l : locals_) {
+      if (l.lfs) {
+        nd += line({{"key", "lfsFile"},
+                    {"value",
+                     {{"path", l.path}, {"algo", "sha256"}, {"oid", l.sha256}, {"size", l.size}}}});
+        continue;
+      }
+      std::string content;
+      try {
+        content = common::read_file(l.file);
+      } catch (const std::exception& e) {
+        return Error{ErrorKind::Io, e.what()};
+      }
+      nd += line(
+          {{"key", "file"},
+           {"value",
+            {{"path", l.path}, {"content", st::base64_encode(content)}, {"encoding", "base64"}}}});
+      done_ += l.size;
+      out_.bytes_uploaded += l.size;
+    }
+    for (const auto& d : deletions_) nd += line({{"key", "deletedFile"}, {"value", {{"path", d}}}});
+    return nd;
+  }
+
+  // POSTs the commit. Not retried on 5xx: the parentCommit guard turns a duplicate into a 412
+  // rather than a second commit, but a clear failure is better than a guess.
+  Result<CommitInfo> post_commit(std::string nd) {
+    http::Request req;
+    req.method = "POST";
+    req.url = t_.api(pr_.repo) + "/commit/" + common::escape_segment(pr_.branch);
+    req.headers.push_back("Content-Type: application/x-ndjson");
+    req.body = std::move(nd);
+    auto j = t_.call_json(req, c_, false);
+    if (!j) return j.error();
+    out_.commit_oid = j.value().value("commitOid", "");
+    out_.commit_url = j.value().value("commitUrl", "");
+    out_.files = locals_.size();
+    out_.deleted = deletions_.size();
+    if (progress_) progress_(total_, total_, "");
+    return out_;
+  }
+
+  Client& client_;
+  const Transport t_;
+  const PublishRequest& pr_;
+  const ProgressFn& progress_;
+  const Ctx c_;
+  std::vector<Local> locals_;
+  uint64_t total_ = 0;
+  bool fresh_ = false;  // the repo or the branch was made by this call
+  std::string parent_;
+  std::vector<std::string> deletions_;
+  std::atomic<uint64_t> done_{0};
+  CommitInfo out_;
+};
+
+}  // namespace
+
+Result<Ok> Client::create_repo(const std::string& repo, bool is_private) {
+  auto r = make_repo(Transport(opt_), repo, is_private);
+  if (!r) return r.error();
+  return Ok{};
+}
+
+Result<Ok> Client::create_branch(const std::string& repo, const std::string& branch,
+                                 const std::string& from) {
+  auto r = make_branch(Transport(opt_), repo, branch, from);
+  if (!r) return r.error();
+  return Ok{};
+}
+
+Result<CommitInfo> Client::upload_folder(const PublishRequest& pr, const ProgressFn& progress) {
+  return Publish(*this, pr, progress).run();
+}
+
+}  // namespace loftqd::hub
