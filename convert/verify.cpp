@@ -75,111 +75,138 @@ bool block_representable(const float* q, size_t n, std::span<const float> table,
   return false;
 }
 
-VerifyReport verify_layout(const fs::path& out_dir, const fs::path& original_dir, Backend& be) {
-  VerifyReport rep;
-  auto problem = [&](const std::string& s) { rep.problems.push_back(s); };
+namespace {
 
-  // Records.
-  const json lj = json::parse(read_file(out_dir / "loftq.json"));
-  const fs::path acfg_path = out_dir / "loftq_init" / "adapter_config.json";
-  const json acfg = json::parse(read_file(acfg_path));
-  const int r = lj.at("rank").get<int>();
-  const double alpha = lj.at("lora_alpha").get<double>();
-  const int block = lj.at("block_size").get<int>();
-  const QuantMethod method = parse_method(lj.at("quant").get<std::string>());
-  auto expect = [&](const char* key, const json& want) {
-    if (!acfg.contains(key) || acfg[key] != want)
-      problem(acfg_path.string() + ": field '" + key + "' is " +
-              (acfg.contains(key) ? acfg[key].dump() : "missing") + ", expected " + want.dump());
-  };
-  expect("peft_type", "LORA");
-  expect("r", r);
-  expect("init_lora_weights", true);
-  expect("bias", "none");
-  expect("fan_in_fan_out", false);
-  expect("target_modules", lj.at("target_modules"));
-  if (!acfg.contains("lora_alpha") || !acfg["lora_alpha"].is_number() ||
-      acfg["lora_alpha"].get<double>() != alpha)
-    problem(acfg_path.string() + ": field 'lora_alpha' does not match loftq.json (" +
-            std::to_string(alpha) + ")");
-  static const std::set<std::string> kTasks = {"CAUSAL_LM", "SEQ_2_SEQ_LM", "SEQ_CLS",
-                                               "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION"};
-  if (!acfg.contains("task_type") || !acfg["task_type"].is_string() ||
-      !kTasks.count(acfg["task_type"].get<std::string>()))
-    problem(acfg_path.string() + ": field 'task_type' is missing or unknown");
-  if (!acfg.contains("base_model_name_or_path") || !acfg["base_model_name_or_path"].is_string())
-    problem(acfg_path.string() + ": field 'base_model_name_or_path' is missing");
+// verify_layout() as named steps over one output directory and its original.
+class Verifier {
+ public:
+  Verifier(const fs::path& out_dir, const fs::path& original_dir, Backend& be)
+      : out_dir(out_dir), original_dir(original_dir), be(be) {}
 
-  std::map<std::string, json> recorded;
-  for (const auto& l : lj.at("layers")) recorded[l.at("tensor").get<std::string>()] = l;
-
-  Checkpoint orig = Checkpoint::open(original_dir);
-  Checkpoint out = Checkpoint::open(out_dir);
-  if (orig.shard_names() != out.shard_names())
-    problem(out_dir.string() + ": shard files differ from the original's");
-  auto adapter = SafetensorsFile::open(out_dir / "loftq_init" / "adapter_model.safetensors");
-  std::map<std::string, std::pair<size_t, const TensorInfo*>> out_tensors;
-  for (const auto& [s, t] : out.all_tensors()) out_tensors[t->name] = {s, t};
-  std::set<std::string> seen_adapter;
-
-  for (const auto& [s, t] : orig.all_tensors()) {
-    auto it = out_tensors.find(t->name);
-    if (it == out_tensors.end()) {
-      problem("tensor '" + t->name + "' is missing from the output");
-      continue;
+  VerifyReport run() {
+    read_records();
+    check_adapter_config();
+    Checkpoint orig = Checkpoint::open(original_dir);
+    Checkpoint out = Checkpoint::open(out_dir);
+    if (orig.shard_names() != out.shard_names())
+      problem(out_dir.string() + ": shard files differ from the original's");
+    adapter = SafetensorsFile::open(out_dir / "loftq_init" / "adapter_model.safetensors");
+    std::map<std::string, std::pair<size_t, const TensorInfo*>> out_tensors;
+    for (const auto& [s, t] : out.all_tensors()) out_tensors[t->name] = {s, t};
+    for (const auto& [s, t] : orig.all_tensors()) {
+      auto it = out_tensors.find(t->name);
+      if (it == out_tensors.end()) {
+        problem("tensor '" + t->name + "' is missing from the output");
+        continue;
+      }
+      check_tensor(orig.shard(s), *t, out.shard(it->second.first), *it->second.second);
     }
-    const SafetensorsFile& of = out.shard(it->second.first);
-    const TensorInfo& ot = *it->second.second;
-    const std::string where = of.path().string() + ": tensor '" + t->name + "'";
-    if (ot.dtype != t->dtype || ot.shape != t->shape) {
+    if (out_tensors.size() != orig.all_tensors().size())
+      problem(out_dir.string() + ": the output has extra tensors");
+    check_leftovers();
+    return std::move(rep);
+  }
+
+ private:
+  void problem(const std::string& s) { rep.problems.push_back(s); }
+
+  // loftq.json and adapter_config.json.
+  void read_records() {
+    lj = json::parse(read_file(out_dir / "loftq.json"));
+    acfg_path = out_dir / "loftq_init" / "adapter_config.json";
+    acfg = json::parse(read_file(acfg_path));
+    r = lj.at("rank").get<int>();
+    alpha = lj.at("lora_alpha").get<double>();
+    block = lj.at("block_size").get<int>();
+    method = parse_method(lj.at("quant").get<std::string>());
+    for (const auto& l : lj.at("layers")) recorded[l.at("tensor").get<std::string>()] = l;
+  }
+
+  // The adapter config against PEFT's fields and loftq.json.
+  void check_adapter_config() {
+    auto expect = [&](const char* key, const json& want) {
+      if (!acfg.contains(key) || acfg[key] != want)
+        problem(acfg_path.string() + ": field '" + key + "' is " +
+                (acfg.contains(key) ? acfg[key].dump() : "missing") + ", expected " + want.dump());
+    };
+    expect("peft_type", "LORA");
+    expect("r", r);
+    expect("init_lora_weights", true);
+    expect("bias", "none");
+    expect("fan_in_fan_out", false);
+    expect("target_modules", lj.at("target_modules"));
+    if (!acfg.contains("lora_alpha") || !acfg["lora_alpha"].is_number() ||
+        acfg["lora_alpha"].get<double>() != alpha)
+      problem(acfg_path.string() + ": field 'lora_alpha' does not match loftq.json (" +
+              std::to_string(alpha) + ")");
+    static const std::set<std::string> kTasks = {"CAUSAL_LM", "SEQ_2_SEQ_LM", "SEQ_CLS",
+                                                 "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION"};
+    if (!acfg.contains("task_type") || !acfg["task_type"].is_string() ||
+        !kTasks.count(acfg["task_type"].get<std::string>()))
+      problem(acfg_path.string() + ": field 'task_type' is missing or unknown");
+    if (!acfg.contains("base_model_name_or_path") || !acfg["base_model_name_or_path"].is_string())
+      problem(acfg_path.string() + ": field 'base_model_name_or_path' is missing");
+  }
+
+  // One tensor of the original against the output: non-targets byte for byte, targets through
+  // their effective weight.
+  void check_tensor(const SafetensorsFile& in, const TensorInfo& t, const SafetensorsFile& of,
+                    const TensorInfo& ot) {
+    const std::string where = of.path().string() + ": tensor '" + t.name + "'";
+    if (ot.dtype != t.dtype || ot.shape != t.shape) {
       problem(where + ": dtype/shape differ from the original");
-      continue;
+      return;
     }
-    auto rec = recorded.find(t->name);
+    auto rec = recorded.find(t.name);
     if (rec == recorded.end()) {
-      const auto a = orig.shard(s).bytes(*t), b = of.bytes(ot);
+      const auto a = in.bytes(t), b = of.bytes(ot);
       if (!std::equal(a.begin(), a.end(), b.begin(), b.end()))
         problem(where + ": not a target, but bytes differ");
-      orig.shard(s).release(*t);
-      of.release(ot);
-      continue;
+    } else {
+      check_target(in, t, of, ot, rec->second, where);
     }
+    in.release(t);
+    of.release(ot);
+  }
+
+  void check_target(const SafetensorsFile& in, const TensorInfo& t, const SafetensorsFile& of,
+                    const TensorInfo& ot, const json& rec, const std::string& where) {
     // A target: recompute the effective weight.
-    const int m = static_cast<int>(t->shape[0]), n = static_cast<int>(t->shape[1]);
+    const int m = static_cast<int>(t.shape[0]), n = static_cast<int>(t.shape[1]);
     const size_t mn = size_t(m) * n;
-    const int bits = rec->second.at("bits").get<int>();
+    const int bits = rec.at("bits").get<int>();
     const QuantSpec spec{method, bits, block};
     VerifyLayer vl;
-    vl.report.tensor = t->name;
-    vl.report.layer = layer_index(t->name);
-    vl.report.module = module_leaf(t->name);
+    vl.report.tensor = t.name;
+    vl.report.layer = layer_index(t.name);
+    vl.report.module = module_leaf(t.name);
     vl.report.quant = spec_name(spec);
     vl.report.bits = bits;
     vl.report.out_features = m;
     vl.report.in_features = n;
-    vl.report.qlora_error = rec->second.at("qlora_error").get<double>();
-    vl.report.best_iter = rec->second.at("best_iter").get<int>();
-    vl.recorded_error = rec->second.at("loftq_error").get<double>();
-    const auto* ta = adapter->find(lora_a_key(t->name));
-    const auto* tb = adapter->find(lora_b_key(t->name));
+    vl.report.qlora_error = rec.at("qlora_error").get<double>();
+    vl.report.best_iter = rec.at("best_iter").get<int>();
+    vl.recorded_error = rec.at("loftq_error").get<double>();
+    const auto* ta = adapter->find(lora_a_key(t.name));
+    const auto* tb = adapter->find(lora_b_key(t.name));
     if (!ta || !tb) {
-      problem(adapter->path().string() + ": no lora_A/lora_B for '" + t->name + "'");
-      continue;
+      problem(adapter->path().string() + ": no lora_A/lora_B for '" + t.name + "'");
+      return;
     }
     seen_adapter.insert(ta->name);
     seen_adapter.insert(tb->name);
     if (ta->shape != std::vector<int64_t>{r, n} || tb->shape != std::vector<int64_t>{m, r} ||
-        ta->dtype != t->dtype || tb->dtype != t->dtype) {
-      problem(adapter->path().string() + ": lora_A/lora_B of '" + t->name +
+        ta->dtype != t.dtype || tb->dtype != t.dtype) {
+      problem(adapter->path().string() + ": lora_A/lora_B of '" + t.name +
               "' have the wrong shape or dtype");
-      continue;
+      return;
     }
-    std::vector<float> w = orig.shard(s).read_f32(*t), q = of.read_f32(ot);
+    std::vector<float> w = in.read_f32(t), q = of.read_f32(ot);
     std::vector<float> a = adapter->read_f32(*ta), b = adapter->read_f32(*tb);
     const auto table = code_table(method, bits);
     for (size_t blk = 0; blk + block <= mn && vl.representable; blk += block)
       vl.representable =
-          block_representable(q.data() + blk, block, table, t->dtype, method == QuantMethod::NF);
+          block_representable(q.data() + blk, block, table, t.dtype, method == QuantMethod::NF);
     if (!vl.representable) problem(where + ": a block is not representable in " + spec_name(spec));
 
     auto bw = be.alloc(mn), bq = be.alloc(mn), ba = be.alloc(size_t(r) * n),
@@ -197,10 +224,10 @@ VerifyReport verify_layout(const fs::path& out_dir, const fs::path& original_dir
     vl.effective_error = eff_err(q);
     std::vector<float> q4(mn);
     quant_dequant(QuantSpec{QuantMethod::NF, 4, 64}, q.data(), mn, q4.data(), 1);
-    round_to_dtype(t->dtype, q4.data(), mn);
+    round_to_dtype(t.dtype, q4.data(), mn);
     vl.nf4_reload_error = eff_err(q4);
     // The files may only lose what the dtype's rounding costs.
-    const double tol = t->dtype == DType::F32 ? 1e-5 : t->dtype == DType::F16 ? 2e-3 : 8e-3;
+    const double tol = t.dtype == DType::F32 ? 1e-5 : t.dtype == DType::F16 ? 2e-3 : 8e-3;
     if (vl.effective_error > vl.recorded_error + tol)
       problem(where + ": effective error " + std::to_string(vl.effective_error) +
               " exceeds the recorded " + std::to_string(vl.recorded_error));
@@ -208,30 +235,48 @@ VerifyReport verify_layout(const fs::path& out_dir, const fs::path& original_dir
       problem(where + ": recorded LoftQ error is above the QLoRA error");
     vl.report.loftq_error = vl.effective_error;
     rep.layers.push_back(vl);
-    orig.shard(s).release(*t);
-    of.release(ot);
   }
-  for (const auto& [name, l] : recorded)
-    if (!std::any_of(rep.layers.begin(), rep.layers.end(),
-                     [&](const VerifyLayer& v) { return v.report.tensor == name; }))
-      if (!std::any_of(rep.problems.begin(), rep.problems.end(),
-                       [&](const std::string& p) { return p.find(name) != std::string::npos; }))
-        problem("loftq.json lists '" + name + "', which is not a weight of the original");
-  for (const auto& t : adapter->tensors())
-    if (!seen_adapter.count(t.name))
-      problem(adapter->path().string() + ": unexpected tensor '" + t.name + "'");
-  if (out_tensors.size() != orig.all_tensors().size())
-    problem(out_dir.string() + ": the output has extra tensors");
-  for (const auto& name : passthrough_files(original_dir)) {
-    if (!fs::exists(out_dir / name)) {
-      problem(out_dir.string() + ": file '" + name + "' was not copied");
-    } else if (read_file(out_dir / name) != read_file(original_dir / name)) {
-      problem(out_dir.string() + ": file '" + name + "' differs from the original");
+
+  // Records without a tensor, adapter tensors without a target, files not copied.
+  void check_leftovers() {
+    for (const auto& [name, l] : recorded)
+      if (!std::any_of(rep.layers.begin(), rep.layers.end(),
+                       [&](const VerifyLayer& v) { return v.report.tensor == name; }))
+        if (!std::any_of(rep.problems.begin(), rep.problems.end(),
+                         [&](const std::string& p) { return p.find(name) != std::string::npos; }))
+          problem("loftq.json lists '" + name + "', which is not a weight of the original");
+    for (const auto& t : adapter->tensors())
+      if (!seen_adapter.count(t.name))
+        problem(adapter->path().string() + ": unexpected tensor '" + t.name + "'");
+    for (const auto& name : passthrough_files(original_dir)) {
+      if (!fs::exists(out_dir / name)) {
+        problem(out_dir.string() + ": file '" + name + "' was not copied");
+      } else if (read_file(out_dir / name) != read_file(original_dir / name)) {
+        problem(out_dir.string() + ": file '" + name + "' differs from the original");
+      }
     }
+    if (!fs::exists(out_dir / "README.md"))
+      problem(out_dir.string() + ": README.md (model card) is missing");
   }
-  if (!fs::exists(out_dir / "README.md"))
-    problem(out_dir.string() + ": README.md (model card) is missing");
-  return rep;
+
+  const fs::path& out_dir;
+  const fs::path& original_dir;
+  Backend& be;
+  VerifyReport rep;
+  json lj, acfg;
+  fs::path acfg_path;
+  int r = 0, block = 0;
+  double alpha = 0;
+  QuantMethod method = QuantMethod::NF;
+  std::map<std::string, json> recorded;
+  std::unique_ptr<SafetensorsFile> adapter;
+  std::set<std::string> seen_adapter;
+};
+
+}  // namespace
+
+VerifyReport verify_layout(const fs::path& out_dir, const fs::path& original_dir, Backend& be) {
+  return Verifier(out_dir, original_dir, be).run();
 }
 
 std::string verify_table(const VerifyReport& r) {

@@ -152,9 +152,10 @@ size_t TensorInfo::numel() const {
 // ---------------------------------------------------------------------------------------------
 // SafetensorsFile
 
-std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::path& p) {
-  std::unique_ptr<SafetensorsFile> f(new SafetensorsFile());
-  f->path_ = p;
+namespace {
+
+// Opens and maps `p` read-only; the mapping stays valid without the descriptor.
+std::pair<const std::byte*, size_t> map_file(const std::filesystem::path& p) {
   int fd;
   do {
     fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
@@ -163,7 +164,10 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::pa
     const int err = errno;
     throw std::runtime_error("cannot open " + p.string() + ": " + std::strerror(err));
   }
-  f->fd_ = fd;
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
     const int err = errno;
@@ -180,18 +184,17 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::pa
     const int err = errno;
     throw std::runtime_error("cannot mmap " + p.string() + ": " + std::strerror(err));
   }
-  f->map_ = static_cast<const std::byte*>(m);
-  f->size_ = static_cast<size_t>(file_size);
-  // The mapping stays valid without the descriptor.
-  ::close(f->fd_);
-  f->fd_ = -1;
+  return {static_cast<const std::byte*>(m), static_cast<size_t>(file_size)};
+}
 
-  uint64_t n = 0;
-  {
-    unsigned char b[8];
-    std::memcpy(b, f->map_, 8);
-    for (int i = 7; i >= 0; --i) n = (n << 8) | b[i];
-  }
+// The header's length N (little-endian u64, at most kMaxHeaderLen, inside the file) and its
+// JSON: valid UTF-8, an object, no duplicate keys.
+json read_header(const std::filesystem::path& p, const std::byte* map, uint64_t file_size,
+                 uint64_t& n) {
+  n = 0;
+  unsigned char b[8];
+  std::memcpy(b, map, 8);
+  for (int i = 7; i >= 0; --i) n = (n << 8) | b[i];
   if (n > kMaxHeaderLen) {
     fail(p, "header length " + std::to_string(n) + " exceeds the limit of " +
                 std::to_string(kMaxHeaderLen));
@@ -200,12 +203,10 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::pa
     fail(p, "header length " + std::to_string(n) + " goes past the end of the file (" +
                 std::to_string(file_size) + " bytes; truncated)");
   }
-  f->data_start_ = static_cast<size_t>(8 + n);
-  const std::string_view header(reinterpret_cast<const char*>(f->map_) + 8, static_cast<size_t>(n));
+  const std::string_view header(reinterpret_cast<const char*>(map) + 8, static_cast<size_t>(n));
   if (auto bad = invalid_utf8_at(header)) {
     fail(p, "header is not valid UTF-8 (bad byte at header offset " + std::to_string(*bad) + ")");
   }
-
   json j;
   std::optional<std::string> dup_key, dup_top;
   try {
@@ -218,74 +219,79 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::pa
     if (*dup_top == *dup_key) fail(p, *dup_key, "duplicate key in the header");
     fail(p, *dup_top, "duplicate key '" + *dup_key + "' in its entry");
   }
+  return j;
+}
 
-  std::vector<TensorInfo> tensors;
-  tensors.reserve(j.size());
-  for (auto it = j.begin(); it != j.end(); ++it) {
-    const std::string& name = it.key();
-    const json& v = it.value();
-    if (name == "__metadata__") {
-      if (!v.is_object()) fail(p, "__metadata__ is not an object");
-      for (auto m_it = v.begin(); m_it != v.end(); ++m_it) {
-        if (!m_it.value().is_string()) {
-          fail(p, "__metadata__ entry '" + m_it.key() + "' is not a string (" +
-                      m_it.value().type_name() + ")");
-        }
-        f->metadata_.emplace(m_it.key(), m_it.value().get<std::string>());
-      }
-      continue;
+// __metadata__: an object of strings.
+void read_metadata(const std::filesystem::path& p, const json& v,
+                   std::map<std::string, std::string>& out) {
+  if (!v.is_object()) fail(p, "__metadata__ is not an object");
+  for (auto m_it = v.begin(); m_it != v.end(); ++m_it) {
+    if (!m_it.value().is_string()) {
+      fail(p, "__metadata__ entry '" + m_it.key() + "' is not a string (" +
+                  m_it.value().type_name() + ")");
     }
-    if (!v.is_object()) fail(p, name, "entry is not an object");
-    TensorInfo t;
-    t.name = name;
+    out.emplace(m_it.key(), m_it.value().get<std::string>());
+  }
+}
 
-    auto d = v.find("dtype");
-    if (d == v.end() || !d->is_string()) fail(p, name, "missing or non-string dtype");
-    auto dt = parse_dtype(d->get_ref<const std::string&>());
-    if (!dt) fail(p, name, "unknown dtype '" + d->get<std::string>() + "'");
-    t.dtype = *dt;
+// One tensor entry: known dtype, non-negative shape, offsets spanning exactly its bytes.
+TensorInfo read_entry(const std::filesystem::path& p, const std::string& name, const json& v) {
+  if (!v.is_object()) fail(p, name, "entry is not an object");
+  TensorInfo t;
+  t.name = name;
 
-    auto s = v.find("shape");
-    if (s == v.end() || !s->is_array()) fail(p, name, "shape is missing or not an array");
-    for (size_t i = 0; i < s->size(); ++i) {
-      auto u = as_u64((*s)[i]);
-      if (!u || *u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-        fail(p, name,
-             "shape entry " + std::to_string(i) +
-                 " is not a non-negative integer: " + (*s)[i].dump());
-      }
-      t.shape.push_back(static_cast<int64_t>(*u));
-    }
+  auto d = v.find("dtype");
+  if (d == v.end() || !d->is_string()) fail(p, name, "missing or non-string dtype");
+  auto dt = parse_dtype(d->get_ref<const std::string&>());
+  if (!dt) fail(p, name, "unknown dtype '" + d->get<std::string>() + "'");
+  t.dtype = *dt;
 
-    auto o = v.find("data_offsets");
-    if (o == v.end() || !o->is_array() || o->size() != 2) {
-      fail(p, name, "data_offsets is missing or not a [begin, end] pair");
+  auto s = v.find("shape");
+  if (s == v.end() || !s->is_array()) fail(p, name, "shape is missing or not an array");
+  for (size_t i = 0; i < s->size(); ++i) {
+    auto u = as_u64((*s)[i]);
+    if (!u || *u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+      fail(
+          p, name,
+          "shape entry " + std::to_string(i) + " is not a non-negative integer: " + (*s)[i].dump());
     }
-    auto b = as_u64((*o)[0]);
-    auto e = as_u64((*o)[1]);
-    if (!b || !e) fail(p, name, "data_offsets entries must be non-negative integers");
-    if (*b > *e) {
-      fail(p, name, "data_offsets begin " + std::to_string(*b) + " > end " + std::to_string(*e));
-    }
-    t.begin = *b;
-    t.end = *e;
-
-    const size_t esz = dtype_size(t.dtype);
-    auto need = checked_nbytes(t.shape, esz);
-    if (!need) {
-      fail(p, name,
-           "size overflow: shape " + shape_str(t.shape) + " of " +
-               std::string(dtype_name(t.dtype)) + " does not fit in 64 bits");
-    }
-    if (t.end - t.begin != *need) {
-      fail(p, name,
-           "size mismatch: data_offsets span " + std::to_string(t.end - t.begin) +
-               " bytes but shape " + shape_str(t.shape) + " of " +
-               std::string(dtype_name(t.dtype)) + " needs " + std::to_string(*need));
-    }
-    tensors.push_back(std::move(t));
+    t.shape.push_back(static_cast<int64_t>(*u));
   }
 
+  auto o = v.find("data_offsets");
+  if (o == v.end() || !o->is_array() || o->size() != 2) {
+    fail(p, name, "data_offsets is missing or not a [begin, end] pair");
+  }
+  auto b = as_u64((*o)[0]);
+  auto e = as_u64((*o)[1]);
+  if (!b || !e) fail(p, name, "data_offsets entries must be non-negative integers");
+  if (*b > *e) {
+    fail(p, name, "data_offsets begin " + std::to_string(*b) + " > end " + std::to_string(*e));
+  }
+  t.begin = *b;
+  t.end = *e;
+
+  const size_t esz = dtype_size(t.dtype);
+  auto need = checked_nbytes(t.shape, esz);
+  if (!need) {
+    fail(p, name,
+         "size overflow: shape " + shape_str(t.shape) + " of " + std::string(dtype_name(t.dtype)) +
+             " does not fit in 64 bits");
+  }
+  if (t.end - t.begin != *need) {
+    fail(p, name,
+         "size mismatch: data_offsets span " + std::to_string(t.end - t.begin) +
+             " bytes but shape " + shape_str(t.shape) + " of " + std::string(dtype_name(t.dtype)) +
+             " needs " + std::to_string(*need));
+  }
+  return t;
+}
+
+// Sorted by offset, the entries tile the buffer from 0 without hole or overlap, and the buffer
+// ends exactly at the end of the file (`avail` bytes follow the header).
+void check_buffer(const std::filesystem::path& p, std::vector<TensorInfo>& tensors,
+                  uint64_t avail) {
   std::sort(tensors.begin(), tensors.end(), [](const TensorInfo& a, const TensorInfo& b2) {
     if (a.begin != b2.begin) return a.begin < b2.begin;
     if (a.end != b2.end) return a.end < b2.end;
@@ -312,7 +318,6 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::pa
     pos = t.end;
     prev = &t;
   }
-  const uint64_t avail = file_size - 8 - n;
   if (pos != avail) {
     if (pos < avail) {
       fail(p, "file size mismatch: " + std::to_string(avail - pos) +
@@ -321,7 +326,26 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::pa
     fail(p, "file size mismatch: the buffer ends at " + std::to_string(pos) + " but only " +
                 std::to_string(avail) + " bytes follow the header (truncated)");
   }
+}
 
+}  // namespace
+
+std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::path& p) {
+  std::unique_ptr<SafetensorsFile> f(new SafetensorsFile());
+  f->path_ = p;
+  std::tie(f->map_, f->size_) = map_file(p);
+  uint64_t n = 0;
+  const json j = read_header(p, f->map_, f->size_, n);
+  f->data_start_ = static_cast<size_t>(8 + n);
+  std::vector<TensorInfo> tensors;
+  tensors.reserve(j.size());
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    if (it.key() == "__metadata__")
+      read_metadata(p, it.value(), f->metadata_);
+    else
+      tensors.push_back(read_entry(p, it.key(), it.value()));
+  }
+  check_buffer(p, tensors, f->size_ - 8 - n);
   for (size_t i = 0; i < tensors.size(); ++i) f->index_.emplace(tensors[i].name, i);
   f->tensors_ = std::move(tensors);
   return f;
