@@ -1,4 +1,4 @@
-#include "daemon/mirror.h"
+#include "mirror/mirror.h"
 
 #include <fcntl.h>
 #include <httplib.h>
@@ -25,7 +25,7 @@ namespace fs = std::filesystem;
 namespace st = loftqd::storage;
 using nlohmann::json;
 
-namespace loftqd::daemon {
+namespace loftqd::mirror {
 
 namespace {
 
@@ -1039,4 +1039,4 @@ std::string Mirror::url() const {
   return "http://" + impl_->opt.host + ":" + std::to_string(impl_->port);
 }
 
-}  // namespace loftqd::daemon
+}  // namespace loftqd::mirror

@@ -13,7 +13,7 @@
 #include <string>
 #include <utility>
 
-namespace loftqd::daemon {
+namespace loftqd::mirror {
 
 // A request to one of MirrorOptions::extra_routes and the handler's answer.
 struct HttpExchange {
@@ -76,4 +76,4 @@ class Mirror {
   std::unique_ptr<Impl> impl_;
 };
 
-}  // namespace loftqd::daemon
+}  // namespace loftqd::mirror

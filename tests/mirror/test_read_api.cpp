@@ -1,7 +1,7 @@
-// daemon/mirror.cpp: the Hub read API from a store (plain httplib::Client), the write API, and
+// mirror/ (in-process): the Hub read API from a store (plain httplib::Client), the write API, and
 // the hub client against the mirror (publish -> fetch byte-identical, multipart, branches,
 // atomic commits).
-#include "daemon/mirror.h"
+#include "mirror/mirror.h"
 
 #include <gtest/gtest.h>
 #include <httplib.h>
@@ -25,8 +25,8 @@ using loftqd::testing::TempDir;
 using nlohmann::json;
 namespace hub = loftqd::hub;
 namespace st = loftqd::storage;
-using loftqd::daemon::Mirror;
-using loftqd::daemon::MirrorOptions;
+using loftqd::mirror::Mirror;
+using loftqd::mirror::MirrorOptions;
 
 namespace {
 
