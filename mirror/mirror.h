@@ -2,6 +2,9 @@
 // Hugging Face cache layout and, when a write token is configured, the write API (create repo,
 // preupload, LFS batch + upload + verify, NDJSON commit, branches). HF_ENDPOINT=<url> makes
 // stock Hub clients and `loftqd fetch` / `loftqd publish` talk to it.
+//
+// The implementation (library loftqd_mirror): server.cpp (lifecycle, routes, auth, errors),
+// read_api.cpp, write_api.cpp and lfs.cpp, sharing mirror/internal.h.
 #pragma once
 
 #include <cstdint>
