@@ -15,8 +15,8 @@
 #include <vector>
 
 #include "common/parse.h"
-#include "daemon/mirror.h"
 #include "hub/hub.h"
+#include "mirror/mirror.h"
 #include "storage/store.h"
 
 namespace fs = std::filesystem;
@@ -87,11 +87,11 @@ int main(int argc, char** argv) {
   std::printf("payload: %.2f GiB written and hashed in %.1f s\n", size / double(1 << 30),
               seconds_since(t0));
 
-  loftqd::daemon::MirrorOptions mo;
+  loftqd::mirror::MirrorOptions mo;
   mo.store = dir / "mirror-store";
   mo.port = 0;
   mo.threads = std::max(8, parallel * 2);
-  loftqd::daemon::Mirror mirror(mo);
+  loftqd::mirror::Mirror mirror(mo);
   mirror.start();
   std::string url = mirror.url() + "/org/bench/resolve/main/big.safetensors";
   double mib = size / double(1 << 20);

@@ -14,9 +14,9 @@
 #include "common/fs.h"
 #include "common/parse.h"
 #include "daemon/cli.h"
-#include "daemon/mirror.h"
 #include "daemon/progress.h"
 #include "hub/hub.h"
+#include "mirror/mirror.h"
 #include "storage/store.h"
 
 namespace fs = std::filesystem;
@@ -53,9 +53,9 @@ namespace {
 int g_stop_pipe = -1;  // written by the signal handler of `serve`
 
 int cmd_serve(HubCommands& h) {
-  MirrorOptions o;
+  mirror::MirrorOptions o;
   o.store = h.store;
-  auto [host, port] = parse_listen(h.listen);
+  auto [host, port] = mirror::parse_listen(h.listen);
   o.host = host;
   o.port = port;
   o.threads = h.threads;
@@ -89,7 +89,7 @@ int cmd_serve(HubCommands& h) {
   sigaction(SIGINT, &sa, &old_int);
   sigaction(SIGTERM, &sa, &old_term);
 
-  Mirror mirror(o);
+  mirror::Mirror mirror(o);
   int bound = mirror.bind();
   std::string url = "http://" + (host.find(':') != std::string::npos ? "[" + host + "]" : host) +
                     ":" + std::to_string(bound);

@@ -23,11 +23,11 @@
 
 #include "config/config.h"
 #include "daemon/metrics.h"
-#include "daemon/mirror.h"
 #include "daemon/notify.h"
 #include "daemon/pipeline.h"
 #include "daemon/sync.h"
 #include "hub/hub.h"
+#include "mirror/mirror.h"
 #include "storage/state.h"
 #include "storage/store.h"
 
@@ -47,7 +47,7 @@ constexpr auto kMaxSleep = std::chrono::seconds(30);
 config::Config load(const std::string& path) {
   auto cfg = config::load_config(path);
   config::apply_env(cfg);
-  if (cfg.mirror.enabled) parse_listen(cfg.mirror.listen);  // invalid_argument: exit 2
+  if (cfg.mirror.enabled) mirror::parse_listen(cfg.mirror.listen);  // invalid_argument: exit 2
   return cfg;
 }
 
@@ -113,7 +113,7 @@ struct Shared {
   }
 };
 
-void handle_webhook(Shared& sh, HttpExchange& ex) {
+void handle_webhook(Shared& sh, mirror::HttpExchange& ex) {
   auto answer = [&](int status, const json& body) {
     ex.status = status;
     ex.content_type = "application/json";
@@ -187,19 +187,19 @@ int run_command(const RunOptions& ro) {
 
   // 4. The mirror: the configured listener (with /healthz, /metrics, /webhook) when enabled;
   // otherwise, when results go to the mirror, a private one on a loopback port.
-  MirrorOptions mo;
+  mirror::MirrorOptions mo;
   mo.store = cfg.store;
   auto write_token = read_secret(cfg.mirror.write_token_file, "mirror.write_token_file");
   // Without a configured token only the daemon itself may write (a random per-process token).
   mo.write_token = write_token ? write_token : std::optional<std::string>(common::random_hex(32));
   if (cfg.mirror.enabled) {
-    auto [host, port] = parse_listen(cfg.mirror.listen);
+    auto [host, port] = mirror::parse_listen(cfg.mirror.listen);
     mo.host = host;
     mo.port = port;
   } else {
     mo.port = 0;
   }
-  mo.extra_routes["GET /healthz"] = [&](HttpExchange& ex) {
+  mo.extra_routes["GET /healthz"] = [&](mirror::HttpExchange& ex) {
     std::lock_guard g(sh.mu);
     const bool stopping = sh.stop.load();
     const double idle = sh.since_beat_s();
@@ -217,15 +217,15 @@ int run_command(const RunOptions& ro) {
                     {"watched_repos", sh.watched.size()}}
                    .dump();
   };
-  mo.extra_routes["GET /metrics"] = [&](HttpExchange& ex) {
+  mo.extra_routes["GET /metrics"] = [&](mirror::HttpExchange& ex) {
     std::lock_guard g(reader_mu);
     ex.content_type = "text/plain; version=0.0.4; charset=utf-8";
     ex.reply = metrics.render(reader_db.get());
   };
-  mo.extra_routes["POST /webhook"] = [&](HttpExchange& ex) { handle_webhook(sh, ex); };
-  std::unique_ptr<Mirror> mirror;
+  mo.extra_routes["POST /webhook"] = [&](mirror::HttpExchange& ex) { handle_webhook(sh, ex); };
+  std::unique_ptr<mirror::Mirror> mirror;
   if (cfg.mirror.enabled || cfg.publish.mirror) {
-    mirror = std::make_unique<Mirror>(mo);
+    mirror = std::make_unique<mirror::Mirror>(mo);
     mirror->start();
     spdlog::info("mirror: serving {} on {} (/healthz, /metrics{}); HF_ENDPOINT={}", cfg.store,
                  mirror->url(), sh.webhook_secret ? ", /webhook" : "", mirror->url());

@@ -10,9 +10,9 @@
 #include "common/strings.h"
 #include "config/config.h"
 #include "convert/verify.h"
-#include "daemon/mirror.h"
 #include "daemon/pipeline.h"
 #include "hub/hub.h"
+#include "mirror/mirror.h"
 #include "model/synth.h"
 #include "quant/device.h"
 #include "storage/state.h"
@@ -39,13 +39,13 @@ int sync_once_command(const std::string& config_path, int threads) {
   auto db = storage::StateDb::open(cfg.state_db);
   // 3. Publish targets: the store's mirror, started here on a free port, and/or the Hub.
   PipelineOptions po = pipeline_options(cfg, threads);
-  std::unique_ptr<Mirror> mirror;
+  std::unique_ptr<mirror::Mirror> mirror;
   if (cfg.publish.mirror) {
-    MirrorOptions mo;
+    mirror::MirrorOptions mo;
     mo.store = cfg.store;
     mo.port = 0;
     mo.write_token = common::random_hex(32);
-    mirror = std::make_unique<Mirror>(mo);
+    mirror = std::make_unique<mirror::Mirror>(mo);
     mirror->start();
     po.mirror = PublishEndpoint{mirror->url(), mo.write_token};
   }
@@ -67,11 +67,11 @@ int demo_command(const fs::path& workdir_in, int threads) {
   spdlog::info("demo: working in {}", workdir.string());
 
   // 1. The built-in mirror over the demo store, with a write token for this run.
-  MirrorOptions mo;
+  mirror::MirrorOptions mo;
   mo.store = store;
   mo.port = 0;
   mo.write_token = common::random_hex(32);
-  Mirror mirror(mo);
+  mirror::Mirror mirror(mo);
   mirror.start();
   const std::string url = mirror.url();
 

@@ -13,8 +13,8 @@
 #include <filesystem>
 #include <thread>
 
-#include "daemon/mirror.h"
 #include "hub/hub.h"
+#include "mirror/mirror.h"
 #include "storage/store.h"
 #include "support/test_util.h"
 
@@ -173,14 +173,14 @@ TEST(HubJs, OfficialClientReadsAndWritesTheMirror) {
   if (!fs::exists(js / "node_modules/@huggingface/hub/package.json"))
     GTEST_SKIP() << "@huggingface/hub is not installed in tests/js (run scripts/setup)";
   TempDir tmp;
-  loftqd::daemon::MirrorOptions o;
+  loftqd::mirror::MirrorOptions o;
   o.store = tmp / "store";
   o.port = 0;
   o.write_token = kToken;
   o.multipart_threshold = 1 << 20;
   o.multipart_chunk = 1 << 20;
   o.keep_alive_timeout_s = 1;
-  loftqd::daemon::Mirror mirror(o);
+  loftqd::mirror::Mirror mirror(o);
   mirror.start();
 
   // A layout published by loftqd for the JS client to read.
@@ -247,7 +247,7 @@ TEST(HubCli, FetchKilledMidFileResumesWithRange) {
   ASSERT_TRUE(store.put_blob("org/big", data, loftqd::storage::Digest::lfs(sha, data.size())).ok());
   ASSERT_TRUE(
       store.commit_snapshot("org/big", "main", {{"w.safetensors", sha}}, std::nullopt).ok());
-  loftqd::daemon::MirrorOptions o;
+  loftqd::mirror::MirrorOptions o;
   o.store = tmp / "store";
   o.port = 0;
   o.keep_alive_timeout_s = 1;
@@ -255,7 +255,7 @@ TEST(HubCli, FetchKilledMidFileResumesWithRange) {
   o.on_request = [ranges](const std::string& m, const std::string& path, int status) {
     if (m == "GET" && path.find("/resolve/") != std::string::npos && status == 206) ++*ranges;
   };
-  loftqd::daemon::Mirror mirror(o);
+  loftqd::mirror::Mirror mirror(o);
   mirror.start();
 
   // A throttled fetch, killed (SIGKILL: no cleanup at all) once part of the file is in.

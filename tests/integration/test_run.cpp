@@ -13,9 +13,9 @@
 #include <set>
 #include <thread>
 
-#include "daemon/mirror.h"
 #include "hub/hub.h"
 #include "integration/upstream.h"
+#include "mirror/mirror.h"
 #include "storage/state.h"
 #include "support/test_util.h"
 
@@ -107,10 +107,10 @@ bool wait_for_job(const fs::path& store, Pred pred, std::chrono::milliseconds ti
 // or a complete revision whose every file verifies (snapshot_download checks each hash).
 // Returns the revision's commit, or "" when the repo is not there.
 std::string read_published(const TempDir& tmp, const std::string& label) {
-  loftqd::daemon::MirrorOptions mo;
+  loftqd::mirror::MirrorOptions mo;
   mo.store = tmp / "store";
   mo.port = 0;
-  loftqd::daemon::Mirror m(mo);
+  loftqd::mirror::Mirror m(mo);
   m.start();
   loftqd::hub::ClientOptions co;
   co.endpoint = m.url();

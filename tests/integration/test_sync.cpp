@@ -5,9 +5,9 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
-#include "daemon/mirror.h"
 #include "hub/hub.h"
 #include "integration/upstream.h"
+#include "mirror/mirror.h"
 #include "model/synth.h"
 #include "storage/state.h"
 #include "support/test_util.h"

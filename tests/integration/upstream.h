@@ -9,8 +9,8 @@
 #include <string>
 #include <vector>
 
-#include "daemon/mirror.h"
 #include "hub/hub.h"
+#include "mirror/mirror.h"
 #include "model/synth.h"
 #include "support/test_util.h"
 
@@ -27,7 +27,7 @@ class Upstream {
   // `rate`: bytes per second per file body (0 = unthrottled).
   explicit Upstream(const std::filesystem::path& dir, uint64_t rate = 0,
                     model::SynthOptions so = small()) {
-    loftqd::daemon::MirrorOptions mo;
+    loftqd::mirror::MirrorOptions mo;
     mo.store = dir / "upstream-store";
     mo.port = 0;
     mo.write_token = kToken;
@@ -37,7 +37,7 @@ class Upstream {
       requests_.push_back({m, p, st});
     };
     store_ = mo.store;
-    mirror_ = std::make_unique<loftqd::daemon::Mirror>(mo);
+    mirror_ = std::make_unique<loftqd::mirror::Mirror>(mo);
     mirror_->start();
     src_ = dir / "src";
     model::synth_checkpoint(so, src_);
@@ -77,7 +77,7 @@ class Upstream {
   }
 
  private:
-  std::unique_ptr<loftqd::daemon::Mirror> mirror_;
+  std::unique_ptr<loftqd::mirror::Mirror> mirror_;
   std::filesystem::path src_, store_;
   std::string commit_;
   mutable std::mutex mu_;

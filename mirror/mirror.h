@@ -2,6 +2,9 @@
 // Hugging Face cache layout and, when a write token is configured, the write API (create repo,
 // preupload, LFS batch + upload + verify, NDJSON commit, branches). HF_ENDPOINT=<url> makes
 // stock Hub clients and `loftqd fetch` / `loftqd publish` talk to it.
+//
+// The implementation (library loftqd_mirror): server.cpp (lifecycle, routes, auth, errors),
+// read_api.cpp, write_api.cpp and lfs.cpp, sharing mirror/internal.h.
 #pragma once
 
 #include <cstdint>
@@ -13,7 +16,7 @@
 #include <string>
 #include <utility>
 
-namespace loftqd::daemon {
+namespace loftqd::mirror {
 
 // A request to one of MirrorOptions::extra_routes and the handler's answer.
 struct HttpExchange {
@@ -76,4 +79,4 @@ class Mirror {
   std::unique_ptr<Impl> impl_;
 };
 
-}  // namespace loftqd::daemon
+}  // namespace loftqd::mirror

@@ -1,0 +1,131 @@
+// Internal to loftqd_mirror: the server state (Mirror::Impl) and what its parts share. The
+// handlers are methods of Impl, defined by concern:
+//   server.cpp     lifecycle, route table and dispatch, extra routes, auth, error responses
+//   read_api.cpp   model info, tree, refs, resolve (GET/HEAD with ranges), paths-info, whoami
+//   write_api.cpp  repo create, branches, preupload, NDJSON commit
+//   lfs.cpp        LFS batch, basic and multipart upload, completion, verify
+#pragma once
+
+#include <httplib.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "mirror/mirror.h"
+#include "storage/store.h"
+
+namespace loftqd::mirror {
+
+inline constexpr const char* kJson = "application/json";
+
+// An error as the Hub sends it: X-Error-Code (when `code` is set), X-Error-Message and a JSON
+// body {"error": message}.
+void send_error(httplib::Response& res, int status, const std::string& code,
+                const std::string& message);
+void send_json(httplib::Response& res, const nlohmann::json& j, int status = 200);
+std::string quote_etag(const std::string& e);  // "\"" + e + "\""
+
+// A repo reference parsed out of a request path.
+struct Target {
+  std::string repo;
+  std::vector<std::string> rest;  // path segments after the repo id
+};
+
+// A revision resolved from the front of a path: its name, commit and the segments it used.
+struct Rev {
+  std::string name, commit;
+  size_t used = 0;
+};
+
+struct Mirror::Impl {
+  MirrorOptions opt;
+  storage::Store store;
+  httplib::Server svr;
+  std::string secret;  // signs LFS upload URLs (never the write token)
+  std::thread thread;
+  int port = -1;
+  std::mutex repos_mu;
+  std::map<std::string, std::unique_ptr<std::mutex>> repo_mu;
+
+  explicit Impl(MirrorOptions o);
+
+  // ---- shared (server.cpp) ----
+
+  // A revision name to a commit; "HEAD" is the default branch (main).
+  std::optional<std::string> resolve_name(const std::string& repo, const std::string& rev) const;
+  // Serializes the writes to one repo.
+  std::mutex& lock_for(const std::string& repo);
+  std::string base_url(const httplib::Request& req) const;  // http://{Host}
+  bool has_write_token(const httplib::Request& req) const;
+  // Write endpoints: 401 unless the write token is configured and presented.
+  bool require_write(const httplib::Request& req, httplib::Response& res) const;
+  // Splits "org/name/rest..." (or "name/rest...") into a repo id and the rest, knowing which
+  // keywords follow a repo id in the API.
+  Target parse_repo(const std::vector<std::string>& segs,
+                    const std::set<std::string>& keywords) const;
+  // Read access: 401 (anonymous) / 404 (with the token) RepoNotFound for a missing repo; private
+  // and gated repos need the token.
+  bool check_read(const httplib::Request& req, httplib::Response& res, const std::string& repo,
+                  storage::RepoMeta* meta_out = nullptr) const;
+  // Resolves the revision at the front of `segs` (one segment, or three for refs/pr/N and
+  // refs/convert/X; a branch with slashes is matched shortest-first).
+  std::optional<Rev> resolve_rev(const std::string& repo, const std::vector<std::string>& segs,
+                                 bool greedy_path) const;
+  void revision_not_found(httplib::Response& res, const std::string& repo,
+                          const std::string& rev) const;
+
+  // ---- dispatch (server.cpp) ----
+
+  void routes();
+  void on_get(const httplib::Request& req, httplib::Response& res);
+  void on_post(const httplib::Request& req, httplib::Response& res);
+  void on_put(const httplib::Request& req, httplib::Response& res,
+              const httplib::ContentReader& reader);
+  // Runs an extra route when one matches; true when it answered.
+  bool extra(const httplib::Request& req, httplib::Response& res);
+
+  // ---- read API (read_api.cpp) ----
+
+  void whoami(const httplib::Request& req, httplib::Response& res) const;
+  void repo_info(const httplib::Request& req, httplib::Response& res, const Target& t);
+  void tree(const httplib::Request& req, httplib::Response& res, const Target& t);
+  void refs(const httplib::Request& req, httplib::Response& res, const Target& t);
+  void resolve_file(const httplib::Request& req, httplib::Response& res, const Target& t);
+  void paths_info(const httplib::Request& req, httplib::Response& res, const Target& t);
+
+  // ---- write API (write_api.cpp) ----
+
+  void create_repo(const httplib::Request& req, httplib::Response& res);
+  void create_branch(const httplib::Request& req, httplib::Response& res, const Target& t);
+  void preupload(const httplib::Request& req, httplib::Response& res, const Target& t);
+  void commit(const httplib::Request& req, httplib::Response& res, const Target& t);
+  // Applies one NDJSON operation (file, lfsFile, deletedFile, deletedFolder) to `files` (path ->
+  // etag); answers the request and returns false when it is refused.
+  bool apply_commit_op(httplib::Response& res, const std::string& repo, const nlohmann::json& op,
+                       std::map<std::string, std::string>& files);
+
+  // ---- LFS (lfs.cpp) ----
+
+  std::string ticket(const std::string& repo, const std::string& oid, uint64_t size) const;
+  void lfs_batch(const httplib::Request& req, httplib::Response& res, const std::string& repo);
+  // Upload URLs carry a signed ticket instead of the token (like a presigned URL).
+  bool check_ticket(const httplib::Request& req, httplib::Response& res, const std::string& oid,
+                    std::string& repo, uint64_t& size) const;
+  void lfs_put(const httplib::Request& req, httplib::Response& res,
+               const httplib::ContentReader& reader, const std::vector<std::string>& segs);
+  void lfs_put_part(const httplib::Request& req, httplib::Response& res,
+                    const httplib::ContentReader& reader, const std::string& repo,
+                    const std::string& oid, uint64_t size, const std::string& part_segment);
+  void lfs_post(const httplib::Request& req, httplib::Response& res,
+                const std::vector<std::string>& segs);
+};
+
+}  // namespace loftqd::mirror

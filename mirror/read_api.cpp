@@ -1,0 +1,299 @@
+// The mirror's read API: whoami, model info, tree listing, refs, paths-info and file resolution
+// (GET and HEAD, byte ranges, an optional send-rate cap).
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <thread>
+
+#include "common/ids.h"
+#include "common/strings.h"
+#include "mirror/internal.h"
+
+namespace fs = std::filesystem;
+namespace st = loftqd::storage;
+using nlohmann::json;
+
+namespace loftqd::mirror {
+
+namespace {
+
+// The tree / paths-info entry of a file (with its LFS object when it has one).
+json file_entry(const st::FileEntry& f) {
+  json e = {{"type", "file"}, {"oid", f.git_oid()}, {"size", f.size}, {"path", f.path}};
+  if (f.lfs())
+    e["lfs"] = {
+        {"oid", f.etag}, {"size", f.size}, {"pointerSize", st::lfs_pointer(f.etag, f.size).size()}};
+  return e;
+}
+
+// The tree / paths-info entry of a folder; its oid is made up from the commit and the path.
+json dir_entry(const std::string& commit, const std::string& dir) {
+  return {{"type", "directory"},
+          {"oid", st::sha1_hex("tree " + commit + " " + dir)},
+          {"size", 0},
+          {"path", dir}};
+}
+
+// The entries of a tree listing under `prefix` (sorted by path): its files, and the folders on
+// the way (type "directory"); only the first level unless `recursive`. `found_prefix`: whether
+// `prefix` is a folder of the snapshot (always, when it is empty).
+std::map<std::string, json> tree_entries(const std::vector<st::FileEntry>& files,
+                                         const std::string& prefix, const std::string& commit,
+                                         bool recursive, bool& found_prefix) {
+  std::map<std::string, json> entries;
+  found_prefix = prefix.empty();
+  for (const auto& f : files) {
+    std::string rel;
+    if (prefix.empty()) {
+      rel = f.path;
+    } else if (f.path.rfind(prefix + "/", 0) == 0) {
+      rel = f.path.substr(prefix.size() + 1);
+      found_prefix = true;
+    } else {
+      continue;
+    }
+    auto parts = common::split(rel, '/');
+    std::string base = prefix;
+    for (size_t i = 0; i + 1 < parts.size(); ++i) {
+      std::string dir = base.empty() ? parts[i] : base + "/" + parts[i];
+      if (!entries.count(dir)) entries[dir] = dir_entry(commit, dir);
+      base = dir;
+      if (!recursive) break;
+    }
+    if (!recursive && parts.size() > 1) continue;
+    entries[f.path] = file_entry(f);
+  }
+  return entries;
+}
+
+// Sends `size` bytes of the open blob `fd` (closed when the response is done), honouring Range
+// (httplib slices the provider) and, with `rate` > 0, a send-rate cap.
+void send_blob(httplib::Response& res, int fd, uint64_t size, uint64_t rate) {
+  auto holder = std::make_shared<int>(fd);
+  res.set_content_provider(
+      size, "application/octet-stream",
+      [holder, rate](size_t offset, size_t length, httplib::DataSink& sink) {
+        // With a rate cap, send in chunks of about 1/20 s worth and sleep between them.
+        const size_t chunk = rate ? std::clamp<size_t>(rate / 20, 4096, 1 << 20) : (1 << 20);
+        std::vector<char> buf(std::min<size_t>(length, chunk));
+        const auto t0 = std::chrono::steady_clock::now();
+        uint64_t sent = 0;
+        while (length > 0) {
+          ssize_t n = ::pread(*holder, buf.data(), std::min(length, buf.size()),
+                              static_cast<off_t>(offset));
+          if (n <= 0) return false;
+          if (!sink.write(buf.data(), static_cast<size_t>(n))) return false;
+          offset += static_cast<size_t>(n);
+          length -= static_cast<size_t>(n);
+          sent += static_cast<uint64_t>(n);
+          if (rate)
+            std::this_thread::sleep_until(t0 + std::chrono::microseconds(sent * 1000000 / rate));
+        }
+        return true;
+      },
+      [holder](bool) { ::close(*holder); });
+}
+
+}  // namespace
+
+void Mirror::Impl::whoami(const httplib::Request& req, httplib::Response& res) const {
+  if (!has_write_token(req)) return send_error(res, 401, "", "Invalid credentials");
+  send_json(res, {{"type", "user"},
+                  {"name", "loftqd"},
+                  {"auth",
+                   {{"type", "access_token"},
+                    {"accessToken", {{"displayName", "mirror"}, {"role", "write"}}}}}});
+}
+
+void Mirror::Impl::repo_info(const httplib::Request& req, httplib::Response& res, const Target& t) {
+  st::RepoMeta meta;
+  if (!check_read(req, res, t.repo, &meta)) return;
+  std::string rev = "main";
+  if (!t.rest.empty()) {
+    if (t.rest[0] != "revision" || t.rest.size() < 2)
+      return send_error(res, 404, "", "Not found: " + req.path);
+    rev = common::join(t.rest, "/", 1, t.rest.size());
+  }
+  auto commit = resolve_name(t.repo, rev);
+  if (!commit) return revision_not_found(res, t.repo, rev);
+  auto files = store.list_snapshot(t.repo, *commit);
+  if (!files) return send_error(res, 500, "", files.error().message);
+  bool blobs = req.get_param_value("blobs") == "true" || req.get_param_value("blobs") == "1";
+  json siblings = json::array();
+  for (const auto& f : files.value()) {
+    json s = {{"rfilename", f.path}};
+    if (blobs) {
+      s["size"] = f.size;
+      s["blobId"] = f.git_oid();
+      if (f.lfs())
+        s["lfs"] = {{"sha256", f.etag},
+                    {"size", f.size},
+                    {"pointerSize", st::lfs_pointer(f.etag, f.size).size()}};
+    }
+    siblings.push_back(std::move(s));
+  }
+  auto slash = t.repo.find('/');
+  json j = {{"_id", t.repo},
+            {"id", t.repo},
+            {"modelId", t.repo},
+            {"author", slash == std::string::npos ? std::string() : t.repo.substr(0, slash)},
+            {"sha", *commit},
+            {"lastModified", meta.last_modified.empty() ? st::iso8601_now() : meta.last_modified},
+            {"createdAt", meta.created_at.empty() ? st::iso8601_now() : meta.created_at},
+            {"private", meta.is_private},
+            {"gated", meta.gated ? json("auto") : json(false)},
+            {"disabled", false},
+            {"downloads", 0},
+            {"likes", 0},
+            {"tags", json::array()},
+            {"library_name", "peft"},
+            {"siblings", std::move(siblings)}};
+  send_json(res, j);
+}
+
+void Mirror::Impl::tree(const httplib::Request& req, httplib::Response& res, const Target& t) {
+  if (!check_read(req, res, t.repo)) return;
+  // rest = tree / {rev...} / {path...}
+  std::vector<std::string> segs(t.rest.begin() + 1, t.rest.end());
+  if (segs.empty()) return send_error(res, 404, "", "Not found: " + req.path);
+  auto rev = resolve_rev(t.repo, segs, true);
+  if (!rev) return revision_not_found(res, t.repo, segs[0]);
+  std::string prefix = common::join(segs, "/", rev->used, segs.size());
+  bool recursive =
+      req.get_param_value("recursive") == "true" || req.get_param_value("recursive") == "1";
+  auto files = store.list_snapshot(t.repo, rev->commit);
+  if (!files) return send_error(res, 500, "", files.error().message);
+  bool found_prefix = false;
+  auto entries = tree_entries(files.value(), prefix, rev->commit, recursive, found_prefix);
+  if (!found_prefix)
+    return send_error(res, 404, "EntryNotFound",
+                      "Path " + prefix + " not found in " + t.repo + " at " + rev->name);
+  size_t limit = opt.tree_page_size;
+  if (req.has_param("limit")) {
+    try {
+      limit = std::clamp<size_t>(std::stoul(req.get_param_value("limit")), 1, 10000);
+    } catch (const std::exception&) {
+    }
+  }
+  size_t cursor = 0;
+  if (req.has_param("cursor")) {
+    auto dec = st::base64_decode(req.get_param_value("cursor"));
+    try {
+      cursor = dec ? std::stoul(*dec) : 0;
+    } catch (const std::exception&) {
+      return send_error(res, 400, "", "invalid cursor");
+    }
+  }
+  json page = json::array();
+  size_t i = 0;
+  for (auto& [path, e] : entries) {
+    if (i >= cursor && i < cursor + limit) page.push_back(e);
+    ++i;
+  }
+  if (cursor + limit < entries.size()) {
+    std::string next = base_url(req) + "/api/models/" + t.repo + "/tree/" +
+                       common::escape_segment(rev->name) +
+                       (prefix.empty() ? "" : "/" + common::escape_path(prefix)) +
+                       "?cursor=" + st::base64_encode(std::to_string(cursor + limit)) +
+                       "&limit=" + std::to_string(limit) + (recursive ? "&recursive=true" : "");
+    res.set_header("Link", "<" + next + ">; rel=\"next\"");
+  }
+  send_json(res, page);
+}
+
+void Mirror::Impl::refs(const httplib::Request& req, httplib::Response& res, const Target& t) {
+  if (!check_read(req, res, t.repo)) return;
+  json branches = json::array();
+  for (const auto& r : store.list_refs(t.repo)) {
+    if (r.rfind("refs/", 0) == 0) continue;
+    auto c = store.read_ref(t.repo, r);
+    if (c) branches.push_back({{"name", r}, {"ref", "refs/heads/" + r}, {"targetCommit", *c}});
+  }
+  send_json(res, {{"branches", branches}, {"tags", json::array()}, {"converts", json::array()}});
+}
+
+void Mirror::Impl::resolve_file(const httplib::Request& req, httplib::Response& res,
+                                const Target& t) {
+  if (!check_read(req, res, t.repo)) return;
+  std::vector<std::string> segs(t.rest.begin() + 1, t.rest.end());
+  if (segs.size() < 2) return send_error(res, 404, "EntryNotFound", "no file in " + req.path);
+  // Try revisions shortest-first, leaving at least one segment for the file path.
+  std::optional<Rev> rev;
+  for (size_t n = 1; n < segs.size(); ++n) {
+    std::string name = common::join(segs, "/", 0, n);
+    if (auto c = resolve_name(t.repo, name)) {
+      rev = Rev{name, *c, n};
+      break;
+    }
+  }
+  if (!rev) return revision_not_found(res, t.repo, segs[0]);
+  std::string path = common::join(segs, "/", rev->used, segs.size());
+  if (auto p = common::path_problem(path)) return send_error(res, 400, "", "invalid path: " + *p);
+  auto link = store.snapshot_dir(t.repo, rev->commit) / path;
+  std::error_code ec;
+  auto target = fs::read_symlink(link, ec);
+  std::string etag = ec ? "" : target.filename().string();
+  if (ec || (!common::is_sha1_hex(etag) && !common::is_sha256_hex(etag)) ||
+      !store.has_blob(t.repo, etag))
+    return send_error(res, 404, "EntryNotFound",
+                      path + " does not exist on \"" + rev->name + "\" of " + t.repo);
+  auto blob = store.blob_path(t.repo, etag);
+  uint64_t size = fs::file_size(blob, ec);
+  if (ec) return send_error(res, 500, "", "cannot stat blob");
+  res.set_header("ETag", quote_etag(etag));
+  res.set_header("X-Repo-Commit", rev->commit);
+  res.set_header("Accept-Ranges", "bytes");
+  if (etag.size() == 64) {
+    res.set_header("X-Linked-Etag", quote_etag(etag));
+    res.set_header("X-Linked-Size", std::to_string(size));
+  }
+  res.set_header("Content-Disposition",
+                 "inline; filename=\"" + fs::path(path).filename().string() + "\"");
+  if (size == 0) {
+    res.set_content("", "application/octet-stream");
+    return;
+  }
+  int fd = ::open(blob.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return send_error(res, 500, "", "cannot open blob");
+  send_blob(res, fd, size, opt.max_bytes_per_s);
+}
+
+// POST /api/models/{repo}/paths-info/{rev} {paths:[...]}: the entries that exist.
+void Mirror::Impl::paths_info(const httplib::Request& req, httplib::Response& res,
+                              const Target& t) {
+  if (!check_read(req, res, t.repo)) return;
+  std::string rev = common::join(t.rest, "/", 1, t.rest.size());
+  auto commit = resolve_name(t.repo, rev);
+  if (!commit) return revision_not_found(res, t.repo, rev);
+  std::vector<std::string> wanted;
+  try {
+    if (req.get_header_value("Content-Type").find("json") != std::string::npos) {
+      auto j = json::parse(req.body);
+      for (const auto& p : j.value("paths", json::array())) wanted.push_back(p.get<std::string>());
+    } else {
+      for (auto it = req.params.find("paths"); it != req.params.end() && it->first == "paths"; ++it)
+        wanted.push_back(it->second);
+    }
+  } catch (const std::exception&) {
+    return send_error(res, 400, "", "invalid body");
+  }
+  auto files = store.list_snapshot(t.repo, *commit);
+  if (!files) return send_error(res, 500, "", files.error().message);
+  json out = json::array();
+  for (const auto& w : wanted) {
+    bool dir = false;
+    for (const auto& f : files.value()) {
+      if (f.path == w) {
+        out.push_back(file_entry(f));
+      } else if (!dir && f.path.rfind(w + "/", 0) == 0) {
+        dir = true;
+      }
+    }
+    if (dir) out.push_back(dir_entry(*commit, w));
+  }
+  send_json(res, out);
+}
+
+}  // namespace loftqd::mirror

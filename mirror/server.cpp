@@ -1,0 +1,324 @@
+// The mirror's lifecycle (bind, serve, stop), its route table and dispatch, the extra routes,
+// authentication and the checks and error answers every handler shares.
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+#include <limits>
+#include <stdexcept>
+
+#include "common/ids.h"
+#include "common/strings.h"
+#include "mirror/internal.h"
+
+namespace fs = std::filesystem;
+namespace st = loftqd::storage;
+using nlohmann::json;
+
+namespace loftqd::mirror {
+
+namespace {
+
+std::string bearer_of(const httplib::Request& req) {
+  std::string h = req.get_header_value("Authorization");
+  if (h.rfind("Bearer ", 0) == 0) return h.substr(7);
+  if (h.rfind("Basic ", 0) == 0) {  // git-lfs style: user:token
+    auto dec = st::base64_decode(h.substr(6));
+    if (dec) {
+      auto colon = dec->find(':');
+      if (colon != std::string::npos) return dec->substr(colon + 1);
+    }
+  }
+  return {};
+}
+
+}  // namespace
+
+void send_error(httplib::Response& res, int status, const std::string& code,
+                const std::string& message) {
+  res.status = status;
+  if (!code.empty()) res.set_header("X-Error-Code", code);
+  res.set_header("X-Error-Message", message);
+  res.set_content(json{{"error", message}}.dump(), kJson);
+}
+
+void send_json(httplib::Response& res, const json& j, int status) {
+  res.status = status;
+  res.set_content(j.dump(), kJson);
+}
+
+std::string quote_etag(const std::string& e) {
+  return "\"" + e + "\"";
+}
+
+Mirror::Impl::Impl(MirrorOptions o)
+    : opt(std::move(o)), store(opt.store), secret(common::random_hex(64)) {
+  int threads = std::max(1, opt.threads);
+  svr.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  svr.set_keep_alive_max_count(1000);
+  svr.set_keep_alive_timeout(opt.keep_alive_timeout_s);
+  svr.set_read_timeout(60);
+  svr.set_write_timeout(60);
+  svr.set_payload_max_length(std::numeric_limits<size_t>::max());
+  routes();
+}
+
+// ---- shared checks ----
+
+std::optional<std::string> Mirror::Impl::resolve_name(const std::string& repo,
+                                                      const std::string& rev) const {
+  return store.resolve(repo, rev == "HEAD" ? std::string("main") : rev);
+}
+
+std::mutex& Mirror::Impl::lock_for(const std::string& repo) {
+  std::lock_guard<std::mutex> g(repos_mu);
+  auto& m = repo_mu[repo];
+  if (!m) m = std::make_unique<std::mutex>();
+  return *m;
+}
+
+std::string Mirror::Impl::base_url(const httplib::Request& req) const {
+  std::string host = req.get_header_value("Host");
+  if (host.empty()) host = opt.host + ":" + std::to_string(port);
+  return "http://" + host;
+}
+
+bool Mirror::Impl::has_write_token(const httplib::Request& req) const {
+  if (!opt.write_token) return false;
+  std::string b = bearer_of(req);
+  return !b.empty() && st::secure_equal(b, *opt.write_token);
+}
+
+bool Mirror::Impl::require_write(const httplib::Request& req, httplib::Response& res) const {
+  if (has_write_token(req)) return true;
+  send_error(res, 401, "",
+             opt.write_token ? "Invalid or missing credentials in the Authorization header"
+                             : "This mirror is read-only (no write token configured)");
+  return false;
+}
+
+Target Mirror::Impl::parse_repo(const std::vector<std::string>& segs,
+                                const std::set<std::string>& keywords) const {
+  Target t;
+  if (segs.empty()) return t;
+  bool one = segs.size() == 1 ||
+             (keywords.count(segs[1]) && !(segs.size() >= 3 && keywords.count(segs[2])) &&
+              !store.has_repo(segs[0] + "/" + segs[1]));
+  if (one) {
+    t.repo = segs[0];
+    t.rest.assign(segs.begin() + 1, segs.end());
+  } else {
+    t.repo = segs[0] + "/" + segs[1];
+    t.rest.assign(segs.begin() + 2, segs.end());
+  }
+  return t;
+}
+
+bool Mirror::Impl::check_read(const httplib::Request& req, httplib::Response& res,
+                              const std::string& repo, st::RepoMeta* meta_out) const {
+  bool authed = has_write_token(req);
+  if (common::repo_id_problem(repo) || !store.has_repo(repo) ||
+      (!store.read_ref(repo, "main").has_value() && store.list_refs(repo).empty())) {
+    send_error(res, authed ? 404 : 401, "RepoNotFound",
+               "Repository Not Found for url: " + req.path +
+                   ". Please make sure you specified the correct `repo_id` and `repo_type`." +
+                   (authed ? ""
+                           : " If you are trying to access a private or gated repo, make "
+                             "sure you are authenticated."));
+    return false;
+  }
+  auto meta = store.read_meta(repo).value_or(st::RepoMeta{});
+  if (meta.is_private && !authed) {
+    send_error(res, 401, "RepoNotFound",
+               "Repository Not Found for url: " + req.path +
+                   ". If you are trying to access a private or gated repo, make sure you are "
+                   "authenticated.");
+    return false;
+  }
+  if (meta.gated && !authed) {
+    send_error(res, 401, "GatedRepo",
+               "Access to model " + repo +
+                   " is restricted. You must have access to it and be "
+                   "authenticated to access it.");
+    return false;
+  }
+  if (meta_out) *meta_out = meta;
+  return true;
+}
+
+std::optional<Rev> Mirror::Impl::resolve_rev(const std::string& repo,
+                                             const std::vector<std::string>& segs,
+                                             bool greedy_path) const {
+  for (size_t n = 1; n <= segs.size(); ++n) {
+    std::string name = common::join(segs, "/", 0, n);
+    if (auto c = resolve_name(repo, name)) return Rev{name, *c, n};
+    if (!greedy_path) continue;
+  }
+  return std::nullopt;
+}
+
+void Mirror::Impl::revision_not_found(httplib::Response& res, const std::string& repo,
+                                      const std::string& rev) const {
+  send_error(res, 404, "RevisionNotFound", "Invalid rev id: " + rev + " (repo " + repo + ")");
+}
+
+// ---- dispatch ----
+
+void Mirror::Impl::on_get(const httplib::Request& req, httplib::Response& res) {
+  auto segs = common::split(std::string_view(req.path).substr(1), '/');
+  if (req.path == "/api/whoami-v2") return whoami(req, res);
+  if (segs.size() >= 3 && segs[0] == "api" && segs[1] == "models") {
+    std::vector<std::string> rest(segs.begin() + 2, segs.end());
+    auto t = parse_repo(rest, {"revision", "tree", "refs"});
+    if (t.rest.empty() || t.rest[0] == "revision") return repo_info(req, res, t);
+    if (t.rest[0] == "tree") return tree(req, res, t);
+    if (t.rest[0] == "refs") return refs(req, res, t);
+    return send_error(res, 404, "", "Not found: " + req.path);
+  }
+  auto t = parse_repo(segs, {"resolve"});
+  if (!t.rest.empty() && t.rest[0] == "resolve") return resolve_file(req, res, t);
+  send_error(res, 404, "", "Not found: " + req.path);
+}
+
+void Mirror::Impl::on_post(const httplib::Request& req, httplib::Response& res) {
+  auto segs = common::split(std::string_view(req.path).substr(1), '/');
+  if (req.path == "/api/repos/create") return create_repo(req, res);
+  if (segs.size() == 5 && segs[0] == "api" && segs[1] == "loftqd" && segs[2] == "lfs")
+    return lfs_post(req, res, segs);
+  if (segs.size() >= 3 && segs[0] == "api" && segs[1] == "models") {
+    std::vector<std::string> rest(segs.begin() + 2, segs.end());
+    auto t = parse_repo(rest, {"preupload", "commit", "branch", "paths-info"});
+    if (t.rest.size() >= 2 && t.rest[0] == "paths-info") return paths_info(req, res, t);
+    if (t.rest.size() >= 2 && t.rest[0] == "preupload") return preupload(req, res, t);
+    if (t.rest.size() >= 2 && t.rest[0] == "commit") return commit(req, res, t);
+    if (t.rest.size() >= 2 && t.rest[0] == "branch") return create_branch(req, res, t);
+  }
+  const std::string suffix = ".git/info/lfs/objects/batch";
+  if (req.path.size() > suffix.size() + 1 && req.path.ends_with(suffix))
+    return lfs_batch(req, res, req.path.substr(1, req.path.size() - suffix.size() - 1));
+  if (!require_write(req, res)) return;
+  send_error(res, 404, "", "Not found: " + req.path);
+}
+
+void Mirror::Impl::on_put(const httplib::Request& req, httplib::Response& res,
+                          const httplib::ContentReader& reader) {
+  auto segs = common::split(std::string_view(req.path).substr(1), '/');
+  if (segs.size() >= 4 && segs[0] == "api" && segs[1] == "loftqd" && segs[2] == "lfs")
+    return lfs_put(req, res, reader, segs);
+  if (!require_write(req, res)) return;
+  send_error(res, 404, "", "Not found: " + req.path);
+}
+
+bool Mirror::Impl::extra(const httplib::Request& req, httplib::Response& res) {
+  auto it = opt.extra_routes.find(req.method + " " + req.path);
+  if (it == opt.extra_routes.end()) return false;
+  HttpExchange ex;
+  ex.method = req.method;
+  ex.path = req.path;
+  ex.body = req.body;
+  for (const auto& [k, v] : req.headers) ex.headers[common::lower(k)] = v;
+  it->second(ex);
+  res.status = ex.status;
+  res.set_content(ex.reply, ex.content_type);
+  return true;
+}
+
+void Mirror::Impl::routes() {
+  auto guard = [this](auto&& fn) {
+    return [this, fn](const httplib::Request& req, httplib::Response& res) {
+      try {
+        if (extra(req, res)) return;
+        fn(req, res);
+      } catch (const std::exception& e) {
+        send_error(res, 400, "", e.what());
+      }
+    };
+  };
+  svr.Get(".*", guard([this](const auto& req, auto& res) { on_get(req, res); }));
+  svr.Post(".*", guard([this](const auto& req, auto& res) { on_post(req, res); }));
+  svr.Put(".*", [this](const httplib::Request& req, httplib::Response& res,
+                       const httplib::ContentReader& reader) {
+    try {
+      on_put(req, res, reader);
+    } catch (const std::exception& e) {
+      send_error(res, 400, "", e.what());
+    }
+  });
+  svr.Delete(".*", [this](const httplib::Request& req, httplib::Response& res) {
+    if (!require_write(req, res)) return;
+    send_error(res, 405, "", "not supported by this mirror");
+  });
+  svr.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
+    if (opt.on_request) opt.on_request(req.method, req.path, res.status);
+    spdlog::debug("mirror: {} {} -> {}", req.method, req.path, res.status);
+  });
+}
+
+// ---- public API ----
+
+std::pair<std::string, int> parse_listen(const std::string& s) {
+  auto colon = s.rfind(':');
+  if (colon == std::string::npos || colon == 0)
+    throw std::invalid_argument("--listen must be HOST:PORT (got '" + s + "')");
+  std::string host = s.substr(0, colon);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
+  int port = 0;
+  try {
+    size_t idx = 0;
+    port = std::stoi(s.substr(colon + 1), &idx);
+    if (idx != s.size() - colon - 1) throw std::invalid_argument("port");
+  } catch (const std::exception&) {
+    throw std::invalid_argument("--listen: bad port in '" + s + "'");
+  }
+  if (port < 0 || port > 65535) throw std::invalid_argument("--listen: port out of range");
+  return {host, port};
+}
+
+Mirror::Mirror(MirrorOptions opt) : impl_(std::make_unique<Impl>(std::move(opt))) {}
+
+Mirror::~Mirror() {
+  stop();
+}
+
+int Mirror::bind() {
+  auto& i = *impl_;
+  std::error_code ec;
+  fs::create_directories(i.opt.store, ec);
+  if (i.opt.port == 0) {
+    i.port = i.svr.bind_to_any_port(i.opt.host);
+  } else {
+    i.port = i.svr.bind_to_port(i.opt.host, i.opt.port) ? i.opt.port : -1;
+  }
+  if (i.port < 0)
+    throw std::runtime_error("mirror: cannot listen on " + i.opt.host + ":" +
+                             std::to_string(i.opt.port));
+  return i.port;
+}
+
+void Mirror::serve() {
+  impl_->svr.listen_after_bind();
+}
+
+int Mirror::start() {
+  int p = bind();
+  impl_->thread = std::thread([this] { serve(); });
+  while (!impl_->svr.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  return p;
+}
+
+void Mirror::stop() {
+  if (!impl_) return;
+  impl_->svr.stop();
+  if (impl_->thread.joinable()) impl_->thread.join();
+}
+
+int Mirror::port() const {
+  return impl_->port;
+}
+
+std::string Mirror::url() const {
+  return "http://" + impl_->opt.host + ":" + std::to_string(impl_->port);
+}
+
+}  // namespace loftqd::mirror

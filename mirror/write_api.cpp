@@ -1,0 +1,257 @@
+// The mirror's write API (write token only): repo creation, branches, preupload (LFS or
+// regular) and the NDJSON commit.
+#include <spdlog/spdlog.h>
+
+#include <sstream>
+
+#include "common/ids.h"
+#include "common/strings.h"
+#include "mirror/internal.h"
+
+namespace fs = std::filesystem;
+namespace st = loftqd::storage;
+using nlohmann::json;
+
+namespace loftqd::mirror {
+
+namespace {
+
+// Files the Hub's default .gitattributes sends to LFS; anything at least 10 MiB or with a NUL
+// byte in its first 512 bytes goes there too.
+bool lfs_by_name(std::string_view path) {
+  static const char* kExt[] = {
+      ".7z",          ".arrow",   ".bin",     ".bz2",    ".ckpt",    ".ftz", ".gguf", ".gz",
+      ".h5",          ".joblib",  ".mlmodel", ".model",  ".msgpack", ".npy", ".npz",  ".onnx",
+      ".ot",          ".parquet", ".pb",      ".pickle", ".pkl",     ".pt",  ".pth",  ".rar",
+      ".safetensors", ".tar",     ".tflite",  ".tgz",    ".wasm",    ".xz",  ".zip",  ".zst"};
+  for (const char* e : kExt)
+    if (path.ends_with(e)) return true;
+  return false;
+}
+
+// send_error(), then false: for the steps that answer a refused request.
+bool refuse(httplib::Response& res, int status, const std::string& code,
+            const std::string& message) {
+  send_error(res, status, code, message);
+  return false;
+}
+
+// An NDJSON commit payload: the "header" line's value, and the operation lines in order.
+bool parse_ndjson(const std::string& body, json& header, std::vector<json>& ops) {
+  std::istringstream in(body);
+  std::string line;
+  try {
+    while (std::getline(in, line)) {
+      if (line.empty() || line == "\r") continue;
+      json j = json::parse(line);
+      std::string key = j.value("key", "");
+      if (key == "header")
+        header = j.value("value", json::object());
+      else
+        ops.push_back(std::move(j));
+    }
+  } catch (const std::exception&) {
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+void Mirror::Impl::create_repo(const httplib::Request& req, httplib::Response& res) {
+  if (!require_write(req, res)) return;
+  json body;
+  try {
+    body = json::parse(req.body);
+  } catch (const std::exception&) {
+    return send_error(res, 400, "", "invalid JSON body");
+  }
+  std::string name = body.value("name", "");
+  std::string org = body.contains("organization") && body["organization"].is_string()
+                        ? body["organization"].get<std::string>()
+                        : "";
+  std::string type =
+      body.contains("type") && body["type"].is_string() ? body["type"].get<std::string>() : "model";
+  if (type != "model") return send_error(res, 400, "", "this mirror serves model repos only");
+  std::string repo = org.empty() || name.find('/') != std::string::npos ? name : org + "/" + name;
+  if (auto p = common::repo_id_problem(repo))
+    return send_error(res, 400, "", "invalid repo id '" + repo + "': " + *p);
+  std::lock_guard<std::mutex> g(lock_for(repo));
+  std::string url = base_url(req) + "/" + repo;
+  if (store.read_ref(repo, "main"))
+    return send_json(res, {{"error", "You already created this model repo"}, {"url", url}}, 409);
+  st::RepoMeta meta;
+  meta.is_private = body.value("private", false) ||
+                    (body.contains("visibility") && body["visibility"] == "private");
+  meta.created_at = meta.last_modified = st::iso8601_now();
+  // Optional initial files (base64), as the Hub accepts them on creation.
+  std::map<std::string, std::string> files;
+  for (const auto& f : body.value("files", json::array())) {
+    std::string path = f.value("path", "");
+    if (auto p = common::path_problem(path))
+      return send_error(res, 400, "", "invalid path '" + path + "': " + *p);
+    auto data = st::base64_decode(f.value("content", ""));
+    if (!data) return send_error(res, 400, "", "bad content for '" + path + "'");
+    std::string oid = st::git_blob_sha1(*data);
+    auto w = store.put_blob(repo, *data, st::Digest::git(oid, data->size()));
+    if (!w) return send_error(res, 500, "", w.error().message);
+    files[path] = oid;
+  }
+  auto w = store.write_meta(repo, meta);
+  if (!w) return send_error(res, 500, "", w.error().message);
+  auto c = store.commit_snapshot(repo, "main", files, std::nullopt);
+  if (!c) return send_error(res, 500, "", c.error().message);
+  spdlog::info("mirror: created repo {}", repo);
+  send_json(res, {{"url", url}, {"name", repo}, {"id", repo}});
+}
+
+void Mirror::Impl::create_branch(const httplib::Request& req, httplib::Response& res,
+                                 const Target& t) {
+  if (!require_write(req, res)) return;
+  if (!check_read(req, res, t.repo)) return;
+  std::string branch = common::join(t.rest, "/", 1, t.rest.size());
+  if (auto p = common::revision_problem(branch))
+    return send_error(res, 400, "", "invalid branch name: " + *p);
+  json body = json::object();
+  if (!req.body.empty()) {
+    try {
+      body = json::parse(req.body);
+    } catch (const std::exception&) {
+      return send_error(res, 400, "", "invalid JSON body");
+    }
+  }
+  std::lock_guard<std::mutex> g(lock_for(t.repo));
+  if (store.read_ref(t.repo, branch))
+    return send_error(res, 409, "", "Reference already exists: " + branch);
+  std::optional<std::string> start;
+  if (body.contains("startingPoint") && body["startingPoint"].is_string()) {
+    start = resolve_name(t.repo, body["startingPoint"].get<std::string>());
+    if (!start) return revision_not_found(res, t.repo, body["startingPoint"]);
+  } else if (body.value("emptyBranch", false)) {
+    auto c = store.commit_snapshot(t.repo, branch, {}, std::nullopt);
+    if (!c) return send_error(res, 500, "", c.error().message);
+    return send_json(res, json::object());
+  } else {
+    start = resolve_name(t.repo, "main");
+  }
+  if (!start) return revision_not_found(res, t.repo, "main");
+  auto w = store.write_ref(t.repo, branch, *start);
+  if (!w) return send_error(res, 500, "", w.error().message);
+  send_json(res, json::object());
+}
+
+void Mirror::Impl::preupload(const httplib::Request& req, httplib::Response& res, const Target& t) {
+  if (!require_write(req, res)) return;
+  if (!check_read(req, res, t.repo)) return;
+  std::string rev = common::join(t.rest, "/", 1, t.rest.size());
+  auto head = resolve_name(t.repo, rev);
+  json body;
+  try {
+    body = json::parse(req.body);
+  } catch (const std::exception&) {
+    return send_error(res, 400, "", "invalid JSON body");
+  }
+  std::map<std::string, st::FileEntry> existing;
+  if (head) {
+    auto files = store.list_snapshot(t.repo, *head);
+    if (files)
+      for (auto& f : files.value()) existing[f.path] = f;
+  }
+  json out = json::array();
+  for (const auto& f : body.value("files", json::array())) {
+    std::string path = f.value("path", "");
+    if (auto p = common::path_problem(path))
+      return send_error(res, 400, "", "invalid path '" + path + "': " + *p);
+    uint64_t size = f.value("size", uint64_t{0});
+    auto sample = st::base64_decode(f.value("sample", "")).value_or("");
+    bool lfs =
+        lfs_by_name(path) || size >= (uint64_t{10} << 20) || sample.find('\0') != std::string::npos;
+    json e = {{"path", path}, {"uploadMode", lfs ? "lfs" : "regular"}, {"shouldIgnore", false}};
+    if (auto it = existing.find(path); it != existing.end()) e["oid"] = it->second.git_oid();
+    out.push_back(std::move(e));
+  }
+  send_json(res, {{"files", out}, {"commitOid", head.value_or("")}});
+}
+
+bool Mirror::Impl::apply_commit_op(httplib::Response& res, const std::string& repo, const json& op,
+                                   std::map<std::string, std::string>& files) {
+  std::string key = op.value("key", "");
+  json v = op.value("value", json::object());
+  std::string path = v.value("path", "");
+  if (auto p = common::path_problem(path))
+    return refuse(res, 400, "", "invalid path '" + path + "': " + *p);
+  if (key == "file") {
+    std::string enc = v.value("encoding", "base64");
+    std::optional<std::string> data;
+    if (enc == "base64")
+      data = st::base64_decode(v.value("content", ""));
+    else if (enc == "utf-8" || enc == "utf8")
+      data = v.value("content", "");
+    if (!data) return refuse(res, 400, "", "bad content for '" + path + "'");
+    std::string oid = st::git_blob_sha1(*data);
+    auto w = store.put_blob(repo, *data, st::Digest::git(oid, data->size()));
+    if (!w) return refuse(res, 500, "", w.error().message);
+    files[path] = oid;
+  } else if (key == "lfsFile") {
+    std::string oid = v.value("oid", "");
+    uint64_t size = v.value("size", uint64_t{0});
+    std::error_code ec;
+    if (!common::is_sha256_hex(oid) || !store.has_blob(repo, oid) ||
+        fs::file_size(store.blob_path(repo, oid), ec) != size)
+      return refuse(res, 422, "",
+                    "Your push was rejected because an LFS pointer (" + path +
+                        ") pointed to a file that does not exist");
+    files[path] = oid;
+  } else if (key == "deletedFile") {
+    if (!files.erase(path))
+      return refuse(res, 404, "EntryNotFound", "cannot delete " + path + ": no such file");
+  } else if (key == "deletedFolder") {
+    std::string pre = path.ends_with("/") ? path : path + "/";
+    for (auto it = files.begin(); it != files.end();)
+      it = it->first.rfind(pre, 0) == 0 ? files.erase(it) : std::next(it);
+  } else {
+    return refuse(res, 400, "", "unsupported commit operation '" + key + "'");
+  }
+  return true;
+}
+
+void Mirror::Impl::commit(const httplib::Request& req, httplib::Response& res, const Target& t) {
+  if (!require_write(req, res)) return;
+  if (!check_read(req, res, t.repo)) return;
+  std::string branch = common::join(t.rest, "/", 1, t.rest.size());
+  if (req.has_param("create_pr") && req.get_param_value("create_pr") != "0" &&
+      req.get_param_value("create_pr") != "false")
+    return send_error(res, 400, "", "pull requests are not supported by this mirror");
+  json header;
+  std::vector<json> ops;
+  if (!parse_ndjson(req.body, header, ops))
+    return send_error(res, 400, "", "invalid NDJSON commit payload");
+  if (header.is_null()) return send_error(res, 400, "", "commit payload has no header line");
+  std::lock_guard<std::mutex> g(lock_for(t.repo));
+  auto head = store.read_ref(t.repo, branch);
+  if (!head) return revision_not_found(res, t.repo, branch);
+  if (header.contains("parentCommit") && header["parentCommit"].is_string() &&
+      header["parentCommit"].get<std::string>() != *head)
+    return send_error(res, 412, "", "A commit has happened since. Please refresh and try again.");
+  std::map<std::string, std::string> files;
+  auto listed = store.list_snapshot(t.repo, *head);
+  if (!listed) return send_error(res, 500, "", listed.error().message);
+  for (auto& f : listed.value()) files[f.path] = f.etag;
+  for (const auto& op : ops)
+    if (!apply_commit_op(res, t.repo, op, files)) return;
+  auto c = store.commit_snapshot(t.repo, branch, files, *head);
+  if (!c) return send_error(res, 500, "", c.error().message);
+  auto meta = store.read_meta(t.repo).value_or(st::RepoMeta{});
+  meta.last_modified = st::iso8601_now();
+  if (meta.created_at.empty()) meta.created_at = meta.last_modified;
+  (void)store.write_meta(t.repo, meta);
+  spdlog::info("mirror: commit {} on {}@{} ({} operations)", c.value(), t.repo, branch, ops.size());
+  send_json(res, {{"success", true},
+                  {"commitOid", c.value()},
+                  {"commitUrl", base_url(req) + "/" + t.repo + "/commit/" + c.value()},
+                  {"commitMessage", header.value("summary", "")},
+                  {"hookOutput", ""},
+                  {"pullRequestUrl", nullptr}});
+}
+
+}  // namespace loftqd::mirror

@@ -1,0 +1,57 @@
+// mirror/lfs.cpp: multipart LFS uploads in parts through the hub client, onto a new branch.
+// (The presigned basic upload and its rejection of wrong bytes: test_write_api.cpp.)
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include <atomic>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "hub/hub.h"
+#include "mirror/mirror.h"
+#include "mirror_fixture.h"
+#include "support/test_util.h"
+
+namespace fs = std::filesystem;
+using loftqd::testing::random_bytes;
+using loftqd::testing::slurp;
+using loftqd::testing::spit;
+namespace hub = loftqd::hub;
+using loftqd::mirror::MirrorOptions;
+using mirror_test::MirrorWrite;
+
+TEST_F(MirrorWrite, MultipartUploadsAndBranches) {
+  MirrorOptions o;
+  o.multipart_threshold = 100000;
+  o.multipart_chunk = 40000;
+  auto parts = std::make_shared<std::atomic<int>>(0);
+  o.on_request = [parts](const std::string& method, const std::string& path, int status) {
+    if (method == "PUT" && path.find("/part/") != std::string::npos && status == 200) ++*parts;
+  };
+  start(o);
+  fs::path dir = tmp / "layout";
+  fs::create_directories(dir);
+  spit(dir / "big.safetensors", random_bytes(250001, 9));
+  spit(dir / "config.json", "{}\n");
+  hub::Client c(client_opts());
+  hub::PublishRequest pr;
+  pr.dir = dir;
+  pr.repo = "org/big";
+  pr.branch = "dev";
+  auto pub = c.upload_folder(pr);
+  ASSERT_TRUE(pub.ok()) << pub.error().message;
+  EXPECT_EQ(parts->load(), 7);  // 250001 bytes in parts of 40000
+  auto main_info = c.repo_info("org/big", "main");
+  ASSERT_TRUE(main_info.ok());
+  EXPECT_TRUE(main_info.value().siblings.empty());  // the branch was created from main
+  hub::SnapshotRequest sr;
+  sr.repo = "org/big";
+  sr.revision = "dev";
+  sr.local_dir = tmp / "back";
+  auto got = c.snapshot_download(sr);
+  ASSERT_TRUE(got.ok()) << got.error().message;
+  EXPECT_EQ(slurp(tmp / "back/big.safetensors"), slurp(dir / "big.safetensors"));
+  for (auto& e : fs::directory_iterator(store.repo_dir("org/big") / "blobs"))
+    EXPECT_EQ(e.path().filename().string().find(".multipart"), std::string::npos);
+}

@@ -1,0 +1,150 @@
+// mirror/read_api.cpp through a plain httplib::Client: model info (with and without blobs), the
+// Hub's error codes, the paginated tree, resolve with HEAD, ETag and ranges.
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "mirror/mirror.h"
+#include "mirror_fixture.h"
+#include "storage/store.h"
+#include "support/test_util.h"
+
+using loftqd::testing::slurp;
+using nlohmann::json;
+namespace st = loftqd::storage;
+using loftqd::mirror::MirrorOptions;
+using mirror_test::bearer;
+using mirror_test::MirrorRead;
+
+TEST_F(MirrorRead, RepoInfoWithAndWithoutBlobs) {
+  seed();
+  start();
+  auto cli = http();
+  for (std::string path :
+       std::vector<std::string>{"/api/models/org/m", "/api/models/org/m/revision/main",
+                                "/api/models/org/m/revision/" + commit}) {
+    auto r = cli.Get(path);
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->status, 200) << path << r->body;
+    auto j = json::parse(r->body);
+    EXPECT_EQ(j["id"], "org/m");
+    EXPECT_EQ(j["sha"], commit);
+    EXPECT_EQ(j["private"], false);
+    EXPECT_EQ(j["gated"], false);
+    ASSERT_EQ(j["siblings"].size(), 3u);
+    EXPECT_EQ(j["siblings"][1], json({{"rfilename", "model.safetensors"}}));
+  }
+  auto r = cli.Get("/api/models/org/m?blobs=true");
+  ASSERT_EQ(r->status, 200);
+  auto s = json::parse(r->body)["siblings"][1];
+  std::string data = slurp(store.snapshot_dir("org/m", commit) / "model.safetensors");
+  EXPECT_EQ(s["size"], data.size());
+  EXPECT_EQ(s["lfs"]["sha256"], st::sha256_hex(data));
+  EXPECT_EQ(s["blobId"], st::git_blob_sha1(st::lfs_pointer(st::sha256_hex(data), data.size())));
+}
+
+TEST_F(MirrorRead, ErrorCodesLikeTheHub) {
+  seed();
+  seed("org/private", true);
+  start();
+  auto cli = http();
+  auto missing = cli.Get("/api/models/org/nope");
+  EXPECT_EQ(missing->status, 401);  // anonymous: 401, as the Hub
+  EXPECT_EQ(missing->get_header_value("X-Error-Code"), "RepoNotFound");
+  auto missing_auth = cli.Get("/api/models/org/nope", bearer());
+  EXPECT_EQ(missing_auth->status, 404);
+  EXPECT_EQ(missing_auth->get_header_value("X-Error-Code"), "RepoNotFound");
+  auto rev = cli.Get("/api/models/org/m/revision/nope");
+  EXPECT_EQ(rev->status, 404);
+  EXPECT_EQ(rev->get_header_value("X-Error-Code"), "RevisionNotFound");
+  auto entry = cli.Get("/org/m/resolve/main/nope.bin");
+  EXPECT_EQ(entry->status, 404);
+  EXPECT_EQ(entry->get_header_value("X-Error-Code"), "EntryNotFound");
+  auto priv = cli.Get("/api/models/org/private");
+  EXPECT_EQ(priv->status, 401);
+  EXPECT_EQ(priv->get_header_value("X-Error-Code"), "RepoNotFound");
+  EXPECT_EQ(cli.Get("/org/private/resolve/main/config.json")->status, 401);
+  auto priv_ok = cli.Get("/api/models/org/private", bearer());
+  EXPECT_EQ(priv_ok->status, 200);
+  EXPECT_EQ(json::parse(priv_ok->body)["private"], true);
+  EXPECT_EQ(cli.Get("/org/private/resolve/main/config.json", bearer())->status, 200);
+}
+
+TEST_F(MirrorRead, TreeIsPaginatedAndListsFolders) {
+  seed();
+  MirrorOptions o;
+  o.tree_page_size = 2;
+  start(o);
+  auto cli = http();
+  std::string url = "/api/models/org/m/tree/main?recursive=true";
+  std::vector<json> all;
+  for (int pages = 0; pages < 10 && !url.empty(); ++pages) {
+    auto r = cli.Get(url);
+    ASSERT_EQ(r->status, 200) << r->body;
+    for (auto& e : json::parse(r->body)) all.push_back(e);
+    std::string link = r->get_header_value("Link");
+    url.clear();
+    if (!link.empty()) {
+      auto a = link.find('<'), b = link.find('>');
+      url = link.substr(a + 1, b - a - 1);
+      url = url.substr(url.find("/api/"));
+      EXPECT_NE(link.find("rel=\"next\""), std::string::npos);
+    }
+  }
+  std::set<std::string> paths;
+  for (auto& e : all) paths.insert(e["path"].get<std::string>());
+  EXPECT_EQ(paths, (std::set<std::string>{"config.json", "model.safetensors", "sub", "sub/dir",
+                                          "sub/dir/t.json"}));
+  for (auto& e : all) {
+    if (e["path"] == "model.safetensors") {
+      EXPECT_EQ(e["type"], "file");
+      EXPECT_TRUE(e.contains("lfs"));
+      EXPECT_EQ(e["lfs"]["size"], e["size"]);
+    }
+    if (e["path"] == "sub") {
+      EXPECT_EQ(e["type"], "directory");
+    }
+  }
+  auto top = json::parse(cli.Get("/api/models/org/m/tree/main?limit=100")->body);
+  EXPECT_EQ(top.size(), 3u);  // config.json, model.safetensors, sub
+  auto sub = json::parse(cli.Get("/api/models/org/m/tree/main/sub/dir")->body);
+  ASSERT_EQ(sub.size(), 1u);
+  EXPECT_EQ(sub[0]["path"], "sub/dir/t.json");
+  EXPECT_EQ(cli.Get("/api/models/org/m/tree/main/nope")->status, 404);
+}
+
+TEST_F(MirrorRead, ResolveWithHeadEtagAndRanges) {
+  seed();
+  start();
+  auto cli = http();
+  std::string data = slurp(store.snapshot_dir("org/m", commit) / "model.safetensors");
+  std::string sha = st::sha256_hex(data);
+  auto r = cli.Get("/org/m/resolve/main/model.safetensors");
+  ASSERT_EQ(r->status, 200);
+  EXPECT_EQ(r->body, data);
+  EXPECT_EQ(r->get_header_value("ETag"), "\"" + sha + "\"");
+  EXPECT_EQ(r->get_header_value("X-Repo-Commit"), commit);
+  EXPECT_EQ(r->get_header_value("X-Linked-Etag"), "\"" + sha + "\"");
+  EXPECT_EQ(r->get_header_value("X-Linked-Size"), std::to_string(data.size()));
+  auto h = cli.Head("/org/m/resolve/main/model.safetensors");
+  ASSERT_EQ(h->status, 200);
+  EXPECT_EQ(h->body, "");
+  EXPECT_EQ(h->get_header_value("Content-Length"), std::to_string(data.size()));
+  EXPECT_EQ(h->get_header_value("ETag"), "\"" + sha + "\"");
+  auto part =
+      cli.Get("/org/m/resolve/" + commit + "/model.safetensors", {{"Range", "bytes=1000-"}});
+  ASSERT_EQ(part->status, 206);
+  EXPECT_EQ(part->body, data.substr(1000));
+  EXPECT_EQ(part->get_header_value("Content-Range"),
+            "bytes 1000-" + std::to_string(data.size() - 1) + "/" + std::to_string(data.size()));
+  auto cfg = cli.Get("/org/m/resolve/main/config.json");
+  EXPECT_EQ(cfg->get_header_value("ETag"), "\"" + st::git_blob_sha1(cfg->body) + "\"");
+  EXPECT_EQ(cfg->get_header_value("X-Linked-Etag"), "");
+  EXPECT_EQ(cli.Get("/org/m/resolve/main/sub/dir/t.json")->body, "[1, 2, 3]\n");
+  EXPECT_EQ(cli.Get("/org/m/resolve/main/../../etc/passwd")->status / 100, 4);
+}

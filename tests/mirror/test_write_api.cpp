@@ -1,0 +1,220 @@
+// mirror/write_api.cpp (and the auth in server.cpp): every write needs the token, a read-only
+// mirror, commit validation (paths, LFS pointers, parentCommit), publish -> fetch byte-identical
+// with the hub client, and readers during commits seeing one revision or the other.
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include <atomic>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "hub/hub.h"
+#include "mirror/mirror.h"
+#include "mirror_fixture.h"
+#include "storage/store.h"
+#include "support/test_util.h"
+
+namespace fs = std::filesystem;
+using loftqd::testing::random_bytes;
+using loftqd::testing::slurp;
+using loftqd::testing::spit;
+using nlohmann::json;
+namespace hub = loftqd::hub;
+namespace st = loftqd::storage;
+using loftqd::mirror::Mirror;
+using loftqd::mirror::MirrorOptions;
+using mirror_test::bearer;
+using mirror_test::kWriteToken;
+using mirror_test::MirrorWrite;
+
+TEST_F(MirrorWrite, EveryWriteWithoutTheTokenIs401) {
+  seed();
+  start();
+  auto cli = http();
+  std::vector<std::pair<std::string, std::string>> posts = {
+      {"/api/repos/create", "{\"name\":\"x\",\"organization\":\"org\"}"},
+      {"/api/models/org/m/preupload/main", "{\"files\":[]}"},
+      {"/api/models/org/m/commit/main", "{\"key\":\"header\",\"value\":{\"summary\":\"x\"}}\n"},
+      {"/api/models/org/m/branch/dev", "{}"},
+      {"/org/m.git/info/lfs/objects/batch", "{\"operation\":\"upload\",\"objects\":[]}"},
+      {"/api/loftqd/lfs/" + std::string(64, 'a') + "/verify?repo=org%2Fm&size=1", "{}"}};
+  for (const auto& [path, body] : posts) {
+    EXPECT_EQ(cli.Post(path, body, "application/json")->status, 401) << path;
+    EXPECT_EQ(cli.Post(path, bearer("wrong"), body, "application/json")->status, 401) << path;
+  }
+  EXPECT_EQ(cli.Put("/api/loftqd/lfs/" + std::string(64, 'a') + "?repo=org%2Fm&size=1", "x",
+                    "application/octet-stream")
+                ->status,
+            401);
+  EXPECT_EQ(store.read_ref("org/m", "main"), commit);
+  EXPECT_FALSE(store.read_ref("org/m", "dev"));
+  EXPECT_FALSE(store.has_repo("org/x"));
+}
+
+TEST_F(MirrorWrite, ReadOnlyWithoutAWriteToken) {
+  seed();
+  MirrorOptions o;
+  o.write_token = std::nullopt;
+  o.store = tmp / "store";
+  o.port = 0;
+  o.keep_alive_timeout_s = 0;
+  mirror = std::make_unique<Mirror>(o);
+  mirror->start();
+  auto cli = http();
+  EXPECT_EQ(
+      cli.Post("/api/repos/create", bearer(), "{\"name\":\"org/x\"}", "application/json")->status,
+      401);
+  EXPECT_EQ(cli.Get("/api/models/org/m")->status, 200);
+}
+
+TEST_F(MirrorWrite, CommitsAreValidatedAndGuarded) {
+  seed();
+  start();
+  auto cli = http();
+  auto commit_body = [](const std::string& parent, const json& op) {
+    return json{{"key", "header"}, {"value", {{"summary", "s"}, {"parentCommit", parent}}}}.dump() +
+           "\n" + op.dump() + "\n";
+  };
+  auto post = [&](const std::string& body) {
+    return cli.Post("/api/models/org/m/commit/main", bearer(), body, "application/x-ndjson");
+  };
+  auto bad_path = post(commit_body(
+      commit, {{"key", "file"},
+               {"value", {{"path", "../x"}, {"content", "eA=="}, {"encoding", "base64"}}}}));
+  EXPECT_EQ(bad_path->status, 400);
+  auto no_blob = post(commit_body(
+      commit,
+      {{"key", "lfsFile"},
+       {"value",
+        {{"path", "w.bin"}, {"algo", "sha256"}, {"oid", std::string(64, 'b')}, {"size", 3}}}}));
+  EXPECT_EQ(no_blob->status, 422);
+  auto stale = post(
+      commit_body(std::string(40, 'c'),
+                  {{"key", "file"},
+                   {"value", {{"path", "a.txt"}, {"content", "eA=="}, {"encoding", "base64"}}}}));
+  EXPECT_EQ(stale->status, 412);
+  EXPECT_EQ(store.read_ref("org/m", "main"), commit);
+  auto good = post(commit_body(
+      commit, {{"key", "file"},
+               {"value", {{"path", "a.txt"}, {"content", "eA=="}, {"encoding", "base64"}}}}));
+  ASSERT_EQ(good->status, 200) << good->body;
+  auto j = json::parse(good->body);
+  EXPECT_TRUE(st::is_sha1_hex(j["commitOid"].get<std::string>()));
+  EXPECT_EQ(store.read_ref("org/m", "main"), j["commitOid"]);
+  EXPECT_EQ(cli.Get("/org/m/resolve/main/a.txt")->body, "x");
+  // A basic LFS upload whose bytes do not hash to the oid is rejected and leaves nothing.
+  std::string oid = st::sha256_hex("right");
+  auto batch = cli.Post("/org/m.git/info/lfs/objects/batch", bearer(),
+                        json{{"operation", "upload"},
+                             {"transfers", {"basic"}},
+                             {"objects", {{{"oid", oid}, {"size", 5}}}}}
+                            .dump(),
+                        "application/vnd.git-lfs+json");
+  ASSERT_EQ(batch->status, 200);
+  std::string href = json::parse(batch->body)["objects"][0]["actions"]["upload"]["href"];
+  EXPECT_EQ(href.find(kWriteToken), std::string::npos);  // presigned, never the token
+  auto put = cli.Put(href.substr(href.find("/api/")), "wrong", "application/octet-stream");
+  EXPECT_EQ(put->status, 400);
+  EXPECT_FALSE(store.has_blob("org/m", oid));
+  for (auto& e : fs::directory_iterator(store.repo_dir("org/m") / "blobs"))
+    EXPECT_EQ(e.path().filename().string().find(".upload"), std::string::npos);
+}
+
+TEST_F(MirrorWrite, PublishThenFetchIsByteIdentical) {
+  start();
+  fs::path dir = tmp / "layout";
+  fs::create_directories(dir / "loftq_init");
+  spit(dir / "config.json", "{\"a\": 1}\n");
+  spit(dir / "model.safetensors", random_bytes(123457, 5));
+  spit(dir / "loftq_init/adapter_model.safetensors", random_bytes(4000, 6));
+  spit(dir / "loftq_init/adapter_config.json", "{\"r\": 8}\n");
+  spit(dir / "README.md", "# model\n");
+  spit(dir / "empty.txt", "");
+  spit(dir / "loftq_init/copy.safetensors", slurp(dir / "model.safetensors"));
+  hub::Client c(client_opts());
+  hub::PublishRequest pr;
+  pr.dir = dir;
+  pr.repo = "org/loftq";
+  auto pub = c.upload_folder(pr);
+  ASSERT_TRUE(pub.ok()) << pub.error().message;
+  EXPECT_TRUE(st::is_sha1_hex(pub.value().commit_oid));
+  EXPECT_EQ(pub.value().files, 7u);
+  EXPECT_EQ(pub.value().lfs_uploaded, 2u);  // the copy shares its object
+
+  hub::Client reader(client_opts(false));
+  hub::SnapshotRequest sr;
+  sr.repo = "org/loftq";
+  sr.local_dir = tmp / "back";
+  auto got = reader.snapshot_download(sr);
+  ASSERT_TRUE(got.ok()) << got.error().message;
+  EXPECT_EQ(got.value().commit, pub.value().commit_oid);
+  for (auto p :
+       {"config.json", "model.safetensors", "loftq_init/adapter_model.safetensors",
+        "loftq_init/adapter_config.json", "README.md", "empty.txt", "loftq_init/copy.safetensors"})
+    EXPECT_EQ(slurp(tmp / "back" / p), slurp(dir / p)) << p;
+
+  // Publishing again with a file gone: one new commit, the file deleted, the old snapshot kept.
+  fs::remove(dir / "README.md");
+  spit(dir / "config.json", "{\"a\": 2}\n");
+  auto pub2 = c.upload_folder(pr);
+  ASSERT_TRUE(pub2.ok()) << pub2.error().message;
+  EXPECT_EQ(pub2.value().deleted, 1u);
+  EXPECT_EQ(pub2.value().lfs_uploaded, 0u);  // the LFS objects are already there
+  auto info = reader.repo_info("org/loftq");
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info.value().sha, pub2.value().commit_oid);
+  EXPECT_EQ(info.value().siblings.size(), 6u);
+  auto old = reader.repo_info("org/loftq", pub.value().commit_oid);
+  ASSERT_TRUE(old.ok());
+  EXPECT_EQ(old.value().siblings.size(), 7u);
+  // Publishing an unchanged dir makes no commit (as the Hub's own client): the head stays.
+  auto pub3 = c.upload_folder(pr);
+  ASSERT_TRUE(pub3.ok());
+  EXPECT_TRUE(pub3.value().skipped);
+  EXPECT_EQ(pub3.value().commit_oid, pub2.value().commit_oid);
+
+  // Fetch into a store and read it back through the HF cache layout.
+  sr.local_dir.reset();
+  sr.store = tmp / "cache";
+  auto cached = reader.snapshot_download(sr);
+  ASSERT_TRUE(cached.ok()) << cached.error().message;
+  EXPECT_EQ(slurp(cached.value().dir / "model.safetensors"), slurp(dir / "model.safetensors"));
+}
+
+TEST_F(MirrorWrite, ReadersSeeTheOldOrTheNewRevisionNeverAMix) {
+  start();
+  fs::path a = tmp / "a", b = tmp / "b";
+  fs::create_directories(a);
+  fs::create_directories(b);
+  for (int i = 0; i < 6; ++i) spit(a / ("a" + std::to_string(i) + ".txt"), "a");
+  for (int i = 0; i < 9; ++i) spit(b / ("b" + std::to_string(i) + ".txt"), "b");
+  hub::Client c(client_opts());
+  hub::PublishRequest pr;
+  pr.repo = "org/flip";
+  pr.dir = a;
+  ASSERT_TRUE(c.upload_folder(pr).ok());
+  std::atomic<bool> stop{false};
+  std::atomic<int> reads{0}, bad{0};
+  std::thread reader([&] {
+    httplib::Client cli("127.0.0.1", mirror->port());
+    while (!stop) {
+      auto r = cli.Get("/api/models/org/flip");
+      if (!r || r->status != 200) continue;
+      auto n = json::parse(r->body)["siblings"].size();
+      if (n != 6 && n != 9) ++bad;
+      ++reads;
+    }
+  });
+  for (int i = 0; i < 6; ++i) {
+    pr.dir = i % 2 ? a : b;
+    auto r = c.upload_folder(pr);
+    ASSERT_TRUE(r.ok()) << r.error().message;
+  }
+  stop = true;
+  reader.join();
+  EXPECT_GT(reads.load(), 0);
+  EXPECT_EQ(bad.load(), 0);
+}
