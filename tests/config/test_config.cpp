@@ -168,3 +168,73 @@ TEST(Config, NightlyWindowWrapsPastMidnight) {
   EXPECT_TRUE(w.contains(60));
   EXPECT_FALSE(w.contains(12 * 60));
 }
+
+TEST(Config, SizesAcceptBinaryAndDecimalUnits) {
+  auto with_reserve = [](const char* v) {
+    return parse_config(json::parse(std::string(R"({"store": "/s", "limits": {"disk_reserve": )") +
+                                    v + "}}"))
+        .limits.disk_reserve_bytes;
+  };
+  EXPECT_EQ(with_reserve(R"("10G")"), 10ull << 30);
+  EXPECT_EQ(with_reserve(R"("10GiB")"), 10ull << 30);
+  EXPECT_EQ(with_reserve(R"("10GB")"), 10000000000ull);
+  EXPECT_EQ(with_reserve("4096"), 4096u);
+  const auto p = problems_of(json::parse(R"({"store": "/s", "limits": {"disk_reserve": "10Q"}})"));
+  ASSERT_EQ(p.size(), 1u);
+  EXPECT_EQ(p[0], "/limits/disk_reserve: must be a size such as 10G, 512MiB, 1GB or 4096 (bytes)");
+}
+
+TEST(Config, RepoIdsFollowTheStoresRule) {
+  const auto p = problems_of(json::parse(
+      R"({"store": "/s", "repos": [{"repo": "org-/name"}, {"repo": "gpt2"}, {"repo": "a--b/c"}]})"));
+  ASSERT_EQ(p.size(), 3u);
+  EXPECT_EQ(p[0],
+            "/repos/0/repo: 'org-/name' is not an org/name repo id: name starts or ends with '.' "
+            "or '-'");
+  EXPECT_EQ(p[1],
+            "/repos/1/repo: 'gpt2' is not an org/name repo id: repo id has no organization "
+            "(expected org/name)");
+  EXPECT_EQ(p[2],
+            "/repos/2/repo: 'a--b/c' is not an org/name repo id: '--' and '..' are not allowed");
+}
+
+TEST(Config, AverageBitsWithModuleOverridesLikeTheCli) {
+  const auto c = parse_config(json::parse(R"({
+    "store": "/s",
+    "defaults": {"loftq": {"avg_bits": 3, "overrides": [{"modules": ["down_proj"], "bits": 4}]}},
+    "repos": [
+      {"repo": "org/a"},
+      {"repo": "org/b", "loftq": {"bits": 2}},
+      {"repo": "org/c", "loftq": {"overrides": [], "lora_dropout": 0.05}}
+    ]
+  })"));
+  // The same settings the CLI builds from --avg-bits 3 --override down_proj@*:4.
+  loftqd::convert::LoftqSettings cli;
+  cli.plan = loftqd::quant::BitPlan::average(3);
+  cli.plan.add(loftqd::quant::BitPlan::parse("down_proj@*:4").rules()[0]);
+  EXPECT_EQ(c.repos[0].loftq.to_json(), cli.to_json());
+  EXPECT_EQ(c.repos[0].loftq.plan.to_string(), "avg 3 + down_proj@*:4");
+  // A repo's own plan form replaces the default's base; the default's overrides stay.
+  EXPECT_EQ(c.repos[1].loftq.plan.to_string(), "*:2,down_proj@*:4");
+  EXPECT_EQ(c.repos[2].loftq.plan.to_string(), "avg 3");
+  EXPECT_EQ(c.repos[2].loftq.lora_dropout, 0.05);
+  const auto p = problems_of(json::parse(R"({"store": "/s", "repos": [
+    {"repo": "org/a", "loftq": {"avg_bits": 3, "overrides": [{"layers": "0-3", "bits": 4}]}},
+    {"repo": "org/b", "loftq": {"lora_dropout": 1.5, "svd": "fast"}}]})"));
+  ASSERT_EQ(p.size(), 4u) << ::testing::PrintToString(p);
+  EXPECT_EQ(p[0], "/repos/0/loftq/overrides/0: an override needs \"modules\"");
+  EXPECT_THAT(p[1],
+              ::testing::HasSubstr("/repos/0/loftq/avg_bits: bit plan rule 0-3:4: only module"));
+  EXPECT_EQ(p[2], "/repos/1/loftq/svd: must be \"randomized\" or \"exact\"");
+  EXPECT_EQ(p[3], "/repos/1/loftq/lora_dropout: must be in [0, 1)");
+}
+
+TEST(Config, DeviceIsParsedByTheBackendsOwnParser) {
+  const auto c = parse_config(
+      json::parse(R"({"store": "/s", "device": "cuda:1", "repos": [{"repo": "o/m"}]})"));
+  EXPECT_EQ(c.device.name(), "cuda:1");
+  EXPECT_EQ(c.repos[0].loftq.device.name(), "cuda:1");
+  const auto p = problems_of(json::parse(R"({"store": "/s", "device": "cuda:-1"})"));
+  ASSERT_EQ(p.size(), 1u);
+  EXPECT_EQ(p[0], "/device: must be auto, cpu, cuda or cuda:N");
+}
