@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "common/parse.h"
 #include "daemon/mirror.h"
 #include "hub/hub.h"
 #include "storage/store.h"
@@ -67,7 +68,7 @@ int main(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i], v = argv[i + 1];
     if (a == "--size")
-      size = st::parse_size(v);
+      size = loftqd::common::parse_size_or_throw("--size", v);
     else if (a == "--parallel")
       parallel = std::atoi(v.c_str());
     else if (a == "--dir")

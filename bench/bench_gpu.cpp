@@ -29,6 +29,7 @@
 #include "quant/loftq.h"
 
 namespace q = loftqd::quant;
+namespace convert = loftqd::convert;
 
 namespace {
 

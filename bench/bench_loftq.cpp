@@ -31,6 +31,7 @@
 
 namespace fs = std::filesystem;
 namespace q = loftqd::quant;
+namespace model = loftqd::model;
 
 namespace {
 
