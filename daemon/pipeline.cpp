@@ -1,10 +1,9 @@
 #include "daemon/pipeline.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <cstdlib>
 #include <filesystem>
-#include <thread>
 
 #include <spdlog/spdlog.h>
 
@@ -39,27 +38,9 @@ convert::QuantizeOptions quantize_options(const config::LoftqSettings& s) {
   return q;
 }
 
-// Crash-test hook: LOFTQD_FAILPOINT="name:ms[,name:ms...]" makes the pipeline log
-// "failpoint=name" and sleep ms milliseconds at that point, so a test can kill -9 the daemon
-// exactly there. Points: tensor (after each tensor's checkpoint is recorded), publish (before the
-// upload), published (after the commit, before the state db records it). Unset in production: one
-// getenv per job step.
-void failpoint(const std::string& name, const std::function<void(const std::string&)>& log) {
-  const char* fp = std::getenv("LOFTQD_FAILPOINT");
-  if (!fp) return;
-  const std::string spec = fp;
-  size_t pos = 0;
-  while (pos < spec.size()) {
-    size_t end = spec.find(',', pos);
-    if (end == std::string::npos) end = spec.size();
-    const std::string item = spec.substr(pos, end - pos);
-    const size_t colon = item.find(':');
-    if (colon != std::string::npos && item.substr(0, colon) == name) {
-      if (log) log("failpoint=" + name);
-      std::this_thread::sleep_for(std::chrono::milliseconds(std::atoll(item.c_str() + colon + 1)));
-    }
-    pos = end + 1;
-  }
+// The retry delay after a job's `attempt`-th failure: 30 s doubling per attempt, at most an hour.
+int64_t backoff_s(int attempt) {
+  return static_cast<int64_t>(std::min(3600.0, 30.0 * std::pow(2.0, attempt - 1)));
 }
 
 }  // namespace
@@ -70,14 +51,14 @@ int64_t now_s() {
       .count();
 }
 
-PipelineOptions pipeline_options(const config::Config& cfg, int threads) {
+PipelineOptions pipeline_options(const config::Config& cfg, int threads,
+                                 const common::EnvLookup& lookup) {
   PipelineOptions po;
   po.threads = threads;
   po.log = [](const std::string& line) { spdlog::info("{}", line); };
-  const auto config_token =
-      cfg.hub.token_file ? hub::read_token_file(*cfg.hub.token_file) : std::nullopt;
-  po.upstream_token = hub::find_token(config_token);
-  if (cfg.publish.hub_org) po.hub = PublishEndpoint{cfg.hub.endpoint, po.upstream_token};
+  po.upstream = upstream_client_options(cfg, lookup);
+  if (cfg.publish.hub_org)
+    po.hub = PublishEndpoint{po.upstream.endpoint, po.upstream.token, po.upstream.offline};
   return po;
 }
 
@@ -96,6 +77,10 @@ void Pipeline::beat() const {
   if (opt_.heartbeat) opt_.heartbeat();
 }
 
+void Pipeline::failpoint(const std::string& name) const {
+  if (opt_.failpoint) opt_.failpoint(name);
+}
+
 const config::RepoConfig* Pipeline::repo_config(const std::string& repo) const {
   for (const auto& r : cfg_.repos)
     if (r.repo == repo) return &r;
@@ -110,10 +95,12 @@ void Pipeline::check_repos(SyncReport& report) {
 }
 
 bool Pipeline::check_repo(const config::RepoConfig& r, SyncReport& report) {
-  hub::ClientOptions co;
-  co.endpoint = cfg_.hub.endpoint;
-  co.token = opt_.upstream_token;
-  hub::Client client(co);
+  if (opt_.upstream.offline) {  // said once per pass by the caller (kOfflineNotice)
+    report.errors.push_back(r.repo + ": not checked: HF_HUB_OFFLINE is set");
+    log("repo=" + r.repo + " step=check skipped=offline");
+    return false;
+  }
+  hub::Client client(opt_.upstream);
   ++report.repos_checked;
   auto info = client.repo_info(r.repo, r.revision);
   if (!info) {
@@ -145,30 +132,110 @@ void Pipeline::run_jobs(SyncReport& report) {
 
 SyncReport Pipeline::sync_once() {
   SyncReport report;
+  if (opt_.upstream.offline) log(kOfflineNotice);
   check_repos(report);
   run_jobs(report);
   return report;
 }
 
-bool Pipeline::quantize(const storage::Job& job, const config::RepoConfig& rc,
-                        const fs::path& model_dir, const fs::path& out, const std::string& tag,
-                        SyncReport& report) {
+struct Pipeline::JobContext {
+  const storage::Job& job;
+  std::string tag;  // "repo=... commit=... job=N", the start of each log line
+  fs::path work;    // the job's work dir under the store
+  fs::path out;     // the LoftQ layout, inside `work`
+  std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
+
+  JobContext(const storage::Job& j, const std::string& store)
+      : job(j),
+        tag("repo=" + j.repo + " commit=" + j.upstream_commit + " job=" + std::to_string(j.id)),
+        work(fs::path(store) / ".loftqd-work" / ("job-" + std::to_string(j.id))),
+        out(work / "out") {}
+  std::string seconds() const {
+    return std::to_string(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+};
+
+void Pipeline::run_job(const storage::Job& job, SyncReport& report) {
+  const JobContext ctx(job, cfg_.store);
+  try {
+    const config::RepoConfig& rc = job_config(job);         // still watched, same settings
+    const fs::path snapshot = download(ctx, rc);            // 1. the upstream snapshot
+    if (!quantize_step(ctx, rc, snapshot, report)) return;  // 2. LoftQ (false: stopped)
+    const std::string commit = publish(ctx);                // 3. one commit per target
+    finish(ctx, commit, report);                            // 4. recorded; work dir freed
+  } catch (const JobFailure& f) {
+    fail(ctx, f.message, f.permanent, backoff_s(job.attempts + 1), report);
+  } catch (const std::exception& e) {
+    fail(ctx, e.what(), false, 60, report);
+  }
+}
+
+const config::RepoConfig& Pipeline::job_config(const storage::Job& job) const {
+  const config::RepoConfig* rc = repo_config(job.repo);
+  if (!rc) throw JobFailure{"the repo is no longer in the configuration", true};
+  if (config::config_hash(*rc, cfg_.publish.hub_org) != job.config_hash)
+    throw JobFailure{"the configuration changed since the job was queued", true};
+  return *rc;
+}
+
+fs::path Pipeline::download(const JobContext& ctx, const config::RepoConfig& rc) {
+  const storage::Job& job = ctx.job;
+  db_.set_state(job.id, storage::JobState::Downloading, now_s());
+  log(ctx.tag + " step=download");
+  set_status("downloading " + job.repo + "@" + job.upstream_commit.substr(0, 12));
+  hub::Client upstream(opt_.upstream);
+  hub::SnapshotRequest sr;
+  sr.repo = job.repo;
+  sr.revision = job.upstream_commit;
+  sr.allow = rc.allow_patterns;
+  sr.ignore = rc.ignore_patterns;
+  sr.store = fs::path(cfg_.store);
+  auto snap =
+      upstream.snapshot_download(sr, [this](uint64_t, uint64_t, const std::string&) { beat(); });
+  if (!snap) throw JobFailure{snap.error().message, permanent(snap.error().kind)};
+  if (opt_.metrics) opt_.metrics->add_downloaded(snap.value().bytes);
+  log(ctx.tag + " step=download done files=" + std::to_string(snap.value().files) +
+      " fetched=" + std::to_string(snap.value().downloaded) + " seconds=" + ctx.seconds());
+  return snap.value().dir;
+}
+
+bool Pipeline::quantize_step(const JobContext& ctx, const config::RepoConfig& rc,
+                             const fs::path& model_dir, SyncReport& report) {
+  // The finished layout appears in the work dir in one rename, so a job that got past this
+  // step before a crash publishes those same bytes again (the publish then finds them
+  // unchanged and makes no second commit).
+  std::error_code exists_ec;
+  if (fs::exists(ctx.out / "loftq.json", exists_ec)) {
+    log(ctx.tag + " step=quantize reused=" + ctx.out.string());
+    return true;
+  }
+  if (quantize(ctx, rc, model_dir, report)) return true;
+  log(ctx.tag + " step=interrupted tensors_done=" +
+      std::to_string(db_.tensors_done(ctx.job.id).size()) + " seconds=" + ctx.seconds());
+  return false;
+}
+
+bool Pipeline::quantize(const JobContext& ctx, const config::RepoConfig& rc,
+                        const fs::path& model_dir, SyncReport& report) {
+  const storage::Job& job = ctx.job;
   db_.set_state(job.id, storage::JobState::Quantizing, now_s());
-  log(tag + " step=quantize");
+  log(ctx.tag + " step=quantize");
   convert::QuantizeOptions qo = quantize_options(rc.loftq);
   qo.repo_id = job.target;
   qo.source = convert::SourceInfo{job.repo, job.revision, job.upstream_commit};
   std::string chosen;
   auto backends = quant::make_backends(rc.loftq.device, opt_.threads, &chosen);
   qo.fallback = backends.fallback();
-  fs::create_directories(out.parent_path());
-  // Finished tensors are checkpointed under the work dir and recorded in the state db, so a
-  // job killed or stopped mid-way skips them when it runs again.
-  qo.checkpoint_dir = out.parent_path() / "tensors";
+  fs::create_directories(ctx.work);
+  // Finished tensors are checkpointed under the work dir; a job killed or stopped mid-way takes
+  // the ones whose checkpoint matches when it runs again (the checkpoint files are the one
+  // source of truth for that; the state db only records progress for the log and status).
+  qo.checkpoint_dir = ctx.work / "tensors";
   qo.should_stop = [this] { return opt_.stop && opt_.stop->load(); };
   qo.on_tensor_done = [this, &job](const std::string& tensor) {
     db_.tensor_done(job.id, tensor);
-    failpoint("tensor", opt_.log);
+    failpoint("tensor");
   };
   qo.progress = [this, &job](size_t done, size_t total, const std::string&) {
     beat();
@@ -176,10 +243,10 @@ bool Pipeline::quantize(const storage::Job& job, const config::RepoConfig& rc,
   };
   const size_t recorded = db_.tensors_done(job.id).size();
   if (recorded > 0)
-    log(tag + " step=quantize resume_from=" + std::to_string(recorded) + " tensors");
+    log(ctx.tag + " step=quantize resume_from=" + std::to_string(recorded) + " tensors");
   convert::QuantizeReport qr;
   try {
-    qr = convert::quantize_model(model_dir, out, qo, *backends.primary);
+    qr = convert::quantize_model(model_dir, ctx.out, qo, *backends.primary);
   } catch (const convert::Interrupted&) {
     ++report.jobs_interrupted;
     return false;
@@ -191,127 +258,71 @@ bool Pipeline::quantize(const storage::Job& job, const config::RepoConfig& rc,
   if (opt_.metrics)
     for (const auto& l : qr.layers)
       if (!l.resumed) opt_.metrics->tensor_quantized(l.seconds);
-  log(tag + " step=quantize done layers=" + std::to_string(qr.layers.size()) +
+  log(ctx.tag + " step=quantize done layers=" + std::to_string(qr.layers.size()) +
       " resumed=" + std::to_string(qr.resumed) + " device=\"" + chosen +
       "\" seconds=" + std::to_string(qr.seconds));
   return true;
 }
 
-void Pipeline::run_job(const storage::Job& job, SyncReport& report) {
-  const auto t0 = std::chrono::steady_clock::now();
-  const std::string tag =
-      "repo=" + job.repo + " commit=" + job.upstream_commit + " job=" + std::to_string(job.id);
-  auto seconds = [&] {
-    return std::to_string(
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  };
-  const config::RepoConfig* rc = repo_config(job.repo);
-  const fs::path work = fs::path(cfg_.store) / ".loftqd-work" / ("job-" + std::to_string(job.id));
-  try {
-    if (!rc) throw JobFailure{"the repo is no longer in the configuration", true};
-    if (config::config_hash(*rc, cfg_.publish.hub_org) != job.config_hash)
-      throw JobFailure{"the configuration changed since the job was queued", true};
-
-    // 1. Download (resumes partials; verified blobs are never fetched twice).
-    db_.set_state(job.id, storage::JobState::Downloading, now_s());
-    log(tag + " step=download");
-    set_status("downloading " + job.repo + "@" + job.upstream_commit.substr(0, 12));
-    hub::ClientOptions co;
-    co.endpoint = cfg_.hub.endpoint;
-    co.token = opt_.upstream_token;
-    co.parallel = cfg_.limits.concurrent_downloads;
-    co.disk_reserve = cfg_.limits.disk_reserve_bytes;
-    hub::Client upstream(co);
-    hub::SnapshotRequest sr;
-    sr.repo = job.repo;
-    sr.revision = job.upstream_commit;
-    sr.allow = rc->allow_patterns;
-    sr.ignore = rc->ignore_patterns;
-    sr.store = fs::path(cfg_.store);
-    auto snap =
-        upstream.snapshot_download(sr, [this](uint64_t, uint64_t, const std::string&) { beat(); });
-    if (!snap) throw JobFailure{snap.error().message, permanent(snap.error().kind)};
-    if (opt_.metrics) opt_.metrics->add_downloaded(snap.value().bytes);
-    log(tag + " step=download done files=" + std::to_string(snap.value().files) +
-        " fetched=" + std::to_string(snap.value().downloaded) + " seconds=" + seconds());
-
-    // 2. Quantize into the job's work dir. The finished layout appears there in one rename, so
-    // a job that got past this step before a crash publishes those same bytes again (the
-    // publish then finds them unchanged and makes no second commit).
-    const fs::path out = work / "out";
-    std::error_code exists_ec;
-    if (fs::exists(out / "loftq.json", exists_ec)) {
-      log(tag + " step=quantize reused=" + out.string());
-    } else if (!quantize(job, *rc, snap.value().dir, out, tag, report)) {
-      log(tag + " step=interrupted tensors_done=" +
-          std::to_string(db_.tensors_done(job.id).size()) + " seconds=" + seconds());
-      return;
-    }
-
-    // 3. Publish: one commit per target, carrying the upstream commit.
-    db_.set_state(job.id, storage::JobState::Publishing, now_s());
-    set_status("publishing " + job.target);
-    failpoint("publish", opt_.log);
-    std::string published;
-    auto publish_to = [&](const PublishEndpoint& ep, const std::string& where) {
-      hub::ClientOptions po;
-      po.endpoint = ep.endpoint;
-      po.token = ep.token;
-      hub::Client client(po);
-      hub::PublishRequest pr;
-      pr.dir = out;
-      pr.repo = job.target;
-      pr.summary = "LoftQ of " + job.repo + "@" + job.upstream_commit;
-      pr.description = "loftqd " LOFTQD_VERSION "; upstream " + job.repo + " revision " +
-                       job.revision + " commit " + job.upstream_commit + "; config " +
-                       job.config_hash;
-      auto c = client.upload_folder(pr);
-      if (!c) throw JobFailure{where + ": " + c.error().message, permanent(c.error().kind)};
-      published = c.value().commit_oid;
-      if (opt_.metrics) opt_.metrics->add_uploaded(c.value().bytes_uploaded);
-      log(tag + " step=publish target=" + where + "/" + job.target + " commit_oid=" + published +
-          (c.value().skipped ? " unchanged=yes" : "") + " seconds=" + seconds());
-    };
-    if (cfg_.publish.mirror) {
-      if (!opt_.mirror) throw JobFailure{"publish.mirror is set but no mirror is running", true};
-      publish_to(*opt_.mirror, "mirror");
-    }
-    if (cfg_.publish.hub_org) {
-      if (!opt_.hub)
-        throw JobFailure{"publish.hub_org is set but no Hub token is configured", true};
-      publish_to(*opt_.hub, "hub");
-    }
-    failpoint("published", opt_.log);
-    db_.set_published(job.id, published, now_s());
-    db_.repo_processed(job.repo, job.upstream_commit, now_s());
-    ++report.jobs_done;
-    if (opt_.metrics) opt_.metrics->job_finished(true);
-    log(tag + " step=done seconds=" + seconds());
-    std::error_code ec;
-    fs::remove_all(work, ec);
-  } catch (const JobFailure& f) {
-    ++report.jobs_failed;
-    if (opt_.metrics) opt_.metrics->job_finished(false);
-    report.errors.push_back(job.repo + ": " + f.message);
-    const int attempt = job.attempts + 1;
-    const int64_t retry_at =
-        now_s() + static_cast<int64_t>(std::min(3600.0, 30.0 * std::pow(2.0, attempt - 1)));
-    db_.record_failure(job.id, f.message, f.permanent, cfg_.limits.max_attempts, retry_at, now_s());
-    if (f.permanent) {  // never retried with this work: free its disk
-      std::error_code ec;
-      fs::remove_all(work, ec);
-    }
-    log(tag + " step=failed permanent=" + (f.permanent ? std::string("yes") : "no") + " error=\"" +
-        f.message + "\" seconds=" + seconds());
-  } catch (const std::exception& e) {
-    ++report.jobs_failed;
-    if (opt_.metrics) opt_.metrics->job_finished(false);
-    report.errors.push_back(job.repo + ": " + e.what());
-    const int64_t retry_at = now_s() + 60;
-    db_.record_failure(job.id, e.what(), false, cfg_.limits.max_attempts, retry_at, now_s());
-    log(tag + " step=failed permanent=no error=\"" + std::string(e.what()) +
-        "\" seconds=" + seconds());
+std::string Pipeline::publish(const JobContext& ctx) {
+  db_.set_state(ctx.job.id, storage::JobState::Publishing, now_s());
+  set_status("publishing " + ctx.job.target);
+  failpoint("publish");
+  std::string published;
+  if (cfg_.publish.mirror) {
+    if (!opt_.mirror) throw JobFailure{"publish.mirror is set but no mirror is running", true};
+    published = publish_to(ctx, *opt_.mirror, "mirror");
   }
+  if (cfg_.publish.hub_org) {
+    if (!opt_.hub) throw JobFailure{"publish.hub_org is set but no Hub token is configured", true};
+    published = publish_to(ctx, *opt_.hub, "hub");
+  }
+  failpoint("published");
+  return published;
+}
+
+std::string Pipeline::publish_to(const JobContext& ctx, const PublishEndpoint& ep,
+                                 const std::string& where) {
+  const storage::Job& job = ctx.job;
+  hub::Client client(publish_client_options(ep));
+  hub::PublishRequest pr;
+  pr.dir = ctx.out;
+  pr.repo = job.target;
+  pr.summary = "LoftQ of " + job.repo + "@" + job.upstream_commit;
+  pr.description = "loftqd " LOFTQD_VERSION "; upstream " + job.repo + " revision " + job.revision +
+                   " commit " + job.upstream_commit + "; config " + job.config_hash;
+  auto c = client.upload_folder(pr);
+  if (!c) throw JobFailure{where + ": " + c.error().message, permanent(c.error().kind)};
+  if (opt_.metrics) opt_.metrics->add_uploaded(c.value().bytes_uploaded);
+  log(ctx.tag + " step=publish target=" + where + "/" + job.target +
+      " commit_oid=" + c.value().commit_oid + (c.value().skipped ? " unchanged=yes" : "") +
+      " seconds=" + ctx.seconds());
+  return c.value().commit_oid;
+}
+
+void Pipeline::finish(const JobContext& ctx, const std::string& published, SyncReport& report) {
+  db_.set_published(ctx.job.id, published, now_s());
+  db_.repo_processed(ctx.job.repo, ctx.job.upstream_commit, now_s());
+  ++report.jobs_done;
+  if (opt_.metrics) opt_.metrics->job_finished(true);
+  log(ctx.tag + " step=done seconds=" + ctx.seconds());
+  std::error_code ec;
+  fs::remove_all(ctx.work, ec);
+}
+
+void Pipeline::fail(const JobContext& ctx, const std::string& error, bool permanent_failure,
+                    int64_t retry_in_s, SyncReport& report) {
+  ++report.jobs_failed;
+  if (opt_.metrics) opt_.metrics->job_finished(false);
+  report.errors.push_back(ctx.job.repo + ": " + error);
+  db_.record_failure(ctx.job.id, error, permanent_failure, cfg_.limits.max_attempts,
+                     now_s() + retry_in_s, now_s());
+  if (permanent_failure) {  // never retried with this work: free its disk
+    std::error_code ec;
+    fs::remove_all(ctx.work, ec);
+  }
+  log(ctx.tag + " step=failed permanent=" + (permanent_failure ? std::string("yes") : "no") +
+      " error=\"" + error + "\" seconds=" + ctx.seconds());
 }
 
 }  // namespace loftqd::daemon

@@ -10,23 +10,21 @@
 #include <string>
 #include <vector>
 
+#include "common/env.h"
 #include "config/config.h"
+#include "daemon/hub_options.h"
 #include "daemon/metrics.h"
+#include "hub/hub.h"
 #include "storage/state.h"
 
 namespace loftqd::daemon {
 
-// Where results go: the built-in mirror (endpoint + write token) and/or the Hub under an org.
-struct PublishEndpoint {
-  std::string endpoint;
-  std::optional<std::string> token;
-};
-
 struct PipelineOptions {
   std::optional<PublishEndpoint> mirror;
-  std::optional<PublishEndpoint> hub;         // used when config.publish.hub_org is set
-  std::optional<std::string> upstream_token;  // for downloads (HF_TOKEN, $HF_HOME/token, config)
-  int threads = 0;                            // CPU threads for LoftQ (0 = all)
+  std::optional<PublishEndpoint> hub;  // used when config.publish.hub_org is set
+  // Checks and downloads (upstream_client_options: endpoint, token, HF_HUB_OFFLINE, limits).
+  hub::ClientOptions upstream;
+  int threads = 0;  // CPU threads for LoftQ (0 = all)
   // Set by SIGTERM/SIGINT: no new job starts, and a running quantization stops at the next
   // tensor boundary (its finished tensors are checkpointed; the job resumes after a restart).
   std::atomic<bool>* stop = nullptr;
@@ -37,6 +35,10 @@ struct PipelineOptions {
   std::function<void()> heartbeat;
   // Called with one line per event (repo, commit, job id, step, duration); never a token.
   std::function<void(const std::string&)> log;
+  // Test seam (null in production): called with a point's name at "tensor" (after each
+  // tensor's checkpoint is recorded), "publish" (before the upload) and "published" (after the
+  // commit, before the state db records it), so a crash test can stop or kill the job there.
+  std::function<void(const std::string&)> failpoint;
 };
 
 struct SyncReport {
@@ -63,26 +65,45 @@ class Pipeline {
   SyncReport sync_once();
 
  private:
+  struct JobContext;  // one job's log tag, clock and work dir
+
+  // One job as named steps: its config, download, quantize, publish, then done or failed.
   void run_job(const storage::Job& job, SyncReport& report);
+  // The job's repo config, checked against the config hash it was queued with.
+  const config::RepoConfig& job_config(const storage::Job& job) const;
+  // The upstream snapshot (partials resumed, verified blobs never fetched twice); its dir.
+  std::filesystem::path download(const JobContext& ctx, const config::RepoConfig& rc);
+  // The LoftQ layout in the work dir, made or reused; false when a stop request interrupted it.
+  bool quantize_step(const JobContext& ctx, const config::RepoConfig& rc,
+                     const std::filesystem::path& model_dir, SyncReport& report);
   // LoftQ of the downloaded snapshot into `out` (checkpointing each tensor beside it); false
   // when a stop request interrupted it. Throws JobFailure-worthy errors as exceptions.
-  bool quantize(const storage::Job& job, const config::RepoConfig& rc,
-                const std::filesystem::path& model_dir, const std::filesystem::path& out,
-                const std::string& tag, SyncReport& report);
+  bool quantize(const JobContext& ctx, const config::RepoConfig& rc,
+                const std::filesystem::path& model_dir, SyncReport& report);
+  // One commit per configured target, carrying the upstream commit; the last commit id.
+  std::string publish(const JobContext& ctx);
+  std::string publish_to(const JobContext& ctx, const PublishEndpoint& ep,
+                         const std::string& where);
+  void finish(const JobContext& ctx, const std::string& published, SyncReport& report);
+  void fail(const JobContext& ctx, const std::string& error, bool permanent, int64_t retry_in_s,
+            SyncReport& report);
+
   const config::RepoConfig* repo_config(const std::string& repo) const;
   void log(const std::string& line) const;
   void set_status(const std::string& s) const;
   void beat() const;
+  void failpoint(const std::string& name) const;
 
   config::Config cfg_;
   storage::StateDb& db_;
   PipelineOptions opt_;
 };
 
-// Options shared by `sync` and `run`: upstream token (HF_TOKEN, $HF_HOME/token, hub.token_file),
-// the Hub publish target when publish.hub_org is set, CPU threads and the event log. The mirror
-// target is the caller's (it owns the mirror).
-PipelineOptions pipeline_options(const config::Config& cfg, int threads);
+// Options shared by `sync`, `run` and `demo`: the upstream client (upstream_client_options, with
+// `lookup` as the environment), the Hub publish target when publish.hub_org is set, CPU threads
+// and the event log. The mirror target is the caller's (it owns the mirror).
+PipelineOptions pipeline_options(const config::Config& cfg, int threads,
+                                 const common::EnvLookup& lookup = {});
 
 // Seconds since the epoch (the state database's clock).
 int64_t now_s();

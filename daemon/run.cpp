@@ -1,31 +1,25 @@
 #include "daemon/run.h"
 
-#include "common/strings.h"
-
-#include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
-#include <time.h>
-#include <unistd.h>
 
 #include <atomic>
-#include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
-#include <cstring>
-#include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
-#include <set>
 #include <thread>
+#include <utility>
 
+#include "common/signals.h"
+#include "common/strings.h"
 #include "config/config.h"
+#include "daemon/hub_options.h"
 #include "daemon/metrics.h"
 #include "daemon/notify.h"
 #include "daemon/pipeline.h"
-#include "daemon/sync.h"
+#include "daemon/scheduler.h"
 #include "hub/hub.h"
 #include "mirror/mirror.h"
 #include "storage/state.h"
@@ -38,10 +32,6 @@ using Clock = std::chrono::steady_clock;
 namespace loftqd::daemon {
 
 namespace {
-
-// The scheduler's longest sleep: retries that fall due and the nightly window are noticed
-// within this much.
-constexpr auto kMaxSleep = std::chrono::seconds(30);
 
 // Loads, applies env overrides and validates what `run` needs beyond parse_config.
 config::Config load(const std::string& path) {
@@ -58,43 +48,20 @@ std::optional<std::string> read_secret(const std::optional<std::string>& file, c
   return s;
 }
 
-// Minutes after midnight and a day number in the process's time zone (TZ is set at start-up,
-// before any thread exists, so localtime_r needs no lock).
-struct LocalTime {
-  int minute_of_day;
-  long day;  // days since 1970-01-01, local
-};
-
-LocalTime local_now(bool utc) {
-  time_t t = ::time(nullptr);
-  struct tm tm {};
-  if (utc)
-    ::gmtime_r(&t, &tm);
-  else
-    ::localtime_r(&t, &tm);
-  const long day = (tm.tm_year - 70) * 366L + tm.tm_yday;  // monotone, unique per local day
-  return {tm.tm_hour * 60 + tm.tm_min, day};
+std::vector<std::string> repo_ids(const config::Config& cfg) {
+  std::vector<std::string> ids;
+  for (const auto& r : cfg.repos) ids.push_back(r.repo);
+  return ids;
 }
 
-int g_signal_pipe[2] = {-1, -1};
-
-void on_signal(int sig) {
-  const int saved = errno;
-  const auto c = static_cast<unsigned char>(sig);
-  [[maybe_unused]] auto n = ::write(g_signal_pipe[1], &c, 1);
-  errno = saved;
-}
-
-// State shared between the scheduler (main thread), the signal thread, the watchdog thread and
-// the HTTP handlers.
+// State shared between the main loop, the signal thread, the watchdog thread and the HTTP
+// handlers; `mu` guards everything that is not atomic, the scheduler included.
 struct Shared {
   std::mutex mu;
   std::condition_variable cv;
   std::atomic<bool> stop{false};
   bool reload = false;
-  bool done = false;                    // the main loop has ended
-  std::set<std::string> webhook_repos;  // repos to check at once
-  std::set<std::string> watched;        // repo ids of the current config
+  bool done = false;  // the main loop has ended
   std::optional<std::string> webhook_secret;
   std::string status = "starting";
   std::atomic<int64_t> heartbeat_ms{0};  // steady clock
@@ -113,7 +80,7 @@ struct Shared {
   }
 };
 
-void handle_webhook(Shared& sh, mirror::HttpExchange& ex) {
+void handle_webhook(Shared& sh, Scheduler& sched, mirror::HttpExchange& ex) {
   auto answer = [&](int status, const json& body) {
     ex.status = status;
     ex.content_type = "application/json";
@@ -135,316 +102,346 @@ void handle_webhook(Shared& sh, mirror::HttpExchange& ex) {
   // Discussions and comments don't change the weights; only repo (content/config) events do.
   if (type != "model" || (!scope.empty() && scope.rfind("repo", 0) != 0))
     return answer(202, {{"status", "ignored"}, {"reason", "not a model repo change"}});
-  if (!sh.watched.count(repo))
+  if (!sched.webhook(repo))
     return answer(202, {{"status", "ignored"}, {"reason", "repo is not watched"}});
-  sh.webhook_repos.insert(repo);
   sh.cv.notify_all();
   lk.unlock();
   spdlog::info("repo={} step=webhook scope={}", repo, scope.empty() ? "-" : scope);
   answer(202, {{"status", "queued"}, {"repo", repo}});
 }
 
+// The daemon's parts, built by run_command's steps in order and taken down by the destructor.
+class Daemon {
+ public:
+  Daemon(const RunOptions& ro, config::Config cfg) : ro_(ro), cfg_(std::move(cfg)) {}
+  ~Daemon() { shutdown(); }
+
+  void logging();
+  void state();
+  void signals();
+  void scheduler();
+  void mirror();
+  void watchdog();
+  void loop();
+  void shutdown();
+
+ private:
+  PipelineOptions options_for(const config::Config& c);
+  void reload();
+  void pass();
+  void sleep();
+  void on_signals();
+  void health(mirror::HttpExchange& ex);
+
+  const RunOptions& ro_;
+  config::Config cfg_;
+  bool tz_utc_ = true;
+  Shared sh_;
+  std::optional<Scheduler> sched_;  // guarded by sh_.mu
+  Metrics metrics_;
+  Notifier notifier_;
+  std::unique_ptr<storage::StateDb> db_, reader_db_;
+  std::mutex reader_mu_;
+  std::optional<common::SignalPipe> signal_pipe_;
+  mirror::MirrorOptions mo_;
+  std::unique_ptr<mirror::Mirror> mirror_;
+  PipelineOptions po_;
+  std::thread signal_thread_, watchdog_thread_;
+  bool shut_down_ = false;
+};
+
+// Logging and the clock: the level, and the nightly window's time zone. Setting TZ now, while
+// this is the only thread, keeps localtime_r lock-free later; a new timezone in a reloaded
+// config needs a restart.
+void Daemon::logging() {
+  spdlog::set_level(spdlog::level::from_str(ro_.log_level.value_or(cfg_.log_level)));
+  const std::string& tz = cfg_.schedule.timezone;
+  if (tz != "local" && tz != "UTC") ::setenv("TZ", (":" + tz).c_str(), 1);
+  ::tzset();
+  tz_utc_ = tz == "UTC";
+}
+
+// One connection for the main loop, one for the HTTP handlers (WAL lets them read while the
+// loop writes).
+void Daemon::state() {
+  fs::create_directories(cfg_.store);
+  db_ = storage::StateDb::open(cfg_.state_db);
+  reader_db_ = storage::StateDb::open(cfg_.state_db);
+  sh_.beat();
+  sh_.started_at = now_s();
+  sh_.webhook_secret = read_secret(cfg_.mirror.webhook_secret_file, "mirror.webhook_secret_file");
+}
+
+// SIGTERM/SIGINT stop, SIGHUP reloads: the handler only feeds common::SignalPipe, and the
+// signal thread started here acts on what arrives.
+void Daemon::signals() {
+  signal_pipe_.emplace(std::initializer_list<int>{SIGTERM, SIGINT, SIGHUP});
+  signal_thread_ = std::thread([this] { on_signals(); });
+}
+
+// After the first SIGTERM/SIGINT the signal thread waits at most stop_grace_s for the main loop
+// to end: a download or upload in flight is not interruptible mid-file, and everything it wrote
+// is crash-safe, so past the grace period it exits as if killed (the job resumes on restart). A
+// second SIGTERM/SIGINT exits at once.
+void Daemon::on_signals() {
+  std::optional<Clock::time_point> deadline;
+  for (;;) {
+    int timeout_ms = -1;
+    if (deadline) {
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(*deadline - Clock::now());
+      if (left.count() <= 0) {
+        std::lock_guard g(sh_.mu);
+        if (sh_.done) return;
+        spdlog::warn("stop: '{}' still running after {} s; exiting (it resumes on restart)",
+                     sh_.status, ro_.stop_grace_s);
+        std::_Exit(0);
+      }
+      timeout_ms = static_cast<int>(left.count());
+    }
+    const auto sig = signal_pipe_->next(timeout_ms);
+    if (!sig) {  // the grace deadline, or shutdown() woke us
+      std::lock_guard g(sh_.mu);
+      if (sh_.done) return;
+      continue;
+    }
+    if (*sig == SIGHUP) {
+      std::lock_guard g(sh_.mu);
+      sh_.reload = true;
+      sh_.cv.notify_all();
+      continue;
+    }
+    const char* name = *sig == SIGINT ? "SIGINT" : "SIGTERM";
+    if (sh_.stop.exchange(true)) {
+      spdlog::warn("second {} while stopping: exiting now (jobs resume on restart)", name);
+      std::_Exit(0);
+    }
+    spdlog::info("{}: stopping (finishing or checkpointing the current step)", name);
+    notifier_.stopping("stopping");
+    deadline = Clock::now() + std::chrono::seconds(ro_.stop_grace_s);
+    std::lock_guard g(sh_.mu);
+    sh_.cv.notify_all();
+  }
+}
+
+void Daemon::health(mirror::HttpExchange& ex) {
+  std::lock_guard g(sh_.mu);
+  const bool stopping = sh_.stop.load();
+  const double idle = sh_.since_beat_s();
+  const bool stalled = idle > ro_.stall_limit_s;
+  ex.status = stopping || stalled ? 503 : 200;
+  ex.content_type = "application/json";
+  ex.reply = json{{"status", stopping  ? "stopping"
+                             : stalled ? "stalled"
+                                       : "ok"},
+                  {"version", LOFTQD_VERSION},
+                  {"state", sh_.status},
+                  {"uptime_s", now_s() - sh_.started_at},
+                  {"last_pass_at", sh_.last_pass_at},
+                  {"seconds_since_progress", idle},
+                  {"watched_repos", sched_->watched()}}
+                 .dump();
+}
+
+// The configured listener (with /healthz, /metrics, /webhook) when enabled; otherwise, when
+// results go to the mirror, a private one on a loopback port.
+void Daemon::mirror() {
+  mo_.store = cfg_.store;
+  auto write_token = read_secret(cfg_.mirror.write_token_file, "mirror.write_token_file");
+  // Without a configured token only the daemon itself may write (a random per-process token).
+  mo_.write_token = write_token ? write_token : std::optional<std::string>(common::random_hex(32));
+  mo_.port = 0;
+  if (cfg_.mirror.enabled) std::tie(mo_.host, mo_.port) = mirror::parse_listen(cfg_.mirror.listen);
+  mo_.extra_routes["GET /healthz"] = [this](mirror::HttpExchange& ex) { health(ex); };
+  mo_.extra_routes["GET /metrics"] = [this](mirror::HttpExchange& ex) {
+    std::lock_guard g(reader_mu_);
+    ex.content_type = "text/plain; version=0.0.4; charset=utf-8";
+    ex.reply = metrics_.render(reader_db_.get());
+  };
+  mo_.extra_routes["POST /webhook"] = [this](mirror::HttpExchange& ex) {
+    handle_webhook(sh_, *sched_, ex);
+  };
+  if (cfg_.mirror.enabled || cfg_.publish.mirror) {
+    mirror_ = std::make_unique<mirror::Mirror>(mo_);
+    mirror_->start();
+    spdlog::info("mirror: serving {} on {} (/healthz, /metrics{}); HF_ENDPOINT={}", cfg_.store,
+                 mirror_->url(), sh_.webhook_secret ? ", /webhook" : "", mirror_->url());
+  }
+}
+
+// Which repo is checked when (Scheduler), from the start-up configuration.
+void Daemon::scheduler() {
+  sched_.emplace(cfg_.schedule, repo_ids(cfg_));
+  if (cfg_.limits.concurrent_jobs > 1)
+    spdlog::warn("limits.concurrent_jobs = {}: this version runs one job at a time",
+                 cfg_.limits.concurrent_jobs);
+}
+
+// Fed while the daemon makes progress (see RunOptions::stall_limit_s).
+void Daemon::watchdog() {
+  auto every = notifier_.watchdog_interval();
+  if (!every) return;
+  watchdog_thread_ = std::thread([this, every = *every] {
+    std::unique_lock lk(sh_.mu);
+    while (!sh_.done) {
+      if (sh_.since_beat_s() <= ro_.stall_limit_s)
+        notifier_.watchdog();
+      else
+        spdlog::error("watchdog: no progress for {:.0f} s in '{}'", sh_.since_beat_s(), sh_.status);
+      sh_.cv.wait_for(lk, every, [&] { return sh_.done; });
+    }
+  });
+}
+
+// Everything but the config-derived part (token, Hub target) is fixed for the process, so a
+// reload rebuilds the options with this one function.
+PipelineOptions Daemon::options_for(const config::Config& c) {
+  PipelineOptions p = pipeline_options(c, ro_.threads);
+  p.stop = &sh_.stop;
+  p.metrics = &metrics_;
+  p.failpoint = ro_.failpoint;
+  p.heartbeat = [this] { sh_.beat(); };
+  p.status = [this](const std::string& st) {
+    {
+      std::lock_guard g(sh_.mu);
+      sh_.status = st;
+    }
+    notifier_.status(st);
+  };
+  if (c.publish.mirror && mirror_) p.mirror = PublishEndpoint{mirror_->url(), mo_.write_token};
+  return p;
+}
+
+// Until a signal stops it: reload when asked, check what is due and run the jobs, then sleep.
+void Daemon::loop() {
+  po_ = options_for(cfg_);
+  if (po_.upstream.offline) spdlog::warn("{}", kOfflineNotice);
+  notifier_.ready("idle; watching " + std::to_string(cfg_.repos.size()) + " repos");
+  spdlog::info(
+      "run: watching {} repos, poll every {} s{}; store {}", cfg_.repos.size(),
+      cfg_.schedule.poll_interval_s,
+      cfg_.schedule.nightly ? ", nightly refresh in " + cfg_.schedule.timezone : std::string(),
+      cfg_.store);
+  while (!sh_.stop) {
+    sh_.beat();
+    reload();
+    pass();
+    if (sh_.stop) break;
+    sleep();
+  }
+  spdlog::info("run: stopped cleanly");  // the job in flight has stopped at a durable point
+}
+
+// SIGHUP: reload. Fields bound at start-up (store, state db, listener, time zone) keep their
+// values until a restart; a bad new config is logged and the old one stays.
+void Daemon::reload() {
+  {
+    std::lock_guard g(sh_.mu);
+    if (!std::exchange(sh_.reload, false)) return;
+  }
+  notifier_.reloading("reloading " + ro_.config_path);
+  try {
+    config::Config n = load(ro_.config_path);
+    auto secret = read_secret(n.mirror.webhook_secret_file, "mirror.webhook_secret_file");
+    for (const auto& [field, same] :
+         {std::pair<const char*, bool>{"store", n.store == cfg_.store},
+          {"state_db", n.state_db == cfg_.state_db},
+          {"mirror.listen", n.mirror.listen == cfg_.mirror.listen},
+          {"mirror.enabled", n.mirror.enabled == cfg_.mirror.enabled},
+          {"mirror.write_token_file", n.mirror.write_token_file == cfg_.mirror.write_token_file},
+          {"schedule.timezone", n.schedule.timezone == cfg_.schedule.timezone}})
+      if (!same) spdlog::warn("reload: a change of {} takes effect after a restart", field);
+    n.store = cfg_.store;
+    n.state_db = cfg_.state_db;
+    n.mirror.listen = cfg_.mirror.listen;
+    n.mirror.enabled = cfg_.mirror.enabled;
+    n.mirror.write_token_file = cfg_.mirror.write_token_file;
+    n.schedule.timezone = cfg_.schedule.timezone;
+    cfg_ = std::move(n);
+    spdlog::set_level(spdlog::level::from_str(ro_.log_level.value_or(cfg_.log_level)));
+    po_ = options_for(cfg_);
+    {
+      std::lock_guard g(sh_.mu);
+      sched_->reconfigure(cfg_.schedule, repo_ids(cfg_));  // every repo is checked at once
+      sh_.webhook_secret = secret;
+    }
+    spdlog::info("reload: {} applied; watching {} repos", ro_.config_path, cfg_.repos.size());
+  } catch (const std::exception& e) {
+    spdlog::error("reload: {} rejected, keeping the previous configuration: {}", ro_.config_path,
+                  e.what());
+  }
+  notifier_.ready("idle; watching " + std::to_string(cfg_.repos.size()) + " repos");
+}
+
+// One pass: check the repos the scheduler says are due, then run every runnable job.
+void Daemon::pass() {
+  Scheduler::Due due;
+  {
+    std::lock_guard g(sh_.mu);
+    due = sched_->due(Clock::now(), Scheduler::local_now(tz_utc_));
+  }
+  if (due.nightly)
+    spdlog::info("run: nightly window {}: refresh check of every repo", cfg_.schedule.timezone);
+  Pipeline pipeline(cfg_, *db_, po_);
+  SyncReport report;
+  for (const auto& r : cfg_.repos) {
+    if (sh_.stop) break;
+    if (!due.repos.count(r.repo)) continue;
+    po_.status("checking " + r.repo);
+    pipeline.check_repo(r, report);
+    std::lock_guard g(sh_.mu);
+    sched_->checked(r.repo, Clock::now());
+  }
+  pipeline.run_jobs(report);
+  if (report.repos_checked + report.jobs_done + report.jobs_failed + report.jobs_interrupted > 0) {
+    metrics_.pass_finished();
+    spdlog::info(
+        "run: pass ({}) checked {} repos, {} jobs queued, {} done, {} failed, {} interrupted",
+        due.why.empty() ? "retry" : due.why, report.repos_checked, report.jobs_enqueued,
+        report.jobs_done, report.jobs_failed, report.jobs_interrupted);
+    std::lock_guard g(sh_.mu);
+    sh_.last_pass_at = now_s();
+  }
+}
+
+// Until the next poll is due (or a retry/nightly check may be), a signal or a webhook.
+void Daemon::sleep() {
+  std::unique_lock lk(sh_.mu);
+  const auto wake = sched_->wake_at(Clock::now());
+  const auto secs = std::chrono::duration_cast<std::chrono::seconds>(wake - Clock::now()).count();
+  lk.unlock();
+  po_.status("idle; next check in " + std::to_string(std::max<int64_t>(0, secs)) + " s");
+  lk.lock();
+  sh_.cv.wait_until(lk, wake, [&] { return sh_.stop || sh_.reload || sched_->webhook_pending(); });
+}
+
+// Idempotent: also what an exception on the way up or out leaves to the destructor.
+void Daemon::shutdown() {
+  if (std::exchange(shut_down_, true)) return;
+  {
+    std::lock_guard g(sh_.mu);
+    sh_.done = true;
+    sh_.cv.notify_all();
+  }
+  if (watchdog_thread_.joinable()) watchdog_thread_.join();
+  if (mirror_) mirror_->stop();
+  if (signal_pipe_) signal_pipe_->wake();
+  if (signal_thread_.joinable()) signal_thread_.join();
+  signal_pipe_.reset();  // the previous signal handlers again
+}
+
 }  // namespace
 
 int run_command(const RunOptions& ro) {
-  // 1. Configuration. A bad one at start-up is a usage error (exit 2).
-  config::Config cfg = load(ro.config_path);
-  const std::string level = ro.log_level.value_or(cfg.log_level);
-  spdlog::set_level(spdlog::level::from_str(level));
-
-  // 2. Signals: the handler only writes the signal number to a pipe (async-signal-safe, and it
-  // works whichever thread the kernel picks, BLAS workers created before main included); the
-  // signal thread below reads the pipe and acts.
-  if (::pipe2(g_signal_pipe, O_CLOEXEC | O_NONBLOCK) != 0)
-    throw std::runtime_error(std::string("pipe2: ") + std::strerror(errno));
-  struct sigaction sa {};
-  sa.sa_handler = on_signal;
-  sigemptyset(&sa.sa_mask);
-  sa.sa_flags = SA_RESTART;
-  for (int s : {SIGTERM, SIGINT, SIGHUP}) ::sigaction(s, &sa, nullptr);
-
-  // The nightly window is in schedule.timezone. Setting TZ now, while this is the only thread,
-  // keeps localtime_r lock-free later; a new timezone in a reloaded config needs a restart.
-  const std::string tz = cfg.schedule.timezone;
-  if (tz != "local" && tz != "UTC") ::setenv("TZ", (":" + tz).c_str(), 1);
-  ::tzset();
-  const bool tz_utc = tz == "UTC";
-
-  // 3. State: one connection for the scheduler, one for the HTTP handlers (WAL lets them
-  // read while the scheduler writes).
-  fs::create_directories(cfg.store);
-  auto db = storage::StateDb::open(cfg.state_db);
-  auto reader_db = storage::StateDb::open(cfg.state_db);
-  std::mutex reader_mu;
-
-  Shared sh;
-  sh.beat();
-  sh.started_at = now_s();
-  for (const auto& r : cfg.repos) sh.watched.insert(r.repo);
-  sh.webhook_secret = read_secret(cfg.mirror.webhook_secret_file, "mirror.webhook_secret_file");
-  Metrics metrics;
-  Notifier notifier;
-
-  // 4. The mirror: the configured listener (with /healthz, /metrics, /webhook) when enabled;
-  // otherwise, when results go to the mirror, a private one on a loopback port.
-  mirror::MirrorOptions mo;
-  mo.store = cfg.store;
-  auto write_token = read_secret(cfg.mirror.write_token_file, "mirror.write_token_file");
-  // Without a configured token only the daemon itself may write (a random per-process token).
-  mo.write_token = write_token ? write_token : std::optional<std::string>(common::random_hex(32));
-  if (cfg.mirror.enabled) {
-    auto [host, port] = mirror::parse_listen(cfg.mirror.listen);
-    mo.host = host;
-    mo.port = port;
-  } else {
-    mo.port = 0;
-  }
-  mo.extra_routes["GET /healthz"] = [&](mirror::HttpExchange& ex) {
-    std::lock_guard g(sh.mu);
-    const bool stopping = sh.stop.load();
-    const double idle = sh.since_beat_s();
-    const bool stalled = idle > ro.stall_limit_s;
-    ex.status = stopping || stalled ? 503 : 200;
-    ex.content_type = "application/json";
-    ex.reply = json{{"status", stopping  ? "stopping"
-                               : stalled ? "stalled"
-                                         : "ok"},
-                    {"version", LOFTQD_VERSION},
-                    {"state", sh.status},
-                    {"uptime_s", now_s() - sh.started_at},
-                    {"last_pass_at", sh.last_pass_at},
-                    {"seconds_since_progress", idle},
-                    {"watched_repos", sh.watched.size()}}
-                   .dump();
-  };
-  mo.extra_routes["GET /metrics"] = [&](mirror::HttpExchange& ex) {
-    std::lock_guard g(reader_mu);
-    ex.content_type = "text/plain; version=0.0.4; charset=utf-8";
-    ex.reply = metrics.render(reader_db.get());
-  };
-  mo.extra_routes["POST /webhook"] = [&](mirror::HttpExchange& ex) { handle_webhook(sh, ex); };
-  std::unique_ptr<mirror::Mirror> mirror;
-  if (cfg.mirror.enabled || cfg.publish.mirror) {
-    mirror = std::make_unique<mirror::Mirror>(mo);
-    mirror->start();
-    spdlog::info("mirror: serving {} on {} (/healthz, /metrics{}); HF_ENDPOINT={}", cfg.store,
-                 mirror->url(), sh.webhook_secret ? ", /webhook" : "", mirror->url());
-  }
-
-  // 5. The signal thread. After the first SIGTERM/SIGINT it waits at most stop_grace_s for the
-  // main loop to end: a download or upload in flight is not interruptible mid-file, and
-  // everything it wrote is crash-safe, so past the grace period it exits as if killed (the job
-  // resumes on restart). A second SIGTERM/SIGINT exits at once.
-  std::thread signals([&] {
-    std::optional<Clock::time_point> deadline;
-    for (;;) {
-      int timeout_ms = -1;
-      if (deadline) {
-        const auto left =
-            std::chrono::duration_cast<std::chrono::milliseconds>(*deadline - Clock::now());
-        if (left.count() <= 0) {
-          std::lock_guard g(sh.mu);
-          if (sh.done) return;
-          spdlog::warn("stop: '{}' still running after {} s; exiting (it resumes on restart)",
-                       sh.status, ro.stop_grace_s);
-          std::_Exit(0);
-        }
-        timeout_ms = static_cast<int>(left.count());
-      }
-      pollfd pfd{g_signal_pipe[0], POLLIN, 0};
-      if (::poll(&pfd, 1, timeout_ms) <= 0) continue;  // timeout (deadline) or EINTR
-      unsigned char sig = 0;
-      while (::read(g_signal_pipe[0], &sig, 1) == 1) {
-        if (sig == 0) {  // the main loop has ended
-          return;
-        }
-        if (sig == SIGHUP) {
-          std::lock_guard g(sh.mu);
-          sh.reload = true;
-          sh.cv.notify_all();
-          continue;
-        }
-        const char* name = sig == SIGINT ? "SIGINT" : "SIGTERM";
-        if (sh.stop.exchange(true)) {
-          spdlog::warn("second {} while stopping: exiting now (jobs resume on restart)", name);
-          std::_Exit(0);
-        }
-        spdlog::info("{}: stopping (finishing or checkpointing the current step)", name);
-        notifier.stopping("stopping");
-        deadline = Clock::now() + std::chrono::seconds(ro.stop_grace_s);
-        std::lock_guard g(sh.mu);
-        sh.cv.notify_all();
-      }
-    }
-  });
-
-  // 6. The watchdog: fed while the daemon makes progress (see RunOptions::stall_limit_s).
-  std::thread watchdog;
-  if (auto every = notifier.watchdog_interval()) {
-    watchdog = std::thread([&, every = *every] {
-      std::unique_lock lk(sh.mu);
-      while (!sh.done) {
-        if (sh.since_beat_s() <= ro.stall_limit_s)
-          notifier.watchdog();
-        else
-          spdlog::error("watchdog: no progress for {:.0f} s in '{}'", sh.since_beat_s(), sh.status);
-        sh.cv.wait_for(lk, every, [&] { return sh.done; });
-      }
-    });
-  }
-
-  // 7. The scheduler.
-  // Everything but the config-derived part (token, Hub target) is fixed for the process, so a
-  // reload rebuilds the options with this one function.
-  auto options_for = [&](const config::Config& c) {
-    PipelineOptions p = pipeline_options(c, ro.threads);
-    p.stop = &sh.stop;
-    p.metrics = &metrics;
-    p.heartbeat = [&] { sh.beat(); };
-    p.status = [&](const std::string& st) {
-      {
-        std::lock_guard g(sh.mu);
-        sh.status = st;
-      }
-      notifier.status(st);
-    };
-    if (c.publish.mirror && mirror) p.mirror = PublishEndpoint{mirror->url(), mo.write_token};
-    return p;
-  };
-  PipelineOptions po = options_for(cfg);
-
-  std::map<std::string, Clock::time_point> next_check;  // repo -> when it is polled next
-  std::optional<long> nightly_done_day;
-  if (cfg.limits.concurrent_jobs > 1)
-    spdlog::warn("limits.concurrent_jobs = {}: this version runs one job at a time",
-                 cfg.limits.concurrent_jobs);
-  notifier.ready("idle; watching " + std::to_string(cfg.repos.size()) + " repos");
-  spdlog::info("run: watching {} repos, poll every {} s{}; store {}", cfg.repos.size(),
-               cfg.schedule.poll_interval_s,
-               cfg.schedule.nightly ? ", nightly refresh in " + tz : std::string(), cfg.store);
-
-  while (!sh.stop) {
-    sh.beat();
-    // SIGHUP: reload. Fields bound at start-up (store, state db, listener, time zone) keep
-    // their values until a restart.
-    bool reload = false;
-    {
-      std::lock_guard g(sh.mu);
-      std::swap(reload, sh.reload);
-    }
-    if (reload) {
-      notifier.reloading("reloading " + ro.config_path);
-      try {
-        config::Config n = load(ro.config_path);
-        auto secret = read_secret(n.mirror.webhook_secret_file, "mirror.webhook_secret_file");
-        for (const auto& [field, same] :
-             {std::pair<const char*, bool>{"store", n.store == cfg.store},
-              {"state_db", n.state_db == cfg.state_db},
-              {"mirror.listen", n.mirror.listen == cfg.mirror.listen},
-              {"mirror.enabled", n.mirror.enabled == cfg.mirror.enabled},
-              {"mirror.write_token_file", n.mirror.write_token_file == cfg.mirror.write_token_file},
-              {"schedule.timezone", n.schedule.timezone == cfg.schedule.timezone}})
-          if (!same) spdlog::warn("reload: a change of {} takes effect after a restart", field);
-        n.store = cfg.store;
-        n.state_db = cfg.state_db;
-        n.mirror.listen = cfg.mirror.listen;
-        n.mirror.enabled = cfg.mirror.enabled;
-        n.mirror.write_token_file = cfg.mirror.write_token_file;
-        n.schedule.timezone = cfg.schedule.timezone;
-        cfg = std::move(n);
-        spdlog::set_level(spdlog::level::from_str(ro.log_level.value_or(cfg.log_level)));
-        po = options_for(cfg);
-        {
-          std::lock_guard g(sh.mu);
-          sh.watched.clear();
-          for (const auto& r : cfg.repos) sh.watched.insert(r.repo);
-          sh.webhook_secret = secret;
-        }
-        // Every repo is checked at once: a changed LoftQ setting or target means a new config
-        // hash, hence a new job for the same upstream commit.
-        next_check.clear();
-        spdlog::info("reload: {} applied; watching {} repos", ro.config_path, cfg.repos.size());
-      } catch (const std::exception& e) {
-        spdlog::error("reload: {} rejected, keeping the previous configuration: {}", ro.config_path,
-                      e.what());
-      }
-      notifier.ready("idle; watching " + std::to_string(cfg.repos.size()) + " repos");
-    }
-
-    // Which repos to check now: webhook hits, the nightly window (once per local day), and
-    // those whose poll interval has passed.
-    const auto now = Clock::now();
-    std::set<std::string> due;
-    std::string why;
-    {
-      std::lock_guard g(sh.mu);
-      for (const auto& r : sh.webhook_repos) due.insert(r);
-      sh.webhook_repos.clear();
-    }
-    if (!due.empty()) why = "webhook";
-    if (cfg.schedule.nightly) {
-      const auto lt = local_now(tz_utc);
-      if (cfg.schedule.nightly->contains(lt.minute_of_day) && nightly_done_day != lt.day) {
-        nightly_done_day = lt.day;
-        for (const auto& r : cfg.repos) due.insert(r.repo);
-        why = "nightly";
-        spdlog::info("run: nightly window {}: refresh check of every repo", tz);
-      }
-    }
-    for (const auto& r : cfg.repos) {
-      auto it = next_check.find(r.repo);
-      if (it == next_check.end() || it->second <= now) {
-        due.insert(r.repo);
-        if (why.empty()) why = "poll";
-      }
-    }
-
-    Pipeline pipeline(cfg, *db, po);
-    SyncReport report;
-    for (const auto& r : cfg.repos) {
-      if (sh.stop) break;
-      if (!due.count(r.repo)) continue;
-      po.status("checking " + r.repo);
-      pipeline.check_repo(r, report);
-      next_check[r.repo] = Clock::now() + std::chrono::seconds(cfg.schedule.poll_interval_s);
-    }
-    pipeline.run_jobs(report);
-    if (report.repos_checked + report.jobs_done + report.jobs_failed + report.jobs_interrupted >
-        0) {
-      metrics.pass_finished();
-      spdlog::info(
-          "run: pass ({}) checked {} repos, {} jobs queued, {} done, {} failed, {} interrupted",
-          why.empty() ? "retry" : why, report.repos_checked, report.jobs_enqueued, report.jobs_done,
-          report.jobs_failed, report.jobs_interrupted);
-      std::lock_guard g(sh.mu);
-      sh.last_pass_at = now_s();
-    }
-    if (sh.stop) break;
-
-    // Sleep until the next poll is due (or a retry/nightly check may be), a signal or a webhook.
-    auto wake = Clock::now() + kMaxSleep;
-    for (const auto& [repo, t] : next_check) wake = std::min(wake, t);
-    const auto secs = std::chrono::duration_cast<std::chrono::seconds>(wake - Clock::now()).count();
-    po.status("idle; next check in " + std::to_string(std::max<int64_t>(0, secs)) + " s");
-    std::unique_lock lk(sh.mu);
-    sh.cv.wait_until(lk, wake, [&] { return sh.stop || sh.reload || !sh.webhook_repos.empty(); });
-  }
-
-  // 8. Shutdown: the job in flight has stopped at a durable point.
-  spdlog::info("run: stopped cleanly");
-  {
-    std::lock_guard g(sh.mu);
-    sh.done = true;
-    sh.cv.notify_all();
-  }
-  if (watchdog.joinable()) watchdog.join();
-  if (mirror) mirror->stop();
-  const unsigned char quit = 0;
-  [[maybe_unused]] auto n = ::write(g_signal_pipe[1], &quit, 1);
-  signals.join();
-  for (int s : {SIGTERM, SIGINT, SIGHUP}) ::signal(s, SIG_DFL);
-  ::close(g_signal_pipe[0]);
-  ::close(g_signal_pipe[1]);
+  Daemon d(ro, load(ro.config_path));  // config: a bad one at start-up is a usage error (exit 2)
+  d.logging();                         // logging: the level and the nightly window's time zone
+  d.state();                           // storage: the state db, the webhook secret
+  d.signals();                         // signals: SIGTERM/SIGINT stop, SIGHUP reloads
+  d.scheduler();                       // scheduler: polls, the nightly window, webhooks
+  d.mirror();                          // mirror: the store, /healthz, /metrics, /webhook
+  d.watchdog();                        // watchdog: systemd's, fed while work makes progress
+  d.loop();                            // loop: scheduler decides, pipeline works, until a stop
+  d.shutdown();                        // shutdown: threads joined, mirror stopped
   return 0;
 }
 

@@ -10,6 +10,7 @@
 // one keeps running. Under systemd (NOTIFY_SOCKET) it sends READY=1, STATUS=... and WATCHDOG=1.
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -23,6 +24,8 @@ struct RunOptions {
   // The watchdog is fed while the daemon makes progress at least this often (a tensor, a
   // download chunk, a scheduler wake-up); a hang longer than this lets systemd restart it.
   int stall_limit_s = 1800;
+  // Test seam (PipelineOptions::failpoint); null in production.
+  std::function<void(const std::string&)> failpoint;
 };
 
 // Returns the exit code (0 after a signal-initiated stop). Throws config::ConfigError (exit 2)

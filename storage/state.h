@@ -76,7 +76,9 @@ class StateDb {
   std::vector<Job> jobs(int limit = 100) const;  // newest first
   std::map<JobState, int64_t> count_by_state() const;
 
-  // Per-tensor progress of a job: what a restarted job may skip.
+  // Per-tensor progress of a job, for reporting (logs, status). Never consulted to skip work:
+  // what a restarted job may skip is decided by its checkpoint files alone (convert/resume.cpp,
+  // QuantizeOptions::checkpoint_dir), which carry a fingerprint and a checksum.
   void tensor_done(int64_t job_id, const std::string& tensor);
   std::set<std::string> tensors_done(int64_t job_id) const;
 

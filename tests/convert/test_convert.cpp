@@ -25,7 +25,7 @@ using loftqd::testing::spit;
 using loftqd::testing::TempDir;
 using ::testing::HasSubstr;
 
-const std::set<std::string> kLlamaTargets = {"q_proj", "k_proj",  "v_proj",   "o_proj",
+const std::set<std::string> kLlamaTargets = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
                                              "gate_proj", "up_proj", "down_proj"};
 
 class ConvertTest : public ::testing::Test {

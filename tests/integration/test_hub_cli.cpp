@@ -31,14 +31,6 @@ namespace {
 
 constexpr const char* kToken = "hf_cli_write_token_0042";
 
-bool cli_has_hub_commands() {
-  static const bool has = [] {
-    auto r = run_loftqd({"--help"});
-    return r.out.find("fetch") != std::string::npos && r.out.find("publish") != std::string::npos;
-  }();
-  return has;
-}
-
 // Sets an environment variable for the scope of a test.
 class ScopedEnv {
  public:
@@ -88,7 +80,6 @@ void make_layout(const fs::path& tmp, const fs::path& out) {
 }  // namespace
 
 TEST(HubCli, PublishAQuantizedLayoutThenFetchItBackByteForByte) {
-  if (!cli_has_hub_commands()) GTEST_SKIP() << "serve/fetch/publish not wired into the CLI yet";
   TempDir tmp;
   ScopedEnv home("HF_HOME", (tmp / "hf-home").string());
   ScopedEnv endpoint("HF_ENDPOINT", std::nullopt);
@@ -138,7 +129,6 @@ TEST(HubCli, PublishAQuantizedLayoutThenFetchItBackByteForByte) {
 }
 
 TEST(HubCli, FetchErrorsAndUsage) {
-  if (!cli_has_hub_commands()) GTEST_SKIP() << "serve/fetch/publish not wired into the CLI yet";
   TempDir tmp;
   ScopedEnv home("HF_HOME", (tmp / "hf-home").string());
   ScopedEnv token("HF_TOKEN", std::string(kToken));
@@ -217,17 +207,11 @@ TEST(HubJs, OfficialClientReadsAndWritesTheMirror) {
   ASSERT_EQ(WEXITSTATUS(status), 0) << out;
   EXPECT_THAT(out, HasSubstr("\"uploaded\":4"));
 
-  // What the JS client uploaded, fetched back by loftqd, byte for byte.
-  loftqd::hub::SnapshotRequest sr;
-  sr.repo = "js-org/uploaded";
-  sr.local_dir = tmp / "fetched";
-  if (cli_has_hub_commands()) {
+  // What the JS client uploaded, fetched back by loftqd fetch, byte for byte.
+  {
     ScopedEnv ep("HF_ENDPOINT", mirror.url());
     auto f = run_loftqd({"fetch", "js-org/uploaded", "--local-dir", (tmp / "fetched").string()});
     ASSERT_EQ(f.exit_code, 0) << f.out;
-  } else {
-    auto f = client.snapshot_download(sr);
-    ASSERT_TRUE(f.ok()) << f.error().message;
   }
   EXPECT_EQ(read_tree(tmp / "fetched"), read_tree(tmp / "js-out"));
   EXPECT_EQ(read_tree(tmp / "fetched").size(), 4u);
@@ -235,7 +219,6 @@ TEST(HubJs, OfficialClientReadsAndWritesTheMirror) {
 }
 
 TEST(HubCli, FetchKilledMidFileResumesWithRange) {
-  if (!cli_has_hub_commands()) GTEST_SKIP() << "serve/fetch/publish not wired into the CLI yet";
   TempDir tmp;
   ScopedEnv home("HF_HOME", (tmp / "hf-home").string());
   ScopedEnv token("HF_TOKEN", std::nullopt);

@@ -1,7 +1,9 @@
 // `loftqd run`: the long-running daemon as a child process against an in-process upstream Hub.
 // Signals (SIGTERM, SIGHUP with good and bad configs), /healthz, /metrics, the webhook, and
 // crash tests: kill -9 during download, quantization and publish, then a restart completes the
-// job without downloading a verified blob twice or publishing twice.
+// job without downloading a verified blob twice or publishing twice. The tests that stop at a
+// failpoint (LOFTQD_FAILPOINT) run loftqd-test (tests/support/loftqd_failpoints_main.cpp); the
+// loftqd binary itself ignores that variable.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
@@ -70,6 +72,17 @@ httplib::Client http(const std::string& url) {
   c.set_connection_timeout(5);
   c.set_read_timeout(10);
   return c;
+}
+
+#ifndef LOFTQD_TEST_BINARY
+#error "LOFTQD_TEST_BINARY must name the loftqd-test executable"
+#endif
+
+// The daemon with failpoints, stopping `spec` ("name:ms[,...]") at each named point.
+std::unique_ptr<Child> with_failpoints(const std::vector<std::string>& args, const fs::path& log,
+                                       const std::string& spec) {
+  return std::make_unique<Child>(args, log, std::vector<std::string>{"LOFTQD_FAILPOINT=" + spec},
+                                 LOFTQD_TEST_BINARY);
 }
 
 std::vector<std::string> run_args(const fs::path& cfg) {
@@ -265,13 +278,13 @@ TEST(Run, SigtermDuringQuantizationCheckpointsAndTheRestartResumes) {
   Upstream up(tmp.path());
   const auto cfg = write_config(tmp, base_config(tmp, up.url(), 8));
   // Each finished tensor pauses 200 ms, so SIGTERM lands mid-model.
-  Child d(run_args(cfg), tmp / "run.log", {"LOFTQD_FAILPOINT=tensor:200"});
-  ASSERT_TRUE(d.wait_for_log("failpoint=tensor", 120s, 3)) << d.log();
-  d.signal(SIGTERM);
-  auto rc = d.wait(30s);
-  ASSERT_TRUE(rc.has_value()) << d.log();
-  EXPECT_EQ(*rc, 0) << d.log();
-  EXPECT_THAT(d.log(), HasSubstr("step=interrupted"));
+  auto d = with_failpoints(run_args(cfg), tmp / "run.log", "tensor:200");
+  ASSERT_TRUE(d->wait_for_log("failpoint=tensor", 120s, 3)) << d->log();
+  d->signal(SIGTERM);
+  auto rc = d->wait(30s);
+  ASSERT_TRUE(rc.has_value()) << d->log();
+  EXPECT_EQ(*rc, 0) << d->log();
+  EXPECT_THAT(d->log(), HasSubstr("step=interrupted"));
   auto job = only_job(tmp / "store");
   ASSERT_TRUE(job);
   EXPECT_EQ(job->state, loftqd::storage::JobState::Quantizing);
@@ -359,10 +372,10 @@ TEST(Crash, KillDuringQuantizationResumesFromFinishedTensors) {
   const auto cfg = write_config(tmp, base_config(tmp, up.url(), 8));
   size_t done = 0;
   {
-    Child d(run_args(cfg), tmp / "run.log", {"LOFTQD_FAILPOINT=tensor:150"});
-    ASSERT_TRUE(d.wait_for_log("failpoint=tensor", 120s, 5)) << d.log();
-    d.signal(SIGKILL);
-    d.wait(10s);
+    auto d = with_failpoints(run_args(cfg), tmp / "run.log", "tensor:150");
+    ASSERT_TRUE(d->wait_for_log("failpoint=tensor", 120s, 5)) << d->log();
+    d->signal(SIGKILL);
+    d->wait(10s);
     auto job = only_job(tmp / "store");
     ASSERT_TRUE(job);
     done =
@@ -384,10 +397,10 @@ TEST(Crash, KillAroundThePublishCommitPublishesExactlyOnce) {
   const auto cfg = write_config(tmp, base_config(tmp, up.url(), 8));
   // 1. Killed before the upload: nothing is published; a reader sees no repo.
   {
-    Child d(run_args(cfg), tmp / "run1.log", {"LOFTQD_FAILPOINT=publish:30000"});
-    ASSERT_TRUE(d.wait_for_log("failpoint=publish", 120s)) << d.log();
-    d.signal(SIGKILL);
-    d.wait(10s);
+    auto d = with_failpoints(run_args(cfg), tmp / "run1.log", "publish:30000");
+    ASSERT_TRUE(d->wait_for_log("failpoint=publish", 120s)) << d->log();
+    d->signal(SIGKILL);
+    d->wait(10s);
   }
   EXPECT_EQ(read_published(tmp, "before-upload"), "");
   EXPECT_TRUE(wait_for_job(
@@ -400,10 +413,10 @@ TEST(Crash, KillAroundThePublishCommitPublishesExactlyOnce) {
   // revision.
   std::string first;
   {
-    Child d(run_args(cfg), tmp / "run2.log", {"LOFTQD_FAILPOINT=published:30000"});
-    ASSERT_TRUE(d.wait_for_log("failpoint=published", 120s)) << d.log();
-    d.signal(SIGKILL);
-    d.wait(10s);
+    auto d = with_failpoints(run_args(cfg), tmp / "run2.log", "published:30000");
+    ASSERT_TRUE(d->wait_for_log("failpoint=published", 120s)) << d->log();
+    d->signal(SIGKILL);
+    d->wait(10s);
   }
   first = read_published(tmp, "after-commit");
   ASSERT_FALSE(first.empty());
@@ -420,4 +433,18 @@ TEST(Crash, KillAroundThePublishCommitPublishesExactlyOnce) {
   ASSERT_TRUE(job);
   EXPECT_EQ(job->state, loftqd::storage::JobState::Done);
   EXPECT_EQ(job->published_commit, first);
+}
+
+TEST(Failpoints, TheLoftqdBinaryIgnoresLoftqdFailpoint) {
+  TempDir tmp;
+  Upstream up(tmp.path());
+  const auto cfg = write_config(tmp, base_config(tmp, up.url(), 8));
+  // Were the variable read, each of these points would stall the job for a minute.
+  Child d({"sync", "--config", cfg.string(), "--once", "--threads", "1"}, tmp / "sync.log",
+          {"LOFTQD_FAILPOINT=tensor:60000,publish:60000,published:60000"});
+  auto rc = d.wait(120s);
+  ASSERT_TRUE(rc.has_value()) << d.log();
+  EXPECT_EQ(*rc, 0) << d.log();
+  EXPECT_THAT(d.log(), HasSubstr("step=done"));
+  EXPECT_THAT(d.log(), ::testing::Not(HasSubstr("failpoint=")));
 }

@@ -2,6 +2,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -14,6 +15,7 @@
 
 namespace fs = std::filesystem;
 namespace model = loftqd::model;
+using loftqd::testing::Child;
 using loftqd::testing::run_loftqd;
 using loftqd::testing::slurp;
 using loftqd::testing::spit;
@@ -103,6 +105,23 @@ TEST(Sync, MissingUpstreamRepoFailsPermanentlyWithExitOne) {
   auto r = run_loftqd({"sync", "--config", (tmp / "c.json").string(), "--once"});
   EXPECT_EQ(r.exit_code, 1) << r.out;
   EXPECT_THAT(r.out, HasSubstr("up/missing"));
+}
+
+TEST(Sync, HfHubOfflineMakesNoNetworkRequestAndSaysSo) {
+  TempDir tmp;
+  Upstream up(tmp.path());
+  const auto cfg = write_config(tmp, up.url(), 8);
+  const size_t before = up.requests().size();  // the upstream's own set-up
+  Child d({"sync", "--config", cfg.string(), "--once"}, tmp / "sync.log", {"HF_HUB_OFFLINE=1"});
+  auto rc = d.wait(std::chrono::seconds(60));
+  ASSERT_TRUE(rc.has_value()) << d.log();
+  EXPECT_EQ(*rc, 1) << d.log();  // nothing could be checked
+  EXPECT_THAT(d.log(), HasSubstr("HF_HUB_OFFLINE is set: no network request"));
+  EXPECT_THAT(d.log(), HasSubstr("repo=up/tiny step=check skipped=offline"));
+  EXPECT_THAT(d.log(), HasSubstr("up/tiny: not checked: HF_HUB_OFFLINE is set"));
+  EXPECT_THAT(d.log(), HasSubstr("0 repos checked, 0 jobs queued"));
+  EXPECT_EQ(up.requests().size(), before);
+  EXPECT_FALSE(fs::exists(tmp / "store" / "models--up--tiny"));
 }
 
 TEST(Demo, RunsEndToEndAndLeavesAServableStore) {

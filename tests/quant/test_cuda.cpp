@@ -1,5 +1,5 @@
-// The device choice (--device) and the CUDA backend against the CPU reference (STYLE §7).
-// Device* tests run everywhere; Cuda* tests need a CUDA build and a device, and skip otherwise.
+// The CUDA backend against the CPU reference (STYLE §7). These tests need a CUDA build and a
+// device, and skip otherwise; the device choice (--device) is tests/quant/test_device.cpp.
 #include <gtest/gtest.h>
 #include <lapacke.h>
 
@@ -132,130 +132,7 @@ LoftqOptions opts(int bits, int iters, SvdMode mode, int rank) {
   return o;
 }
 
-// A backend whose every allocation fails as a device out of memory would.
-class OutOfMemoryBackend final : public Backend {
- public:
-  std::string name() const override { return "oom"; }
-  std::unique_ptr<Buffer> alloc(size_t n) override {
-    throw DeviceOutOfMemory("cannot allocate " + std::to_string(n) + " floats");
-  }
-  void upload(Buffer&, const float*, size_t) override {}
-  void download(float*, const Buffer&, size_t) override {}
-  void copy(const Buffer&, Buffer&, size_t) override {}
-  void gemm(bool, bool, int, int, int, float, const Buffer&, const Buffer&, float,
-            Buffer&) override {}
-  void sub(const Buffer&, const Buffer&, Buffer&, size_t) override {}
-  double sq_dist(const Buffer&, const Buffer&, size_t) override { return 0; }
-  double sq_norm(const Buffer&, size_t) override { return 0; }
-  void quant_dequant(const QuantSpec&, const Buffer&, Buffer&, size_t) override {}
-  void orthonormalize(Buffer&, int, int) override {}
-  void svd(Buffer&, int, int, Buffer&, std::vector<float>&, Buffer&) override {}
-  void make_factors(const Buffer&, int, int, const std::vector<float>&, const Buffer&, int, int,
-                    Buffer&, Buffer&) override {}
-};
-
 }  // namespace
-
-// ---- --device, everywhere ----
-
-TEST(Device, ParsesTheDeviceStrings) {
-  EXPECT_EQ(parse_device("auto").kind, DeviceChoice::Kind::Auto);
-  EXPECT_EQ(parse_device("cpu").kind, DeviceChoice::Kind::Cpu);
-  EXPECT_EQ(parse_device("cuda").kind, DeviceChoice::Kind::Cuda);
-  EXPECT_EQ(parse_device("cuda").index, 0);
-  EXPECT_EQ(parse_device("cuda:0").index, 0);
-  EXPECT_EQ(parse_device("cuda:7").index, 7);
-  EXPECT_EQ(parse_device("cuda:12").kind, DeviceChoice::Kind::Cuda);
-  for (const char* bad : {"", "gpu", "CPU", "cuda:", "cuda:-1", "cuda:+1", "cuda:x", "cuda:1x",
-                          "cuda:0 ", "cuda0", "cuda:99999999999", "cpu:0"}) {
-    const std::string msg = error_of([&] { parse_device(bad); });
-    EXPECT_NE(msg.find("unknown device '" + std::string(bad) + "'"), std::string::npos)
-        << bad << ": " << msg;
-    EXPECT_NE(msg.find("auto, cpu, cuda or cuda:N"), std::string::npos) << msg;
-  }
-  EXPECT_THROW(make_backend("gpu", 1), std::invalid_argument);
-}
-
-TEST(Device, CpuIsTheCpuBackend) {
-  std::string chosen;
-  auto be = make_backend("cpu", 1, &chosen);
-  ASSERT_TRUE(be);
-  EXPECT_EQ(be->name(), "cpu");
-  EXPECT_EQ(chosen, "cpu (1 thread)");
-  make_backend("cpu", 3, &chosen);
-  EXPECT_EQ(chosen, "cpu (3 threads)");
-}
-
-TEST(Device, AutoPicksCudaOnlyWithADevice) {
-  std::string why, chosen;
-  const int count = cuda_device_count(&why);
-  auto be = make_backend("auto", 1, &chosen);
-  ASSERT_TRUE(be);
-  if (count == 0) {
-    EXPECT_FALSE(why.empty());
-    EXPECT_EQ(be->name(), "cpu");
-    EXPECT_EQ(chosen, "cpu (1 thread) (auto: " + why + ")");
-  } else {
-    EXPECT_TRUE(cuda_built());
-    EXPECT_EQ(be->name(), "cuda:0");
-    EXPECT_EQ(chosen.rfind("cuda:0 (", 0), 0u) << chosen;
-  }
-}
-
-TEST(Device, CudaWithoutADeviceIsAClearError) {
-  std::string why;
-  if (cuda_device_count(&why) > 0) GTEST_SKIP() << "a CUDA device is present";
-  EXPECT_FALSE(cuda_available());
-  const std::string msg = error_of([] { make_backend("cuda", 1); });
-  if (!cuda_built()) {
-    EXPECT_EQ(msg, "--device cuda: loftqd was built without CUDA");
-    EXPECT_EQ(error_of([] { make_backend("cuda:1", 1); }),
-              "--device cuda:1: loftqd was built without CUDA");
-  } else {
-    EXPECT_EQ(msg, "--device cuda: no CUDA device (" + why + ")");
-    EXPECT_EQ(error_of([] { make_cuda_backend(0); }),
-              "--device cuda: no CUDA device (" + why + ")");
-  }
-  EXPECT_THROW(make_backend("cuda:0", 1), std::invalid_argument);
-  EXPECT_EQ(cuda_device_description(0), "");
-}
-
-TEST(Device, NoSuchCudaDevice) {
-  EXPECT_THROW(make_backend("cuda:999", 1), std::invalid_argument);
-  EXPECT_THROW(make_cuda_backend(-1), std::invalid_argument);
-}
-
-TEST(Device, OutOfMemoryFallsBackToTheCpuForThatLayer) {
-  const int m = 64, n = 128;
-  const auto w = structured_matrix(m, n, 11);
-  const auto o = opts(4, 2, SvdMode::Randomized, 8);
-  auto cpu = make_cpu_backend(1);
-  OutOfMemoryBackend oom;
-  std::vector<std::string> warnings;
-  const auto got =
-      loftq_with_fallback(oom, cpu.get(), w.data(), m, n, o, "model.layers.0.mlp.up_proj.weight",
-                          [&](const std::string& s) { warnings.push_back(s); });
-  const auto ref = loftq(*cpu, w.data(), m, n, o);
-  EXPECT_EQ(got.q, ref.q);
-  EXPECT_EQ(got.a, ref.a);
-  EXPECT_EQ(got.b, ref.b);
-  ASSERT_EQ(warnings.size(), 1u);
-  EXPECT_NE(
-      warnings[0].find("out of memory on oom for 'model.layers.0.mlp.up_proj.weight' (64x128)"),
-      std::string::npos)
-      << warnings[0];
-  EXPECT_NE(warnings[0].find("running it on cpu"), std::string::npos) << warnings[0];
-  // Without a fallback the error propagates; other errors are never swallowed.
-  EXPECT_THROW(loftq_with_fallback(oom, nullptr, w.data(), m, n, o), DeviceOutOfMemory);
-  EXPECT_THROW(loftq_with_fallback(*cpu, cpu.get(), w.data(), m, n, opts(4, 0, SvdMode::Exact, 8)),
-               std::invalid_argument);
-  // A healthy primary is used as is, without a warning.
-  warnings.clear();
-  const auto direct = loftq_with_fallback(*cpu, &oom, w.data(), m, n, o, "t",
-                                          [&](const std::string& s) { warnings.push_back(s); });
-  EXPECT_EQ(direct.q, ref.q);
-  EXPECT_TRUE(warnings.empty());
-}
 
 // ---- CUDA vs CPU, on a device ----
 

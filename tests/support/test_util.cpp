@@ -69,9 +69,9 @@ RunResult run_loftqd(const std::vector<std::string>& args) {
 }
 
 Child::Child(const std::vector<std::string>& args, const std::filesystem::path& log,
-             const std::vector<std::string>& env)
+             const std::vector<std::string>& env, const std::string& binary)
     : log_(log) {
-  std::vector<std::string> argv_s = {LOFTQD_BINARY};
+  std::vector<std::string> argv_s = {binary.empty() ? std::string(LOFTQD_BINARY) : binary};
   argv_s.insert(argv_s.end(), args.begin(), args.end());
   pid_ = ::fork();
   if (pid_ < 0) throw std::runtime_error("fork failed");

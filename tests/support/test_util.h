@@ -36,9 +36,10 @@ RunResult run_loftqd(const std::vector<std::string>& args);
 // The loftqd binary as a background child process, stdout+stderr appended to a log file.
 class Child {
  public:
-  // `env` entries ("NAME=value") are added to the child's environment.
+  // `env` entries ("NAME=value") are added to the child's environment. `binary`: the
+  // executable to run (default: the loftqd binary; e.g. the failpoint test build loftqd-test).
   Child(const std::vector<std::string>& args, const std::filesystem::path& log,
-        const std::vector<std::string>& env = {});
+        const std::vector<std::string>& env = {}, const std::string& binary = {});
   ~Child();  // SIGKILL + reap if still running
   Child(const Child&) = delete;
   Child& operator=(const Child&) = delete;

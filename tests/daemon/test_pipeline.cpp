@@ -1,0 +1,258 @@
+// daemon/pipeline: Pipeline driven in-process against a local upstream (the built-in mirror
+// holding up/tiny), publishing into the daemon's own store mirror.
+#include "daemon/pipeline.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <filesystem>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "integration/upstream.h"
+#include "mirror/mirror.h"
+#include "support/test_util.h"
+
+namespace fs = std::filesystem;
+using loftqd::daemon::Pipeline;
+using loftqd::daemon::PipelineOptions;
+using loftqd::daemon::SyncReport;
+using loftqd::storage::JobState;
+using loftqd::testing::count_of;
+using loftqd::testing::TempDir;
+using loftqd::testing::Upstream;
+using nlohmann::json;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+namespace {
+
+constexpr const char* kWriteToken = "pipeline-test-write-token";
+
+class PipelineTest : public ::testing::Test {
+ protected:
+  PipelineTest() : up_(tmp_.path()) {
+    loftqd::mirror::MirrorOptions mo;
+    mo.store = tmp_ / "store";
+    mo.port = 0;
+    mo.write_token = kWriteToken;
+    fs::create_directories(mo.store);
+    mirror_ = std::make_unique<loftqd::mirror::Mirror>(mo);
+    mirror_->start();
+    db_ = loftqd::storage::StateDb::open(config().state_db);
+  }
+  ~PipelineTest() override { mirror_->stop(); }
+
+  loftqd::config::Config config(int rank = 4) const {
+    return loftqd::config::parse_config(
+        json{{"hub", {{"endpoint", up_.url()}}},
+             {"store", (tmp_ / "store").string()},
+             {"device", "cpu"},
+             {"repos",
+              {{{"repo", "up/tiny"},
+                {"publish_as", "me/tiny-loftq"},
+                {"loftq", {{"rank", rank}, {"iters", 1}, {"avg_bits", 3}}}}}},
+             {"publish", {{"mirror", true}}}});
+  }
+
+  // The options `sync` builds, without the process environment; the log goes to log_.
+  PipelineOptions options(const loftqd::config::Config& cfg) {
+    PipelineOptions po = loftqd::daemon::pipeline_options(cfg, 1, loftqd::daemon::no_env);
+    po.upstream.max_retries = 0;
+    po.mirror = loftqd::daemon::PublishEndpoint{mirror_->url(), std::string(kWriteToken)};
+    po.log = [this](const std::string& line) { log_ += line + "\n"; };
+    return po;
+  }
+
+  std::vector<loftqd::storage::Job> jobs() const { return db_->jobs(); }
+  fs::path work_dir(int64_t job) const {
+    return tmp_ / "store" / ".loftqd-work" / ("job-" + std::to_string(job));
+  }
+
+  TempDir tmp_;
+  Upstream up_;
+  std::unique_ptr<loftqd::mirror::Mirror> mirror_;
+  std::unique_ptr<loftqd::storage::StateDb> db_;
+  std::string log_;
+};
+
+}  // namespace
+
+TEST_F(PipelineTest, CheckRepoEnqueuesOncePerCommitAndConfigHash) {
+  const auto cfg = config();
+  Pipeline p(cfg, *db_, options(cfg));
+  SyncReport r;
+  ASSERT_TRUE(p.check_repo(cfg.repos[0], r)) << ::testing::PrintToString(r.errors);
+  ASSERT_TRUE(p.check_repo(cfg.repos[0], r));
+  EXPECT_EQ(r.repos_checked, 2);
+  EXPECT_EQ(r.jobs_enqueued, 1);
+  ASSERT_EQ(jobs().size(), 1u);
+  EXPECT_EQ(jobs()[0].upstream_commit, up_.commit());
+  EXPECT_EQ(jobs()[0].state, JobState::Queued);
+  EXPECT_EQ(jobs()[0].target, "me/tiny-loftq");
+  EXPECT_EQ(db_->repo("up/tiny")->last_seen_commit, up_.commit());
+
+  // Another LoftQ setting: a new config hash, a new job for the same commit.
+  const auto cfg8 = config(8);
+  Pipeline p8(cfg8, *db_, options(cfg8));
+  SyncReport r8;
+  ASSERT_TRUE(p8.check_repo(cfg8.repos[0], r8));
+  ASSERT_TRUE(p8.check_repo(cfg8.repos[0], r8));
+  EXPECT_EQ(r8.jobs_enqueued, 1);
+  ASSERT_EQ(jobs().size(), 2u);
+  EXPECT_NE(jobs()[0].config_hash, jobs()[1].config_hash);
+  EXPECT_EQ(jobs()[0].upstream_commit, jobs()[1].upstream_commit);
+
+  // A new upstream commit: one more.
+  const std::string c2 = up_.publish("second revision");
+  SyncReport r2;
+  ASSERT_TRUE(p8.check_repo(cfg8.repos[0], r2));
+  EXPECT_EQ(r2.jobs_enqueued, 1);
+  EXPECT_EQ(jobs().front().upstream_commit, c2);
+  EXPECT_EQ(count_of(log_, "step=enqueue"), 3u);
+}
+
+TEST_F(PipelineTest, CheckOfAMissingRepoReportsItsError) {
+  auto cfg = config();
+  cfg.repos[0].repo = "up/missing";
+  Pipeline p(cfg, *db_, options(cfg));
+  SyncReport r;
+  EXPECT_FALSE(p.check_repo(cfg.repos[0], r));
+  ASSERT_EQ(r.errors.size(), 1u);
+  EXPECT_THAT(r.errors[0], HasSubstr("up/missing: "));
+  EXPECT_FALSE(r.ok());
+  EXPECT_TRUE(jobs().empty());
+  EXPECT_THAT(log_, HasSubstr("repo=up/missing step=check error="));
+}
+
+TEST_F(PipelineTest, AJobRunsThroughItsStepsToDoneAndFreesItsWorkDir) {
+  const auto cfg = config();
+  auto po = options(cfg);
+  std::vector<std::string> points;
+  po.failpoint = [&](const std::string& name) {
+    if (points.empty() || points.back() != name) points.push_back(name);
+  };
+  Pipeline p(cfg, *db_, po);
+  const SyncReport r = p.sync_once();
+  ASSERT_TRUE(r.ok()) << ::testing::PrintToString(r.errors) << log_;
+  EXPECT_EQ(r.jobs_done, 1);
+  EXPECT_THAT(points, ElementsAre("tensor", "publish", "published"));
+  const auto job = jobs().at(0);
+  EXPECT_EQ(job.state, JobState::Done);
+  EXPECT_FALSE(job.published_commit.empty());
+  EXPECT_EQ(db_->repo("up/tiny")->last_processed_commit, up_.commit());
+  EXPECT_FALSE(fs::exists(work_dir(job.id)));
+  for (const char* step :
+       {"step=download", "step=quantize", "step=publish target=mirror/", "step=done"})
+    EXPECT_THAT(log_, HasSubstr(step));
+  // The result is in the store, served by the mirror.
+  EXPECT_TRUE(fs::exists(tmp_ / "store" / "models--me--tiny-loftq" / "snapshots" /
+                         job.published_commit / "loftq.json"));
+  // A second pass finds nothing new.
+  const SyncReport again = p.sync_once();
+  EXPECT_EQ(again.jobs_enqueued + again.jobs_done + again.jobs_failed, 0);
+}
+
+TEST_F(PipelineTest, AFailedDownloadIsRecordedWithItsErrorAndRetriedLater) {
+  const auto cfg = config();
+  Pipeline check(cfg, *db_, options(cfg));
+  SyncReport enq;
+  ASSERT_TRUE(check.check_repo(cfg.repos[0], enq));
+  // The upstream is gone when the job runs: a transient failure.
+  auto po = options(cfg);
+  po.upstream.endpoint = "http://127.0.0.1:1";
+  Pipeline p(cfg, *db_, po);
+  SyncReport r;
+  const int64_t before = loftqd::daemon::now_s();
+  p.run_jobs(r);  // returns: the failed job is not due again yet
+  EXPECT_EQ(r.jobs_failed, 1);
+  EXPECT_EQ(r.jobs_done, 0);
+  ASSERT_EQ(r.errors.size(), 1u);
+  EXPECT_THAT(r.errors[0], HasSubstr("up/tiny: "));
+  const auto job = jobs().at(0);
+  EXPECT_EQ(job.state, JobState::Queued);
+  EXPECT_EQ(job.attempts, 1);
+  EXPECT_FALSE(job.permanent_failure);
+  EXPECT_FALSE(job.last_error.empty());
+  EXPECT_GE(job.next_attempt_at, before + 30);  // the first retry waits 30 s
+  EXPECT_LE(job.next_attempt_at, loftqd::daemon::now_s() + 30);
+  EXPECT_THAT(log_, HasSubstr("step=failed permanent=no error="));
+  EXPECT_FALSE(db_->next_runnable(loftqd::daemon::now_s()).has_value());
+  EXPECT_TRUE(db_->next_runnable(job.next_attempt_at).has_value());
+}
+
+TEST_F(PipelineTest, APermanentFailureEndsTheJobAndFreesItsWorkDir) {
+  const auto cfg = config();
+  Pipeline check(cfg, *db_, options(cfg));
+  SyncReport enq;
+  ASSERT_TRUE(check.check_repo(cfg.repos[0], enq));
+  const auto queued = jobs().at(0);
+  fs::create_directories(work_dir(queued.id) / "tensors");
+  loftqd::testing::spit(work_dir(queued.id) / "tensors" / "partial", "x");
+  // The settings changed after the job was queued: it can never run as queued.
+  const auto cfg8 = config(8);
+  Pipeline p(cfg8, *db_, options(cfg8));
+  SyncReport r;
+  p.run_jobs(r);
+  EXPECT_EQ(r.jobs_failed, 1);
+  const auto job = *db_->job(queued.id);
+  EXPECT_EQ(job.state, JobState::Failed);
+  EXPECT_TRUE(job.permanent_failure);
+  EXPECT_THAT(job.last_error, HasSubstr("the configuration changed since the job was queued"));
+  EXPECT_FALSE(fs::exists(work_dir(queued.id)));
+  EXPECT_THAT(log_, HasSubstr("step=failed permanent=yes"));
+}
+
+TEST_F(PipelineTest, AStopRequestInterruptsQuantizationAndTheNextRunResumes) {
+  const auto cfg = config();
+  std::atomic<bool> stop{false};
+  auto po = options(cfg);
+  po.stop = &stop;
+  int tensors = 0;
+  po.failpoint = [&](const std::string& name) {
+    if (name == "tensor" && ++tensors == 3) stop = true;  // SIGTERM after the third tensor
+  };
+  Pipeline p(cfg, *db_, po);
+  const SyncReport r = p.sync_once();
+  EXPECT_EQ(r.jobs_interrupted, 1);
+  EXPECT_EQ(r.jobs_done, 0);
+  EXPECT_EQ(r.jobs_failed, 0);
+  const auto job = jobs().at(0);
+  EXPECT_EQ(job.state, JobState::Quantizing);
+  const size_t done = db_->tensors_done(job.id).size();
+  EXPECT_GE(done, 3u);
+  EXPECT_LT(done, 14u);  // 2 layers x 7 llama projections
+  EXPECT_THAT(log_, HasSubstr("step=interrupted"));
+  // No new job starts while stopping.
+  SyncReport none;
+  p.run_jobs(none);
+  EXPECT_EQ(none.jobs_done + none.jobs_failed + none.jobs_interrupted, 0);
+
+  stop = false;
+  po.failpoint = nullptr;
+  Pipeline again(cfg, *db_, po);
+  const SyncReport r2 = again.sync_once();
+  ASSERT_TRUE(r2.ok()) << ::testing::PrintToString(r2.errors);
+  EXPECT_EQ(r2.jobs_done, 1);
+  EXPECT_THAT(log_, HasSubstr("resume_from=" + std::to_string(done)));
+  EXPECT_EQ(db_->job(job.id)->state, JobState::Done);
+}
+
+TEST_F(PipelineTest, OfflineChecksNothingAndMakesNoRequest) {
+  const auto cfg = config();
+  auto po = options(cfg);
+  po.upstream.offline = true;
+  const size_t before = up_.requests().size();
+  Pipeline p(cfg, *db_, po);
+  const SyncReport r = p.sync_once();
+  EXPECT_FALSE(r.ok());
+  EXPECT_EQ(r.repos_checked, 0);
+  ASSERT_EQ(r.errors.size(), 1u);
+  EXPECT_EQ(r.errors[0], "up/tiny: not checked: HF_HUB_OFFLINE is set");
+  EXPECT_THAT(log_, HasSubstr(loftqd::daemon::kOfflineNotice));
+  EXPECT_EQ(up_.requests().size(), before);
+  EXPECT_TRUE(jobs().empty());
+}

@@ -1,0 +1,40 @@
+// loftqd-test: the loftqd command line plus the crash tests' failpoints. Built for the tests
+// only; the real loftqd never reads LOFTQD_FAILPOINT.
+//
+// LOFTQD_FAILPOINT="name:ms[,name:ms...]" makes the pipeline log "failpoint=name" and sleep ms
+// milliseconds at that point (PipelineOptions::failpoint names them), so a test can signal or
+// kill -9 the daemon exactly there.
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <string>
+#include <thread>
+
+#include "daemon/cli.h"
+
+namespace {
+
+void failpoint(const std::string& spec, const std::string& name) {
+  size_t pos = 0;
+  while (pos < spec.size()) {
+    size_t end = spec.find(',', pos);
+    if (end == std::string::npos) end = spec.size();
+    const std::string item = spec.substr(pos, end - pos);
+    const size_t colon = item.find(':');
+    if (colon != std::string::npos && item.substr(0, colon) == name) {
+      spdlog::info("failpoint={}", name);
+      std::this_thread::sleep_for(std::chrono::milliseconds(std::atoll(item.c_str() + colon + 1)));
+    }
+    pos = end + 1;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  loftqd::daemon::CliHooks hooks;
+  if (const char* fp = std::getenv("LOFTQD_FAILPOINT"))
+    hooks.failpoint = [spec = std::string(fp)](const std::string& name) { failpoint(spec, name); };
+  return loftqd::daemon::run_cli(argc, argv, hooks);
+}
