@@ -1,12 +1,13 @@
 #include "common/fs.h"
 
+#include "common/strings.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstring>
-#include <random>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -23,14 +24,6 @@ namespace {
 std::filesystem::path parent_dir(const std::filesystem::path& p) {
   auto parent = p.parent_path();
   return parent.empty() ? std::filesystem::path(".") : parent;
-}
-
-uint64_t random_u64() {
-  thread_local std::mt19937_64 rng{[] {
-    std::random_device rd;
-    return (static_cast<uint64_t>(rd()) << 32) ^ rd();
-  }()};
-  return rng();
 }
 
 // Writes all of [data, data+n) at the file offset (or at `offset` when positional), retrying on
@@ -84,7 +77,7 @@ AtomicFile::AtomicFile(std::filesystem::path final_path) : final_(std::move(fina
   const auto dir = parent_dir(final_);
   const std::string base = "." + final_.filename().string() + ".tmp." + std::to_string(::getpid());
   for (int attempt = 0; attempt < 100; ++attempt) {
-    auto candidate = dir / (base + "." + std::to_string(random_u64()));
+    auto candidate = dir / (base + "." + random_hex(16));
     int fd = ::open(candidate.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd >= 0) {
       fd_ = fd;

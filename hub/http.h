@@ -9,8 +9,6 @@
 #include <string>
 #include <vector>
 
-#include "common/strings.h"
-
 namespace loftqd::hub::http {
 
 struct Request {
@@ -50,8 +48,5 @@ Response perform(const Request& req);
 // URL helpers (libcurl's URL API).
 std::string resolve_url(const std::string& base, const std::string& location);
 std::string origin_of(const std::string& url);  // scheme://host:port
-// Kept for callers that still reach the escapes through here; hub/ uses common/strings.h.
-using common::escape_path;     // percent-encodes everything but unreserved, keeping '/'
-using common::escape_segment;  // percent-encodes everything but unreserved
 
 }  // namespace loftqd::hub::http
