@@ -87,4 +87,9 @@ std::optional<std::string> namespaced_repo_id_problem(std::string_view id) {
   return std::nullopt;
 }
 
+std::string repo_id_error(std::string_view id, bool namespaced) {
+  const auto why = namespaced ? namespaced_repo_id_problem(id) : repo_id_problem(id);
+  return why ? "invalid repo id '" + std::string(id) + "': " + *why : "";
+}
+
 }  // namespace loftqd::common

@@ -19,6 +19,10 @@ std::optional<std::string> revision_problem(std::string_view revision);
 bool is_sha1_hex(std::string_view s);    // 40 lowercase hex digits
 bool is_sha256_hex(std::string_view s);  // 64 lowercase hex digits
 
+// The one message for a refused repo id: "invalid repo id 'ID': WHY", or "" when it is valid.
+// `namespaced`: an org is required ("org/name"), as for watched and published repos.
+std::string repo_id_error(std::string_view repo_id, bool namespaced = false);
+
 // Same for a repo id that must be namespaced ("org/name"), as watched and published repos are.
 std::optional<std::string> namespaced_repo_id_problem(std::string_view repo_id);
 

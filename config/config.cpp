@@ -289,9 +289,9 @@ std::string render_publish_as(const std::string& tmpl, const RepoConfig& repo,
     out += it->second;
     i = close;
   }
-  if (auto why = common::namespaced_repo_id_problem(out))
-    throw std::invalid_argument("publish_as '" + tmpl + "' gives '" + out +
-                                "', which is not a valid org/name repo id: " + *why);
+  if (common::namespaced_repo_id_problem(out))
+    throw std::invalid_argument("publish_as '" + tmpl + "' gives " +
+                                common::repo_id_error(out, true));
   return out;
 }
 
@@ -390,8 +390,7 @@ RepoConfig read_repo(Reader& r, const json& o, const std::string& rp, const Repo
   if (!o.contains("repo")) r.bad(rp + "/repo", "is required");
   r.str(o, rp, "repo", rc.repo);
   const auto repo_problem = common::namespaced_repo_id_problem(rc.repo);
-  if (o.contains("repo") && repo_problem)
-    r.bad(rp + "/repo", "'" + rc.repo + "' is not an org/name repo id: " + *repo_problem);
+  if (o.contains("repo") && repo_problem) r.bad(rp + "/repo", common::repo_id_error(rc.repo, true));
   r.str(o, rp, "revision", rc.revision);
   if (rc.revision.empty()) r.bad(rp + "/revision", "must not be empty");
   r.strings(o, rp, "allow_patterns", rc.allow_patterns);

@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "common/fs.h"
+#include "common/ids.h"
 #include "convert/internal.h"
 #include "model/dtype.h"
 #include "model/naming.h"
@@ -282,6 +283,8 @@ QuantizeReport quantize_model(const fs::path& model_dir, const fs::path& out_dir
   const auto t0 = std::chrono::steady_clock::now();
   // 1. Settings and paths, before anything is read.
   check(opt.settings);
+  if (auto e = common::repo_id_error(opt.repo_id); !opt.repo_id.empty() && !e.empty())
+    throw std::invalid_argument("--repo-id: " + e);
   const fs::path out_dir = check_paths(model_dir, out_dir_in, opt.force);
 
   // 2. The checkpoint, its targets and the plan for every one of them, checked up front.

@@ -32,7 +32,7 @@ int fetch(const FetchArgs& a) {
   if (!a.store.empty()) req.store = a.store;
   if (!a.local_dir.empty()) req.local_dir = a.local_dir;
   if (auto p = storage::repo_id_problem(a.repo))
-    throw std::invalid_argument("invalid repo id '" + a.repo + "': " + *p);
+    throw std::invalid_argument(common::repo_id_error(a.repo));
   spdlog::info("fetch {}@{} from {}", a.repo, a.revision, client.options().endpoint);
   ByteProgress bar("fetch " + a.repo);
   auto r = client.snapshot_download(req, bar.fn());

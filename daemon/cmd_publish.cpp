@@ -25,7 +25,7 @@ struct PublishArgs {
 int publish(const PublishArgs& a) {
   hub::Client client = make_client(a.client);
   if (auto p = storage::repo_id_problem(a.repo))
-    throw std::invalid_argument("invalid repo id '" + a.repo + "': " + *p);
+    throw std::invalid_argument(common::repo_id_error(a.repo));
   if (!fs::is_directory(a.dir)) throw std::invalid_argument("not a directory: " + a.dir);
   hub::PublishRequest req;
   req.dir = a.dir;

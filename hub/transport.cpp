@@ -194,7 +194,7 @@ std::string Ctx::describe() const {
 
 std::optional<Error> check_repo_id(const std::string& repo) {
   if (auto p = common::repo_id_problem(repo))
-    return Error{ErrorKind::BadRequest, "invalid repo id '" + repo + "': " + *p};
+    return Error{ErrorKind::BadRequest, common::repo_id_error(repo)};
   return std::nullopt;
 }
 

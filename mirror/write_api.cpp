@@ -75,7 +75,7 @@ void Mirror::Impl::create_repo(const httplib::Request& req, httplib::Response& r
   if (type != "model") return send_error(res, 400, "", "this mirror serves model repos only");
   std::string repo = org.empty() || name.find('/') != std::string::npos ? name : org + "/" + name;
   if (auto p = common::repo_id_problem(repo))
-    return send_error(res, 400, "", "invalid repo id '" + repo + "': " + *p);
+    return send_error(res, 400, "", common::repo_id_error(repo));
   std::lock_guard<std::mutex> g(lock_for(repo));
   std::string url = base_url(req) + "/" + repo;
   if (store.read_ref(repo, "main"))

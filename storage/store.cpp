@@ -380,7 +380,7 @@ Store::Store(fs::path root) : root_(std::move(root)) {}
 
 fs::path Store::repo_dir(std::string_view repo_id) const {
   if (auto p = repo_id_problem(repo_id))
-    throw std::invalid_argument("invalid repo id '" + std::string(repo_id) + "': " + *p);
+    throw std::invalid_argument(common::repo_id_error(repo_id));
   return root_ / repo_folder_name(repo_id);
 }
 

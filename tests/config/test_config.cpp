@@ -83,7 +83,7 @@ TEST(Config, EveryProblemIsReportedWithItsPath) {
       "/repos/1/loftq/bits: bit plan rule *:5: 5 bits not supported",
       "/repos/2/loftq/bit_plan:",
       "/repos/3/loftq: set only one of bits, bit_plan and avg_bits",
-      "/repos/4/repo: 'not a repo' is not an org/name repo id",
+      "/repos/4/repo: invalid repo id 'not a repo'",
       "/repos/5/extra: unknown key",
       "/repos/5/loftq/iters: must be an integer",
       "/repos/5/loftq/quant: must be \"nf\" or \"uniform\"",
@@ -189,11 +189,10 @@ TEST(Config, RepoIdsFollowTheStoresRule) {
       R"({"store": "/s", "repos": [{"repo": "org-/name"}, {"repo": "gpt2"}, {"repo": "a--b/c"}]})"));
   ASSERT_EQ(p.size(), 3u);
   EXPECT_EQ(p[0],
-            "/repos/0/repo: 'org-/name' is not an org/name repo id: name starts or ends with '.' "
-            "or '-'");
-  EXPECT_EQ(p[1],
-            "/repos/1/repo: 'gpt2' is not an org/name repo id: repo id has no organization "
-            "(expected org/name)");
+            "/repos/0/repo: invalid repo id 'org-/name': name starts or ends with '.' or '-'");
+  EXPECT_EQ(
+      p[1],
+      "/repos/1/repo: invalid repo id 'gpt2': repo id has no organization (expected org/name)");
   EXPECT_EQ(p[2],
             "/repos/2/repo: 'a--b/c' is not an org/name repo id: '--' and '..' are not allowed");
 }
