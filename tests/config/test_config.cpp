@@ -193,8 +193,7 @@ TEST(Config, RepoIdsFollowTheStoresRule) {
   EXPECT_EQ(
       p[1],
       "/repos/1/repo: invalid repo id 'gpt2': repo id has no organization (expected org/name)");
-  EXPECT_EQ(p[2],
-            "/repos/2/repo: 'a--b/c' is not an org/name repo id: '--' and '..' are not allowed");
+  EXPECT_EQ(p[2], "/repos/2/repo: invalid repo id 'a--b/c': '--' and '..' are not allowed");
 }
 
 TEST(Config, AverageBitsWithModuleOverridesLikeTheCli) {

@@ -17,10 +17,13 @@
 #include "quant/device.h"
 #include "quant/loftq.h"
 #include "support/matrices.h"
+#include "support/test_util.h"
 
 using namespace loftqd::quant;
 
 namespace {
+
+using loftqd::testing::error_of;
 
 // Named tolerances (CUDA vs CPU).
 constexpr double kGemmRelTol = 1e-5;        // float32 GEMM, different summation order
@@ -44,15 +47,6 @@ constexpr double kSvdVectorCos2 = 1 - 1e-4;  // leading singular subspaces, floa
 #else
 #define REQUIRE_CUDA_DEVICE() GTEST_SKIP() << "loftqd was built without CUDA"
 #endif
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
 
 using loftqd::testing::structured_matrix;
 

@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include "support/test_util.h"
+
 #include <functional>
 #include <stdexcept>
 #include <string>
@@ -19,14 +21,7 @@ using loftqd::testing::structured_matrix;
 
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
+using loftqd::testing::error_of;
 
 LoftqOptions opts(int bits, int iters, SvdMode mode, int rank) {
   LoftqOptions o;

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -29,6 +30,9 @@ struct RunResult {
   int exit_code = -1;
   std::string out;  // stdout and stderr, interleaved
 };
+
+// The message of the exception f() throws, "" when it throws none.
+std::string error_of(const std::function<void()>& f);
 
 // Runs the built loftqd binary with `args` (no shell), capturing its output.
 RunResult run_loftqd(const std::vector<std::string>& args);
