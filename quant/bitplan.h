@@ -49,7 +49,8 @@ class BitPlan {
   // every layer (`*`) or the module. nullopt when no rule covers the layer.
   std::optional<int> bits_for(std::optional<int> layer, std::string_view module) const;
 
-  // Short label for repo names: "4bit", "2bit", "mixed3.00bit"... ("avg3bit" for averages).
+  // Short label for repo names ({plan}): "4bit" or "2bit" when every rule has the same bits,
+  // "mixed" otherwise, "avg3bit" / "avg2.5bit" for an average plan (overrides included).
   std::string label() const;
   // The plan in config form, after resolve().
   nlohmann::json to_json() const;
