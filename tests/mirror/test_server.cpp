@@ -1,5 +1,6 @@
 // mirror/server.cpp: parse_listen, the extra routes served ahead of the Hub API (what run.cpp
-// adds /healthz, /metrics and /webhook with), and methods the mirror does not serve.
+// adds /healthz, /metrics and /webhook with), methods the mirror does not serve, and tokens of
+// any form.
 #include <gtest/gtest.h>
 #include <httplib.h>
 
@@ -48,10 +49,33 @@ TEST_F(MirrorServer, ExtraRoutesAnswerAheadOfTheHubApi) {
   EXPECT_EQ(cli.Get("/nope")->status, 404);
 }
 
-TEST_F(MirrorServer, DeleteIsRefused) {
+TEST_F(MirrorServer, UnknownDeletesAreRefused) {
   seed();
   start();
   auto cli = http();
   EXPECT_EQ(cli.Delete("/api/repos/delete")->status, 401);
-  EXPECT_EQ(cli.Delete("/api/repos/delete", bearer())->status, 405);
+  EXPECT_EQ(cli.Delete("/api/models/org/m/nope")->status, 401);
+  EXPECT_EQ(cli.Delete("/api/models/org/m/nope", bearer())->status, 405);
+  EXPECT_TRUE(store.has_repo("org/m"));
+}
+
+// The mirror takes whatever token it was given: the docs' hf_ recipe, an old base64 one with
+// '+', '/' and '=', or any other string; only that exact string is accepted.
+TEST_F(MirrorServer, AnyTokenStringIsAccepted) {
+  seed();
+  for (std::string token : {"hf_AbC123xyz", "q+/Zr9=", "not-an-hf-token with space"}) {
+    MirrorOptions o;
+    o.write_token = token;
+    start(o);
+    auto cli = http();
+    auto r = cli.Get("/api/whoami-v2", bearer(token));
+    EXPECT_EQ(r->status, 200) << token;
+    EXPECT_EQ(cli.Get("/api/whoami-v2", bearer(token + "x"))->status, 401) << token;
+    EXPECT_EQ(cli.Post("/api/models/org/m/branch/b" + std::to_string(token.size()), bearer(token),
+                       "{}", "application/json")
+                  ->status,
+              200)
+        << token;
+    mirror->stop();
+  }
 }
