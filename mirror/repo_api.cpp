@@ -328,7 +328,9 @@ void Mirror::Impl::create_tag(const httplib::Request& req, httplib::Response& re
   std::lock_guard<std::mutex> g(lock_for(t.repo));
   auto commit = resolve_name(t.repo, rev);
   if (!commit) return revision_not_found(res, t.repo, rev);
-  if (store.read_ref(t.repo, tag) || common::is_sha1_hex(tag))
+  if (common::is_sha1_hex(tag))
+    return send_error(res, 400, "", "invalid tag name '" + tag + "': it looks like a commit id");
+  if (store.read_ref(t.repo, tag))
     return send_error(res, 409, "", "Reference already exists: " + tag);
   auto tags = tags_of(t.repo);
   tags.insert(tag);

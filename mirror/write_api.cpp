@@ -250,6 +250,8 @@ void Mirror::Impl::commit(const httplib::Request& req, httplib::Response& res, c
   std::lock_guard<std::mutex> g(lock_for(t.repo));
   auto head = store.read_ref(t.repo, branch);
   if (!head) return revision_not_found(res, t.repo, branch);
+  if (tags_of(t.repo).count(branch))
+    return send_error(res, 400, "", "cannot commit to " + branch + ": it is a tag, not a branch");
   if (header.contains("parentCommit") && header["parentCommit"].is_string() &&
       header["parentCommit"].get<std::string>() != *head)
     return send_error(res, 412, "", "A commit has happened since. Please refresh and try again.");

@@ -129,6 +129,19 @@ TEST_F(MirrorRepo, TagsAreRefsThatDownloadsResolve) {
   EXPECT_EQ(cli.Post("/api/models/org/m/tag/nope", bearer(), R"({"tag": "v2"})", "application/json")
                 ->status,
             404);
+  EXPECT_EQ(cli.Post("/api/models/org/m/tag/main", bearer(),
+                     R"({"tag": ")" + std::string(40, 'a') + "\"}", "application/json")
+                ->status,
+            400);
+  // A tag is not a branch: commits to it are refused.
+  std::string onto_tag =
+      json{{"key", "header"}, {"value", {{"summary", "x"}}}}.dump() + "\n" +
+      json{{"key", "file"}, {"value", {{"path", "t.txt"}, {"content", "eA=="}}}}.dump() + "\n";
+  auto refused =
+      cli.Post("/api/models/org/m/commit/v1.0", bearer(), onto_tag, "application/x-ndjson");
+  EXPECT_EQ(refused->status, 400);
+  EXPECT_NE(refused->body.find("tag"), std::string::npos) << refused->body;
+  EXPECT_EQ(store.read_ref("org/m", "v1.0"), commit);
   // main moves on; the tag stays where it was made.
   commit_file(cli, "org/m", "config.json", "{}\n", "change config");
   auto refs = json::parse(cli.Get("/api/models/org/m/refs")->body);

@@ -4,9 +4,14 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 
+#include <cstdio>
+#include <fstream>
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
+#include "common/strings.h"
 #include "mirror/mirror.h"
 #include "mirror_fixture.h"
 
@@ -78,4 +83,92 @@ TEST_F(MirrorServer, AnyTokenStringIsAccepted) {
         << token;
     mirror->stop();
   }
+}
+
+namespace {
+
+// The route column of docs/hub.md's route table: "METHOD[|METHOD] /path..." per row.
+std::vector<std::string> documented_routes() {
+  std::ifstream f(std::string(LOFTQD_SOURCE_DIR) + "/docs/hub.md");
+  std::vector<std::string> out;
+  std::string line;
+  bool in_table = false;
+  while (std::getline(f, line)) {
+    if (line.rfind("| Route |", 0) == 0) in_table = true;
+    if (!in_table) continue;
+    if (line.rfind("| `", 0) != 0) {
+      if (line.rfind("|", 0) != 0) break;
+      continue;
+    }
+    auto b = line.find('`', 3);
+    out.push_back(line.substr(3, b - 3));
+  }
+  return out;
+}
+
+}  // namespace
+
+// Every route docs/hub.md lists is dispatched to a handler (not the generic "Not found" nor
+// 405): the table stays true as routes change.
+TEST_F(MirrorServer, EveryDocumentedRouteIsServed) {
+  seed();
+  start();
+  auto routes = documented_routes();
+  ASSERT_GE(routes.size(), 20u);
+  auto cli = http();
+  size_t checked = 0;
+  for (const auto& route : routes) {
+    auto space = route.find(' ');
+    std::string methods = route.substr(0, space);
+    if (methods != "GET" && methods != "POST" && methods != "DELETE" && methods != "GET\\|HEAD")
+      continue;  // e.g. "create_pr=1", described in words
+    std::string path = route.substr(space + 1);
+    path = path.substr(0, path.find_first_of(" ?["));
+    for (auto [from, to] :
+         std::vector<std::pair<std::string, std::string>>{{"{repo}", "org/m"},
+                                                          {"{rev}", "main"},
+                                                          {"{path}", "config.json"},
+                                                          {"{sha}", commit},
+                                                          {"{tag}", "v0"},
+                                                          {"{branch}", "b1"}})
+      for (size_t at; (at = path.find(from)) != std::string::npos;)
+        path.replace(at, from.size(), to);
+    httplib::Result r = methods == "POST"     ? cli.Post(path, bearer(), "{}", "application/json")
+                        : methods == "DELETE" ? cli.Delete(path, bearer(), "{}", "application/json")
+                                              : cli.Get(path, bearer());
+    ASSERT_TRUE(r) << route;
+    EXPECT_NE(r->status, 405) << route << " -> " << path;
+    EXPECT_FALSE(r->status == 404 &&
+                 r->get_header_value("X-Error-Message").rfind("Not found: ", 0) == 0)
+        << route << " -> " << path << " is not routed";
+    ++checked;
+  }
+  EXPECT_GE(checked, 18u);
+  EXPECT_TRUE(store.has_repo("org/m"));  // DELETE /api/repos/delete with {} deleted nothing
+}
+
+// The docs' token recipe makes a token @huggingface/hub accepts (hf_ prefix) and the mirror too.
+TEST_F(MirrorServer, TheDocumentedTokenRecipeWorks) {
+  std::ifstream f(std::string(LOFTQD_SOURCE_DIR) + "/docs/hub.md");
+  std::string line, recipe;
+  while (std::getline(f, line))
+    if (line.rfind("echo \"hf_", 0) == 0 &&
+        line.find("> /etc/loftqd/write-token") != std::string::npos)
+      recipe = line.substr(0, line.find(" > "));
+  ASSERT_FALSE(recipe.empty()) << "docs/hub.md has no hf_ token recipe";
+  FILE* p = ::popen(("bash -c '" + recipe + "'").c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  char buf[256] = {};
+  size_t n = std::fread(buf, 1, sizeof buf - 1, p);
+  ::pclose(p);
+  std::string token = loftqd::common::trim(std::string(buf, n));
+  ASSERT_EQ(token.rfind("hf_", 0), 0u) << token;
+  EXPECT_GE(token.size(), 3u + 24u);  // 24 random bytes, base64 without + / =: at least 24 chars
+  EXPECT_EQ(
+      token.find_first_not_of("hf_ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"),
+      std::string::npos);
+  MirrorOptions o;
+  o.write_token = token;
+  start(o);
+  EXPECT_EQ(http().Get("/api/whoami-v2", bearer(token))->status, 200);
 }
