@@ -4,6 +4,8 @@
 //   read_api.cpp   model info, tree, refs, resolve (GET/HEAD with ranges), paths-info, whoami
 //   write_api.cpp  repo create, branches, preupload, NDJSON commit
 //   lfs.cpp        LFS batch, basic and multipart upload, completion, verify
+//   repo_api.cpp   commit log and listing, tags, repo delete, model listing, commit page, root
+//                  page, Xet token routes, README front matter (cardData)
 #pragma once
 
 #include <httplib.h>
@@ -32,6 +34,28 @@ void send_error(httplib::Response& res, int status, const std::string& code,
                 const std::string& message);
 void send_json(httplib::Response& res, const nlohmann::json& j, int status = 200);
 std::string quote_etag(const std::string& e);  // "\"" + e + "\""
+
+// A boolean query parameter as the Hub reads it: true/True/1 and false/False/0 (any case);
+// absent or empty: `dflt`. Anything else throws std::invalid_argument naming the parameter (the
+// dispatch answers 400 with that message).
+bool query_flag(const httplib::Request& req, const std::string& name, bool dflt = false);
+// The page size of a paginated listing: `limit` clamped to [1, max], else `dflt`.
+size_t query_limit(const httplib::Request& req, size_t dflt, size_t max);
+
+// The README front matter (between the leading "---" lines) as JSON, for a subset of YAML:
+// `key: scalar`, `key: [a, b]`, `key:` followed by `- item` lines or by indented `sub: value`
+// lines. Empty object when there is no front matter; nullopt (with `problem` set) when a line is
+// outside that subset.
+std::optional<nlohmann::json> parse_front_matter(const std::string& readme, std::string& problem);
+// j[key] when it is a string, else "" (for optional fields that may be null or absent).
+std::string json_text(const nlohmann::json& j, const char* key);
+// The Hub's tags for a card: its `tags` (a list or one string), then "license:X" for `license`.
+nlohmann::json card_tags(const nlohmann::json& card);
+
+// A commit as the mirror's log records it ({repo}/loftqd-commits/{sha}.json).
+struct CommitRecord {
+  std::string id, parent, title, message, date;
+};
 
 // A repo reference parsed out of a request path.
 struct Target {
@@ -89,6 +113,7 @@ struct Mirror::Impl {
   void on_post(const httplib::Request& req, httplib::Response& res);
   void on_put(const httplib::Request& req, httplib::Response& res,
               const httplib::ContentReader& reader);
+  void on_delete(const httplib::Request& req, httplib::Response& res);
   // Runs an extra route when one matches; true when it answered.
   bool extra(const httplib::Request& req, httplib::Response& res);
 
@@ -98,8 +123,14 @@ struct Mirror::Impl {
   void repo_info(const httplib::Request& req, httplib::Response& res, const Target& t);
   void tree(const httplib::Request& req, httplib::Response& res, const Target& t);
   void refs(const httplib::Request& req, httplib::Response& res, const Target& t);
-  void resolve_file(const httplib::Request& req, httplib::Response& res, const Target& t);
+  // GET/HEAD /{repo}/resolve/{rev}/{path}; `raw` (/{repo}/raw/...): the same bytes without the
+  // X-Linked-* headers of an LFS file.
+  void resolve_file(const httplib::Request& req, httplib::Response& res, const Target& t,
+                    bool raw = false);
   void paths_info(const httplib::Request& req, httplib::Response& res, const Target& t);
+  // The card (README front matter) of a snapshot; empty when it has no README or no front
+  // matter, nullopt when the front matter cannot be read (logged).
+  std::optional<nlohmann::json> card_of(const std::string& repo, const std::string& commit) const;
 
   // ---- write API (write_api.cpp) ----
 
@@ -111,6 +142,34 @@ struct Mirror::Impl {
   // etag); answers the request and returns false when it is refused.
   bool apply_commit_op(httplib::Response& res, const std::string& repo, const nlohmann::json& op,
                        std::map<std::string, std::string>& files);
+
+  // A deleted path as the clients send it: "dir/" (trailing slash, from deletedFile or
+  // deletedFolder) and deletedFolder "dir" delete everything under dir/; else the one file.
+  // Returns the number of files removed from `files`.
+  static size_t delete_paths(std::map<std::string, std::string>& files, const std::string& path,
+                             bool folder);
+
+  // ---- repos, commits, tags (repo_api.cpp) ----
+
+  // Records a commit in the repo's commit log (atomic write); a failure is logged, the commit
+  // itself stands (the listing then shows it without title).
+  void record_commit(const std::string& repo, const std::string& id,
+                     const std::optional<std::string>& parent, const std::string& title,
+                     const std::string& message) const;
+  std::optional<CommitRecord> read_commit(const std::string& repo, const std::string& id) const;
+  std::set<std::string> tags_of(const std::string& repo) const;
+  // The fields model info and the model listing share (id, sha, dates, private, gated, tags,
+  // cardData from the README, ...).
+  nlohmann::json model_summary(const std::string& repo, const std::string& commit,
+                               const storage::RepoMeta& meta) const;
+  void list_commits(const httplib::Request& req, httplib::Response& res, const Target& t);
+  void create_tag(const httplib::Request& req, httplib::Response& res, const Target& t);
+  void delete_tag(const httplib::Request& req, httplib::Response& res, const Target& t);
+  void delete_repo(const httplib::Request& req, httplib::Response& res);
+  void list_models(const httplib::Request& req, httplib::Response& res);
+  void commit_page(const httplib::Request& req, httplib::Response& res, const Target& t);
+  void root_page(const httplib::Request& req, httplib::Response& res) const;
+  void xet_token(const httplib::Request& req, httplib::Response& res) const;
 
   // ---- LFS (lfs.cpp) ----
 

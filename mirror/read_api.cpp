@@ -101,7 +101,11 @@ void send_blob(httplib::Response& res, int fd, uint64_t size, uint64_t rate) {
 void Mirror::Impl::whoami(const httplib::Request& req, httplib::Response& res) const {
   if (!has_write_token(req)) return send_error(res, 401, "", "Invalid credentials");
   send_json(res, {{"type", "user"},
+                  {"id", "loftqd"},
                   {"name", "loftqd"},
+                  {"fullname", "loftqd mirror"},
+                  {"isPro", false},
+                  {"orgs", json::array()},
                   {"auth",
                    {{"type", "access_token"},
                     {"accessToken", {{"displayName", "mirror"}, {"role", "write"}}}}}});
@@ -120,7 +124,7 @@ void Mirror::Impl::repo_info(const httplib::Request& req, httplib::Response& res
   if (!commit) return revision_not_found(res, t.repo, rev);
   auto files = store.list_snapshot(t.repo, *commit);
   if (!files) return send_error(res, 500, "", files.error().message);
-  bool blobs = req.get_param_value("blobs") == "true" || req.get_param_value("blobs") == "1";
+  bool blobs = query_flag(req, "blobs");
   json siblings = json::array();
   for (const auto& f : files.value()) {
     json s = {{"rfilename", f.path}};
@@ -134,22 +138,8 @@ void Mirror::Impl::repo_info(const httplib::Request& req, httplib::Response& res
     }
     siblings.push_back(std::move(s));
   }
-  auto slash = t.repo.find('/');
-  json j = {{"_id", t.repo},
-            {"id", t.repo},
-            {"modelId", t.repo},
-            {"author", slash == std::string::npos ? std::string() : t.repo.substr(0, slash)},
-            {"sha", *commit},
-            {"lastModified", meta.last_modified.empty() ? st::iso8601_now() : meta.last_modified},
-            {"createdAt", meta.created_at.empty() ? st::iso8601_now() : meta.created_at},
-            {"private", meta.is_private},
-            {"gated", meta.gated ? json("auto") : json(false)},
-            {"disabled", false},
-            {"downloads", 0},
-            {"likes", 0},
-            {"tags", json::array()},
-            {"library_name", "peft"},
-            {"siblings", std::move(siblings)}};
+  json j = model_summary(t.repo, *commit, meta);
+  j["siblings"] = std::move(siblings);
   send_json(res, j);
 }
 
@@ -161,8 +151,7 @@ void Mirror::Impl::tree(const httplib::Request& req, httplib::Response& res, con
   auto rev = resolve_rev(t.repo, segs, true);
   if (!rev) return revision_not_found(res, t.repo, segs[0]);
   std::string prefix = common::join(segs, "/", rev->used, segs.size());
-  bool recursive =
-      req.get_param_value("recursive") == "true" || req.get_param_value("recursive") == "1";
+  bool recursive = query_flag(req, "recursive");
   auto files = store.list_snapshot(t.repo, rev->commit);
   if (!files) return send_error(res, 500, "", files.error().message);
   bool found_prefix = false;
@@ -170,13 +159,7 @@ void Mirror::Impl::tree(const httplib::Request& req, httplib::Response& res, con
   if (!found_prefix)
     return send_error(res, 404, "EntryNotFound",
                       "Path " + prefix + " not found in " + t.repo + " at " + rev->name);
-  size_t limit = opt.tree_page_size;
-  if (req.has_param("limit")) {
-    try {
-      limit = std::clamp<size_t>(std::stoul(req.get_param_value("limit")), 1, 10000);
-    } catch (const std::exception&) {
-    }
-  }
+  size_t limit = query_limit(req, opt.tree_page_size, 10000);
   size_t cursor = 0;
   if (req.has_param("cursor")) {
     auto dec = st::base64_decode(req.get_param_value("cursor"));
@@ -205,17 +188,22 @@ void Mirror::Impl::tree(const httplib::Request& req, httplib::Response& res, con
 
 void Mirror::Impl::refs(const httplib::Request& req, httplib::Response& res, const Target& t) {
   if (!check_read(req, res, t.repo)) return;
-  json branches = json::array();
+  json branches = json::array(), tags = json::array();
+  const auto tag_names = tags_of(t.repo);
   for (const auto& r : store.list_refs(t.repo)) {
     if (r.rfind("refs/", 0) == 0) continue;
     auto c = store.read_ref(t.repo, r);
-    if (c) branches.push_back({{"name", r}, {"ref", "refs/heads/" + r}, {"targetCommit", *c}});
+    if (!c) continue;
+    bool tag = tag_names.count(r) > 0;
+    (tag ? tags : branches)
+        .push_back(
+            {{"name", r}, {"ref", (tag ? "refs/tags/" : "refs/heads/") + r}, {"targetCommit", *c}});
   }
-  send_json(res, {{"branches", branches}, {"tags", json::array()}, {"converts", json::array()}});
+  send_json(res, {{"branches", branches}, {"tags", tags}, {"converts", json::array()}});
 }
 
 void Mirror::Impl::resolve_file(const httplib::Request& req, httplib::Response& res,
-                                const Target& t) {
+                                const Target& t, bool raw) {
   if (!check_read(req, res, t.repo)) return;
   std::vector<std::string> segs(t.rest.begin() + 1, t.rest.end());
   if (segs.size() < 2) return send_error(res, 404, "EntryNotFound", "no file in " + req.path);
@@ -245,7 +233,7 @@ void Mirror::Impl::resolve_file(const httplib::Request& req, httplib::Response& 
   res.set_header("ETag", quote_etag(etag));
   res.set_header("X-Repo-Commit", rev->commit);
   res.set_header("Accept-Ranges", "bytes");
-  if (etag.size() == 64) {
+  if (etag.size() == 64 && !raw) {
     res.set_header("X-Linked-Etag", quote_etag(etag));
     res.set_header("X-Linked-Size", std::to_string(size));
   }

@@ -51,6 +51,32 @@ std::string quote_etag(const std::string& e) {
   return "\"" + e + "\"";
 }
 
+bool query_flag(const httplib::Request& req, const std::string& name, bool dflt) {
+  if (!req.has_param(name)) return dflt;
+  std::string v = common::lower(req.get_param_value(name));
+  if (v.empty()) return dflt;
+  if (v == "true" || v == "1") return true;
+  if (v == "false" || v == "0") return false;
+  throw std::invalid_argument("query parameter '" + name + "' must be true or false (got '" +
+                              req.get_param_value(name) + "')");
+}
+
+size_t query_limit(const httplib::Request& req, size_t dflt, size_t max) {
+  if (!req.has_param("limit")) return std::clamp<size_t>(dflt, 1, max);
+  const std::string v = req.get_param_value("limit");
+  size_t idx = 0;
+  unsigned long n = 0;
+  try {
+    n = std::stoul(v, &idx);
+  } catch (const std::exception&) {
+    idx = 0;
+  }
+  if (idx == 0 || idx != v.size() || v[0] == '-')
+    throw std::invalid_argument("query parameter 'limit' must be a positive integer (got '" + v +
+                                "')");
+  return std::clamp<size_t>(n, 1, max);
+}
+
 Mirror::Impl::Impl(MirrorOptions o)
     : opt(std::move(o)), store(opt.store), secret(common::random_hex(64)) {
   int threads = std::max(1, opt.threads);
@@ -166,17 +192,24 @@ void Mirror::Impl::revision_not_found(httplib::Response& res, const std::string&
 
 void Mirror::Impl::on_get(const httplib::Request& req, httplib::Response& res) {
   auto segs = common::split(std::string_view(req.path).substr(1), '/');
+  if (req.path == "/") return root_page(req, res);
   if (req.path == "/api/whoami-v2") return whoami(req, res);
+  if (req.path == "/api/models" || req.path == "/api/models/") return list_models(req, res);
   if (segs.size() >= 3 && segs[0] == "api" && segs[1] == "models") {
     std::vector<std::string> rest(segs.begin() + 2, segs.end());
-    auto t = parse_repo(rest, {"revision", "tree", "refs"});
+    auto t = parse_repo(
+        rest, {"revision", "tree", "refs", "commits", "xet-write-token", "xet-read-token"});
     if (t.rest.empty() || t.rest[0] == "revision") return repo_info(req, res, t);
     if (t.rest[0] == "tree") return tree(req, res, t);
     if (t.rest[0] == "refs") return refs(req, res, t);
+    if (t.rest[0] == "commits") return list_commits(req, res, t);
+    if (t.rest[0] == "xet-write-token" || t.rest[0] == "xet-read-token") return xet_token(req, res);
     return send_error(res, 404, "", "Not found: " + req.path);
   }
-  auto t = parse_repo(segs, {"resolve"});
+  auto t = parse_repo(segs, {"resolve", "raw", "commit"});
   if (!t.rest.empty() && t.rest[0] == "resolve") return resolve_file(req, res, t);
+  if (!t.rest.empty() && t.rest[0] == "raw") return resolve_file(req, res, t, true);
+  if (t.rest.size() == 2 && t.rest[0] == "commit") return commit_page(req, res, t);
   send_error(res, 404, "", "Not found: " + req.path);
 }
 
@@ -187,7 +220,8 @@ void Mirror::Impl::on_post(const httplib::Request& req, httplib::Response& res) 
     return lfs_post(req, res, segs);
   if (segs.size() >= 3 && segs[0] == "api" && segs[1] == "models") {
     std::vector<std::string> rest(segs.begin() + 2, segs.end());
-    auto t = parse_repo(rest, {"preupload", "commit", "branch", "paths-info"});
+    auto t = parse_repo(rest, {"preupload", "commit", "branch", "paths-info", "tag"});
+    if (t.rest.size() >= 2 && t.rest[0] == "tag") return create_tag(req, res, t);
     if (t.rest.size() >= 2 && t.rest[0] == "paths-info") return paths_info(req, res, t);
     if (t.rest.size() >= 2 && t.rest[0] == "preupload") return preupload(req, res, t);
     if (t.rest.size() >= 2 && t.rest[0] == "commit") return commit(req, res, t);
@@ -207,6 +241,18 @@ void Mirror::Impl::on_put(const httplib::Request& req, httplib::Response& res,
     return lfs_put(req, res, reader, segs);
   if (!require_write(req, res)) return;
   send_error(res, 404, "", "Not found: " + req.path);
+}
+
+void Mirror::Impl::on_delete(const httplib::Request& req, httplib::Response& res) {
+  auto segs = common::split(std::string_view(req.path).substr(1), '/');
+  if (req.path == "/api/repos/delete") return delete_repo(req, res);
+  if (segs.size() >= 3 && segs[0] == "api" && segs[1] == "models") {
+    std::vector<std::string> rest(segs.begin() + 2, segs.end());
+    auto t = parse_repo(rest, {"tag"});
+    if (t.rest.size() >= 2 && t.rest[0] == "tag") return delete_tag(req, res, t);
+  }
+  if (!require_write(req, res)) return;
+  send_error(res, 405, "", "not supported by this mirror: DELETE " + req.path);
 }
 
 bool Mirror::Impl::extra(const httplib::Request& req, httplib::Response& res) {
@@ -244,10 +290,7 @@ void Mirror::Impl::routes() {
       send_error(res, 400, "", e.what());
     }
   });
-  svr.Delete(".*", [this](const httplib::Request& req, httplib::Response& res) {
-    if (!require_write(req, res)) return;
-    send_error(res, 405, "", "not supported by this mirror");
-  });
+  svr.Delete(".*", guard([this](const auto& req, auto& res) { on_delete(req, res); }));
   svr.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
     if (opt.on_request) opt.on_request(req.method, req.path, res.status);
     spdlog::debug("mirror: {} {} -> {}", req.method, req.path, res.status);

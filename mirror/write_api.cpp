@@ -101,6 +101,7 @@ void Mirror::Impl::create_repo(const httplib::Request& req, httplib::Response& r
   if (!w) return send_error(res, 500, "", w.error().message);
   auto c = store.commit_snapshot(repo, "main", files, std::nullopt);
   if (!c) return send_error(res, 500, "", c.error().message);
+  record_commit(repo, c.value(), std::nullopt, "initial commit", "");
   spdlog::info("mirror: created repo {}", repo);
   send_json(res, {{"url", url}, {"name", repo}, {"id", repo}});
 }
@@ -178,6 +179,17 @@ bool Mirror::Impl::apply_commit_op(httplib::Response& res, const std::string& re
   std::string key = op.value("key", "");
   json v = op.value("value", json::object());
   std::string path = v.value("path", "");
+  if (key == "deletedFile" || key == "deletedFolder") {
+    bool folder = key == "deletedFolder" || path.ends_with("/");
+    if (path.ends_with("/")) path.pop_back();
+    if (auto p = common::path_problem(path))
+      return refuse(res, 400, "", "invalid path '" + v.value("path", "") + "': " + *p);
+    if (delete_paths(files, path, folder) == 0)
+      return refuse(
+          res, 404, "EntryNotFound",
+          "cannot delete " + v.value("path", "") + ": no such " + (folder ? "folder" : "file"));
+    return true;
+  }
   if (auto p = common::path_problem(path))
     return refuse(res, 400, "", "invalid path '" + path + "': " + *p);
   if (key == "file") {
@@ -202,25 +214,33 @@ bool Mirror::Impl::apply_commit_op(httplib::Response& res, const std::string& re
                     "Your push was rejected because an LFS pointer (" + path +
                         ") pointed to a file that does not exist");
     files[path] = oid;
-  } else if (key == "deletedFile") {
-    if (!files.erase(path))
-      return refuse(res, 404, "EntryNotFound", "cannot delete " + path + ": no such file");
-  } else if (key == "deletedFolder") {
-    std::string pre = path.ends_with("/") ? path : path + "/";
-    for (auto it = files.begin(); it != files.end();)
-      it = it->first.rfind(pre, 0) == 0 ? files.erase(it) : std::next(it);
   } else {
     return refuse(res, 400, "", "unsupported commit operation '" + key + "'");
   }
   return true;
 }
 
+size_t Mirror::Impl::delete_paths(std::map<std::string, std::string>& files,
+                                  const std::string& path, bool folder) {
+  if (!folder) return files.erase(path);
+  const std::string pre = path + "/";
+  size_t n = 0;
+  for (auto it = files.begin(); it != files.end();) {
+    if (it->first.rfind(pre, 0) == 0) {
+      it = files.erase(it);
+      ++n;
+    } else {
+      ++it;
+    }
+  }
+  return n;
+}
+
 void Mirror::Impl::commit(const httplib::Request& req, httplib::Response& res, const Target& t) {
   if (!require_write(req, res)) return;
   if (!check_read(req, res, t.repo)) return;
   std::string branch = common::join(t.rest, "/", 1, t.rest.size());
-  if (req.has_param("create_pr") && req.get_param_value("create_pr") != "0" &&
-      req.get_param_value("create_pr") != "false")
+  if (query_flag(req, "create_pr"))
     return send_error(res, 400, "", "pull requests are not supported by this mirror");
   json header;
   std::vector<json> ops;
@@ -230,6 +250,8 @@ void Mirror::Impl::commit(const httplib::Request& req, httplib::Response& res, c
   std::lock_guard<std::mutex> g(lock_for(t.repo));
   auto head = store.read_ref(t.repo, branch);
   if (!head) return revision_not_found(res, t.repo, branch);
+  if (tags_of(t.repo).count(branch))
+    return send_error(res, 400, "", "cannot commit to " + branch + ": it is a tag, not a branch");
   if (header.contains("parentCommit") && header["parentCommit"].is_string() &&
       header["parentCommit"].get<std::string>() != *head)
     return send_error(res, 412, "", "A commit has happened since. Please refresh and try again.");
@@ -241,6 +263,8 @@ void Mirror::Impl::commit(const httplib::Request& req, httplib::Response& res, c
     if (!apply_commit_op(res, t.repo, op, files)) return;
   auto c = store.commit_snapshot(t.repo, branch, files, *head);
   if (!c) return send_error(res, 500, "", c.error().message);
+  record_commit(t.repo, c.value(), *head, json_text(header, "summary"),
+                json_text(header, "description"));
   auto meta = store.read_meta(t.repo).value_or(st::RepoMeta{});
   meta.last_modified = st::iso8601_now();
   if (meta.created_at.empty()) meta.created_at = meta.last_modified;
@@ -249,7 +273,7 @@ void Mirror::Impl::commit(const httplib::Request& req, httplib::Response& res, c
   send_json(res, {{"success", true},
                   {"commitOid", c.value()},
                   {"commitUrl", base_url(req) + "/" + t.repo + "/commit/" + c.value()},
-                  {"commitMessage", header.value("summary", "")},
+                  {"commitMessage", json_text(header, "summary")},
                   {"hookOutput", ""},
                   {"pullRequestUrl", nullptr}});
 }

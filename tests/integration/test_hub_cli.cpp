@@ -206,6 +206,10 @@ TEST(HubJs, OfficialClientReadsAndWritesTheMirror) {
   int status = ::pclose(p);
   ASSERT_EQ(WEXITSTATUS(status), 0) << out;
   EXPECT_THAT(out, HasSubstr("\"uploaded\":4"));
+  // Every other route the JS client has, each checked by the script (see conformance.mjs).
+  EXPECT_THAT(out, HasSubstr("\"commits\":5"));
+  EXPECT_THAT(out, HasSubstr("\"routes\":[\"whoAmI\",\"listCommits\",\"tag\",\"fileExists\","
+                             "\"folderDelete\",\"cardData\",\"listModels\",\"deleteRepo\"]"));
 
   // What the JS client uploaded, fetched back by loftqd fetch, byte for byte.
   {

@@ -1,5 +1,6 @@
 // mirror/read_api.cpp through a plain httplib::Client: model info (with and without blobs), the
-// Hub's error codes, the paginated tree, resolve with HEAD, ETag and ranges.
+// Hub's error codes, the paginated tree, resolve with HEAD, ETag and ranges, booleans in the
+// clients' spellings, raw, whoami, the root page and the absence of Xet.
 #include <gtest/gtest.h>
 #include <httplib.h>
 
@@ -9,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "common/strings.h"
 #include "mirror/mirror.h"
 #include "mirror_fixture.h"
 #include "storage/store.h"
@@ -147,4 +149,117 @@ TEST_F(MirrorRead, ResolveWithHeadEtagAndRanges) {
   EXPECT_EQ(cfg->get_header_value("X-Linked-Etag"), "");
   EXPECT_EQ(cli.Get("/org/m/resolve/main/sub/dir/t.json")->body, "[1, 2, 3]\n");
   EXPECT_EQ(cli.Get("/org/m/resolve/main/../../etc/passwd")->status / 100, 4);
+}
+
+// huggingface_hub 0.3x sends Python's spelling of booleans (requests encodes True as "True").
+TEST_F(MirrorRead, BooleansInEveryHubSpelling) {
+  seed();
+  start();
+  auto cli = http();
+  auto tree_paths = [&](const std::string& query) {
+    auto r = cli.Get("/api/models/org/m/tree/main" + query);
+    EXPECT_EQ(r->status, 200) << query << r->body;
+    std::set<std::string> paths;
+    for (auto& e : json::parse(r->body)) paths.insert(e["path"].get<std::string>());
+    return paths;
+  };
+  const std::set<std::string> all = {"config.json", "model.safetensors", "sub", "sub/dir",
+                                     "sub/dir/t.json"};
+  const std::set<std::string> top = {"config.json", "model.safetensors", "sub"};
+  for (std::string v : {"True", "true", "1", "TRUE"})
+    EXPECT_EQ(tree_paths("?recursive=" + v + "&expand=False"), all) << v;
+  for (std::string v : {"False", "false", "0", ""}) EXPECT_EQ(tree_paths("?recursive=" + v), top);
+  for (std::string v : {"True", "1"}) {
+    auto j = json::parse(cli.Get("/api/models/org/m?blobs=" + v)->body);
+    EXPECT_EQ(j["siblings"][1]["size"], 70000) << v;
+    EXPECT_EQ(j["siblings"][1]["lfs"]["size"], 70000) << v;
+    EXPECT_EQ(j["siblings"][0]["size"], std::string("{\"model_type\": \"llama\"}\n").size());
+  }
+  auto no = json::parse(cli.Get("/api/models/org/m?blobs=False")->body);
+  EXPECT_FALSE(no["siblings"][1].contains("size"));
+  // Anything else is refused, naming the parameter, instead of read as false.
+  auto bad = cli.Get("/api/models/org/m/tree/main?recursive=yes");
+  EXPECT_EQ(bad->status, 400);
+  EXPECT_NE(bad->body.find("recursive"), std::string::npos) << bad->body;
+  EXPECT_EQ(cli.Get("/api/models/org/m?blobs=maybe")->status, 400);
+  EXPECT_EQ(cli.Get("/api/models/org/m/tree/main?limit=ten")->status, 400);
+}
+
+// Downloads never send Xet headers nor xetHash fields, so hf_xet falls back to plain HTTP; the
+// Xet token routes answer an error that says how to turn Xet off.
+TEST_F(MirrorRead, NoXetAnywhereAndXetTokensExplainTheWorkaround) {
+  seed();
+  start();
+  auto cli = http();
+  for (std::string route : {"xet-write-token", "xet-read-token"}) {
+    auto r = cli.Get("/api/models/org/m/" + route + "/main", bearer());
+    EXPECT_GE(r->status, 400) << route;
+    EXPECT_NE(r->get_header_value("X-Error-Message").find("HF_HUB_DISABLE_XET=1"),
+              std::string::npos)
+        << route;
+    EXPECT_NE(r->body.find("HF_HUB_DISABLE_XET=1"), std::string::npos) << route;
+  }
+  std::vector<httplib::Result> answers;
+  answers.push_back(cli.Get("/org/m/resolve/main/model.safetensors"));
+  answers.push_back(cli.Head("/org/m/resolve/main/model.safetensors"));
+  answers.push_back(cli.Get("/org/m/resolve/main/config.json"));
+  answers.push_back(cli.Get("/api/models/org/m?blobs=True"));
+  answers.push_back(cli.Get("/api/models/org/m/tree/main?recursive=True&expand=True"));
+  answers.push_back(cli.Post("/api/models/org/m/paths-info/main",
+                             "{\"paths\":[\"model.safetensors\",\"sub\"],\"expand\":true}",
+                             "application/json"));
+  for (auto& r : answers) {
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200);
+    for (const auto& [name, value] : r->headers)
+      EXPECT_NE(loftqd::common::lower(name).rfind("x-xet", 0), 0u) << name;
+    EXPECT_EQ(r->body.find("xetHash"), std::string::npos);
+  }
+}
+
+// /raw/ serves the same bytes as /resolve/, without the LFS headers (X-Linked-*); a missing file
+// is 404, which is how @huggingface/hub's fileExists tells.
+TEST_F(MirrorRead, RawServesTheFileAsResolveDoes) {
+  seed();
+  start();
+  auto cli = http();
+  auto resolved = cli.Get("/org/m/resolve/main/model.safetensors");
+  auto raw = cli.Get("/org/m/raw/main/model.safetensors");
+  ASSERT_EQ(raw->status, 200);
+  EXPECT_EQ(raw->body, resolved->body);
+  EXPECT_EQ(raw->body.size(), 70000u);
+  EXPECT_TRUE(resolved->has_header("X-Linked-Etag"));
+  EXPECT_FALSE(raw->has_header("X-Linked-Etag"));
+  EXPECT_FALSE(raw->has_header("X-Linked-Size"));
+  EXPECT_EQ(raw->get_header_value("X-Repo-Commit"), commit);
+  EXPECT_EQ(cli.Get("/org/m/raw/" + commit + "/sub/dir/t.json")->body, "[1, 2, 3]\n");
+  EXPECT_EQ(cli.Head("/org/m/raw/main/config.json")->status, 200);
+  EXPECT_EQ(cli.Head("/org/m/raw/main/nope.json")->status, 404);
+  EXPECT_EQ(cli.Head("/org/m/raw/nobranch/config.json")->status, 404);
+}
+
+TEST_F(MirrorRead, WhoamiHasNameTypeOrgsAndAuth) {
+  seed();
+  start();
+  auto cli = http();
+  EXPECT_EQ(cli.Get("/api/whoami-v2")->status, 401);
+  auto r = cli.Get("/api/whoami-v2", bearer());
+  ASSERT_EQ(r->status, 200);
+  auto j = json::parse(r->body);
+  EXPECT_TRUE(j["name"].is_string());
+  EXPECT_EQ(j["type"], "user");
+  EXPECT_EQ(j["orgs"], json::array());
+  EXPECT_EQ(j["auth"]["type"], "access_token");
+  EXPECT_EQ(j["auth"]["accessToken"]["role"], "write");
+  EXPECT_EQ(r->body.find(mirror_test::kWriteToken), std::string::npos);
+}
+
+TEST_F(MirrorRead, RootPageSaysWhatThisIs) {
+  start();
+  auto r = http().Get("/");
+  ASSERT_EQ(r->status, 200);
+  EXPECT_NE(r->get_header_value("Content-Type").find("text/html"), std::string::npos);
+  EXPECT_NE(r->body.find("HF_ENDPOINT=http://127.0.0.1:" + std::to_string(mirror->port())),
+            std::string::npos);
+  EXPECT_NE(r->body.find("HF_HUB_DISABLE_XET=1"), std::string::npos);
 }

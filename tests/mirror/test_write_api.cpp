@@ -1,12 +1,14 @@
 // mirror/write_api.cpp (and the auth in server.cpp): every write needs the token, a read-only
 // mirror, commit validation (paths, LFS pointers, parentCommit), publish -> fetch byte-identical
-// with the hub client, and readers during commits seeing one revision or the other.
+// with the hub client, readers during commits seeing one revision or the other, and folder
+// deletes in every client's form.
 #include <gtest/gtest.h>
 #include <httplib.h>
 
 #include <atomic>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -217,4 +219,56 @@ TEST_F(MirrorWrite, ReadersSeeTheOldOrTheNewRevisionNeverAMix) {
   reader.join();
   EXPECT_GT(reads.load(), 0);
   EXPECT_EQ(bad.load(), 0);
+}
+
+// Folder deletes in every form the clients send: huggingface_hub's CommitOperationDelete("sub/")
+// (deletedFolder with the slash), deletedFolder without it, and @huggingface/hub's deleteFiles
+// ("sub/" as a deletedFile). Each removes everything under sub/ and nothing else.
+TEST_F(MirrorWrite, FolderDeletesWithAndWithoutTheTrailingSlash) {
+  std::vector<std::pair<std::string, std::string>> forms = {{"deletedFolder", "sub/"},
+                                                            {"deletedFolder", "sub"},
+                                                            {"deletedFile", "sub/"},
+                                                            {"deletedFolder", "sub/dir/"}};
+  seed();
+  start();
+  auto cli = http();
+  for (const auto& [key, path] : forms) {
+    auto head = store.read_ref("org/m", "main");
+    ASSERT_TRUE(head);
+    // Put sub/ back (as seeded) so every form starts from the same tree.
+    std::string body =
+        json{{"key", "header"}, {"value", {{"summary", "restore"}}}}.dump() + "\n" +
+        json{{"key", "file"},
+             {"value",
+              {{"path", "sub/dir/t.json"}, {"content", "[1, 2, 3]\n"}, {"encoding", "utf-8"}}}}
+            .dump() +
+        "\n" +
+        json{{"key", "file"}, {"value", {{"path", "sub/x.txt"}, {"content", "eA=="}}}}.dump() +
+        "\n";
+    ASSERT_EQ(
+        cli.Post("/api/models/org/m/commit/main", bearer(), body, "application/x-ndjson")->status,
+        200);
+    body = json{{"key", "header"}, {"value", {{"summary", "delete " + path}}}}.dump() + "\n" +
+           json{{"key", key}, {"value", {{"path", path}}}}.dump() + "\n";
+    auto r = cli.Post("/api/models/org/m/commit/main", bearer(), body, "application/x-ndjson");
+    ASSERT_EQ(r->status, 200) << key << " " << path << ": " << r->body;
+    auto files = store.list_snapshot("org/m", json::parse(r->body)["commitOid"].get<std::string>());
+    ASSERT_TRUE(files.ok());
+    std::set<std::string> paths;
+    for (const auto& f : files.value()) paths.insert(f.path);
+    std::set<std::string> want = {"config.json", "model.safetensors"};
+    if (path == "sub/dir/") want.insert("sub/x.txt");
+    EXPECT_EQ(paths, want) << key << " " << path;
+  }
+  // Deleting what is not there is an error, not a silent no-op; so is an empty path component.
+  auto head = *store.read_ref("org/m", "main");
+  for (const auto& [key, path] : std::vector<std::pair<std::string, std::string>>{
+           {"deletedFolder", "nope/"}, {"deletedFile", "nope.txt"}, {"deletedFolder", "sub//"}}) {
+    std::string body = json{{"key", "header"}, {"value", {{"summary", "x"}}}}.dump() + "\n" +
+                       json{{"key", key}, {"value", {{"path", path}}}}.dump() + "\n";
+    auto r = cli.Post("/api/models/org/m/commit/main", bearer(), body, "application/x-ndjson");
+    EXPECT_EQ(r->status, path == "sub//" ? 400 : 404) << path << r->body;
+    EXPECT_NE(r->body.find(path), std::string::npos) << r->body;
+  }
+  EXPECT_EQ(store.read_ref("org/m", "main"), head);
 }
