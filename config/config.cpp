@@ -324,7 +324,7 @@ void read_hub(Reader& r, const json& j, Config& c) {
   });
 }
 
-// store, state_db, log_level, device.
+// store, state_db, log_level, log_format, device.
 void read_top_level(Reader& r, const json& j, Config& c) {
   if (!j.contains("store")) r.bad("/store", "is required");
   r.str(j, "", "store", c.store);
@@ -336,6 +336,9 @@ void read_top_level(Reader& r, const json& j, Config& c) {
                                                "error", "critical", "off"};
   if (!levels.count(c.log_level))
     r.bad("/log_level", "must be one of trace, debug, info, warn, error, critical, off");
+  r.str(j, "", "log_format", c.log_format);
+  if (c.log_format != "text" && c.log_format != "json")
+    r.bad("/log_format", "must be \"text\" or \"json\"");
   r.field(j, "", "device", [&](const json& v, const std::string& p) {
     try {
       c.device = quant::parse_device(v.is_string() ? v.get<std::string>() : "");
@@ -368,9 +371,15 @@ RepoDefaults read_defaults(Reader& r, const json& j, Config& c) {
 void read_publish(Reader& r, const json& j, Config& c) {
   r.field(j, "", "publish", [&](const json& v, const std::string& p) {
     if (!r.object(v, p)) return;
-    r.known_keys(v, p, {"hub_org", "mirror"});
+    r.known_keys(v, p, {"hub_org", "mirror", "private"});
     r.opt_str(v, p, "hub_org", c.publish.hub_org);
     r.boolean(v, p, "mirror", c.publish.mirror);
+    r.field(v, p, "private", [&](const json& x, const std::string& xp) {
+      if (x.is_boolean())
+        c.publish.visibility = x.get<bool>() ? Visibility::Private : Visibility::Public;
+      else if (x != "inherit")
+        r.bad(xp, "must be \"inherit\", true or false");
+    });
     if (c.publish.hub_org && (c.publish.hub_org->find('/') != std::string::npos ||
                               common::repo_id_problem(*c.publish.hub_org)))
       r.bad(p + "/hub_org", "'" + *c.publish.hub_org + "' is not a valid org name");
@@ -381,7 +390,7 @@ void read_publish(Reader& r, const json& j, Config& c) {
 
 // One entry of "repos" on top of the defaults; its publish target must be new.
 RepoConfig read_repo(Reader& r, const json& o, const std::string& rp, const RepoDefaults& d,
-                     const Config& c, std::set<std::string>& seen_targets) {
+                     const Config& c, std::map<std::string, std::string>& seen_targets) {
   RepoConfig rc = d.repo;
   PlanParts plan = d.plan;
   if (!r.object(o, rp)) return rc;
@@ -405,8 +414,11 @@ RepoConfig read_repo(Reader& r, const json& o, const std::string& rp, const Repo
     const std::string target = render_publish_as(rc.publish_as, rc, c.publish.hub_org);
     if (target == rc.repo)
       r.bad(rp + "/publish_as", "would overwrite the upstream repo '" + rc.repo + "'");
-    if (!seen_targets.insert(target).second)
-      r.bad(rp + "/publish_as", "'" + target + "' is also the target of another repo");
+    // Variants of one upstream repo are fine; two entries publishing to one repo are not.
+    const auto [it, fresh] = seen_targets.emplace(target, rp + " (" + rc.repo + ")");
+    if (!fresh)
+      r.bad(rp + "/publish_as", "'" + target + "' is also the target of " + it->second +
+                                    ": each entry needs its own publish_as");
   } catch (const std::invalid_argument& e) {
     r.bad(rp + "/publish_as", e.what());
   }
@@ -415,7 +427,7 @@ RepoConfig read_repo(Reader& r, const json& o, const std::string& rp, const Repo
 
 // (An empty watch list is allowed: the daemon then only serves the mirror.)
 void read_repos(Reader& r, const json& j, const RepoDefaults& d, Config& c) {
-  std::set<std::string> seen_targets;
+  std::map<std::string, std::string> seen_targets;  // target -> "/repos/N (repo)"
   r.field(j, "", "repos", [&](const json& v, const std::string& p) {
     if (!v.is_array()) return r.bad(p, "must be an array");
     for (size_t i = 0; i < v.size(); ++i)
@@ -493,8 +505,8 @@ Config parse_config(const json& j, const std::string& source) {
   Config c;
   if (!r.object(j, "")) throw ConfigError(source, r.problems);
   r.known_keys(j, "",
-               {"hub", "store", "state_db", "log_level", "device", "defaults", "repos", "schedule",
-                "publish", "mirror", "limits"});
+               {"hub", "store", "state_db", "log_level", "log_format", "device", "defaults",
+                "repos", "schedule", "publish", "mirror", "limits"});
   read_hub(r, j, c);
   read_top_level(r, j, c);
   const RepoDefaults defaults = read_defaults(r, j, c);

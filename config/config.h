@@ -47,9 +47,14 @@ struct HubSettings {
   std::optional<std::string> token_file;  // used when HF_TOKEN and $HF_HOME/token are absent
 };
 
+// publish.private: "inherit" (default: private when the upstream repo is private or gated),
+// true (always private) or false (always public).
+enum class Visibility { Inherit, Private, Public };
+
 struct PublishTargets {
   std::optional<std::string> hub_org;  // publish to the Hub under this org
   bool mirror = true;                  // publish to the built-in mirror
+  Visibility visibility = Visibility::Inherit;
 };
 
 struct MirrorSettings {
@@ -71,6 +76,7 @@ struct Config {
   std::string store;     // blob store root (required)
   std::string state_db;  // default: <store>/loftqd.db
   std::string log_level = "info";
+  std::string log_format = "text";  // "text" or "json" (one JSON object per line)
   quant::DeviceChoice device;  // "device": auto | cpu | cuda | cuda:N (also in every repo's loftq)
   LoftqSettings defaults;
   std::vector<RepoConfig> repos;

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "daemon/commands.h"
+#include "daemon/logging.h"
 #include "model/safetensors.h"
 
 namespace loftqd::daemon {
@@ -18,11 +19,11 @@ int run_cli(int argc, char** argv, const CliHooks& hooks) {
   app.set_version_flag("--version", std::string("loftqd ") + LOFTQD_VERSION);
 
   // The order here is the order of --help.
-  const std::vector<Command> commands = {add_synth_command(app),       add_quantize_command(app),
-                                         add_verify_command(app),      add_status_command(app),
-                                         add_sync_command(app, hooks), add_run_command(app, hooks),
-                                         add_demo_command(app, hooks), add_serve_command(app),
-                                         add_fetch_command(app),       add_publish_command(app)};
+  const std::vector<Command> commands = {
+      add_synth_command(app),       add_quantize_command(app),   add_verify_command(app),
+      add_status_command(app),      add_retry_command(app),      add_check_config_command(app),
+      add_sync_command(app, hooks), add_run_command(app, hooks), add_demo_command(app, hooks),
+      add_serve_command(app),       add_fetch_command(app),      add_publish_command(app)};
 
   try {
     app.parse(argc, argv);
@@ -38,7 +39,7 @@ int run_cli(int argc, char** argv, const CliHooks& hooks) {
     return kExitUsage;
   }
 
-  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  set_log_format("text");  // run and sync switch to the config's log_format
   try {
     for (const auto& c : commands)
       if (*c.app) return c.run();

@@ -11,8 +11,9 @@
 #include "common/parse.h"
 #include "common/signals.h"
 #include "daemon/commands.h"
-#include "hub/hub.h"
+#include "daemon/hub_options.h"
 #include "mirror/mirror.h"
+#include "storage/store.h"
 
 namespace fs = std::filesystem;
 
@@ -37,19 +38,14 @@ mirror::MirrorOptions mirror_options(const ServeArgs& a) {
       common::parse_size_or_throw("--multipart-threshold", a.multipart_threshold);
   o.multipart_chunk = common::parse_size_or_throw("--multipart-chunk", a.multipart_chunk);
   if (o.multipart_chunk == 0) throw std::invalid_argument("--multipart-chunk must be > 0");
-  if (!a.write_token_file.empty()) {
-    o.write_token = hub::read_token_file(a.write_token_file);
-    if (!o.write_token)
-      throw std::invalid_argument("--write-token-file " + a.write_token_file + " is empty");
-  }
+  if (!a.write_token_file.empty())
+    o.write_token = read_secret(a.write_token_file, "--write-token-file");
   return o;
 }
 
 int serve(const ServeArgs& a) {
   const mirror::MirrorOptions o = mirror_options(a);
-  std::error_code ec;
-  fs::create_directories(o.store, ec);
-  if (ec) throw std::runtime_error("cannot create store " + o.store.string() + ": " + ec.message());
+  const auto lock = storage::StoreLock::acquire(o.store);  // one loftqd per store
 
   // SIGINT/SIGTERM stop the server: the signal pipe's handler works whichever thread the signal
   // lands on (e.g. a BLAS worker); a watcher thread waits on it and stops the server.

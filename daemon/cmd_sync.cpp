@@ -9,9 +9,11 @@
 #include "common/strings.h"
 #include "config/config.h"
 #include "daemon/commands.h"
+#include "daemon/logging.h"
 #include "daemon/pipeline.h"
 #include "mirror/mirror.h"
 #include "storage/state.h"
+#include "storage/store.h"
 
 namespace fs = std::filesystem;
 
@@ -31,11 +33,13 @@ int sync_once(const SyncArgs& a, const CliHooks& hooks) {
   auto cfg = config::load_config(a.config);
   config::apply_env(cfg);
   spdlog::set_level(spdlog::level::from_str(cfg.log_level));
-  // 2. State.
-  fs::create_directories(cfg.store);
+  set_log_format(cfg.log_format);
+  // 2. State, under the store's lock (one loftqd per store). The token is read first: an
+  // unreadable one is a configuration error (exit 2).
+  PipelineOptions po = pipeline_options(cfg, a.threads);
+  const auto lock = storage::StoreLock::acquire(cfg.store);
   auto db = storage::StateDb::open(cfg.state_db);
   // 3. Publish targets: the store's mirror, started here on a free port, and/or the Hub.
-  PipelineOptions po = pipeline_options(cfg, a.threads);
   po.failpoint = hooks.failpoint;
   std::unique_ptr<mirror::Mirror> mirror;
   if (cfg.publish.mirror) {
@@ -51,8 +55,10 @@ int sync_once(const SyncArgs& a, const CliHooks& hooks) {
   Pipeline p(cfg, *db, po);
   const auto report = p.sync_once();
   if (mirror) mirror->stop();
-  spdlog::info("sync: {} repos checked, {} jobs queued, {} done, {} failed", report.repos_checked,
-               report.jobs_enqueued, report.jobs_done, report.jobs_failed);
+  spdlog::log(report.ok() ? spdlog::level::info : spdlog::level::warn,
+              "sync: {} repos checked ({} failed), {} jobs queued, {} done, {} failed",
+              report.repos_checked, report.checks_failed, report.jobs_enqueued, report.jobs_done,
+              report.jobs_failed);
   for (const auto& e : report.errors) spdlog::error("{}", e);
   return report.ok() ? kExitOk : kExitRuntime;
 }
@@ -64,7 +70,8 @@ Command add_sync_command(CLI::App& app, const CliHooks& hooks) {
   auto* c = app.add_subcommand(
       "sync", "one pass of the daemon loop: check every watched repo, run its jobs");
   c->add_option("--config", a->config, "daemon configuration file")->required();
-  c->add_flag("--once", a->once, "run one pass and exit (the only mode for now)")->required();
+  // One pass is the only mode: --once is accepted (and documents the intent) but not required.
+  c->add_flag("--once", a->once, "run one pass and exit (the default and only mode)");
   c->add_option("--threads", a->threads, "CPU threads for LoftQ (0 = all cores)");
   return {c, [a, hooks] { return sync_once(*a, hooks); }};
 }

@@ -18,6 +18,8 @@ Command add_synth_command(CLI::App& app);
 Command add_quantize_command(CLI::App& app);
 Command add_verify_command(CLI::App& app);
 Command add_status_command(CLI::App& app);
+Command add_retry_command(CLI::App& app);
+Command add_check_config_command(CLI::App& app);
 Command add_sync_command(CLI::App& app, const CliHooks& hooks);
 Command add_run_command(CLI::App& app, const CliHooks& hooks);
 Command add_demo_command(CLI::App& app, const CliHooks& hooks);

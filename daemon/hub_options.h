@@ -14,6 +14,15 @@ struct PublishEndpoint {
   bool offline = false;  // HF_HUB_OFFLINE, for the Hub (never for the daemon's own mirror)
 };
 
+// A secret named by the configuration key `key` (hub.token_file, mirror.write_token_file,
+// mirror.webhook_secret_file, --write-token-file): the file's content without surrounding
+// whitespace, nullopt when `path` is unset. Under systemd's LoadCredential= (the environment has
+// CREDENTIALS_DIRECTORY) a credential named like the file (its last path component) is read
+// from there instead, so a DynamicUser service can use root-owned 0600 files. An unreadable or
+// empty file throws std::invalid_argument (a configuration error, exit 2) naming key and path.
+std::optional<std::string> read_secret(const std::optional<std::string>& path, const char* key,
+                                       const common::EnvLookup& lookup = {});
+
 // Client options for downloads from the configured upstream Hub:
 // - endpoint: cfg.hub.endpoint (config::apply_env has already put HF_ENDPOINT there);
 // - token: HF_TOKEN, then $HF_HOME/token, then the file named by hub.token_file;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <filesystem>
 
 #include <spdlog/spdlog.h>
@@ -11,6 +12,7 @@
 #include "hub/hub.h"
 #include "model/safetensors.h"
 #include "quant/device.h"
+#include "storage/store.h"
 
 namespace fs = std::filesystem;
 
@@ -25,6 +27,18 @@ bool permanent(hub::ErrorKind k) {
          k == K::GatedRepo || k == K::Unauthorized || k == K::Forbidden || k == K::UnsafePath ||
          k == K::BadRequest;
 }
+
+// How often a long step logs its progress.
+constexpr std::chrono::seconds kProgressEvery{30};
+
+// Seconds since construction: a step's own duration.
+struct Stopwatch {
+  std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
+  double seconds() const {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  std::string str() const { return std::to_string(seconds()); }
+};
 
 struct JobFailure {
   std::string message;
@@ -55,7 +69,9 @@ PipelineOptions pipeline_options(const config::Config& cfg, int threads,
                                  const common::EnvLookup& lookup) {
   PipelineOptions po;
   po.threads = threads;
-  po.log = [](const std::string& line) { spdlog::info("{}", line); };
+  po.log = [](spdlog::level::level_enum level, const std::string& line) {
+    spdlog::log(level, "{}", line);
+  };
   po.upstream = upstream_client_options(cfg, lookup);
   if (cfg.publish.hub_org)
     po.hub = PublishEndpoint{po.upstream.endpoint, po.upstream.token, po.upstream.offline};
@@ -65,8 +81,8 @@ PipelineOptions pipeline_options(const config::Config& cfg, int threads,
 Pipeline::Pipeline(config::Config cfg, storage::StateDb& db, PipelineOptions opt)
     : cfg_(std::move(cfg)), db_(db), opt_(std::move(opt)) {}
 
-void Pipeline::log(const std::string& line) const {
-  if (opt_.log) opt_.log(line);
+void Pipeline::log(const std::string& line, spdlog::level::level_enum level) const {
+  if (opt_.log) opt_.log(level, line);
 }
 
 void Pipeline::set_status(const std::string& s) const {
@@ -81,9 +97,15 @@ void Pipeline::failpoint(const std::string& name) const {
   if (opt_.failpoint) opt_.failpoint(name);
 }
 
-const config::RepoConfig* Pipeline::repo_config(const std::string& repo) const {
-  for (const auto& r : cfg_.repos)
-    if (r.repo == repo) return &r;
+// A job belongs to the entry with its repo and config hash (which covers the publish target
+// and the settings): variants of one upstream repo are separate entries with their own jobs.
+const config::RepoConfig* Pipeline::repo_config(const storage::Job& job, bool* repo_watched) const {
+  *repo_watched = false;
+  for (const auto& r : cfg_.repos) {
+    if (r.repo != job.repo) continue;
+    *repo_watched = true;
+    if (config::config_hash(r, cfg_.publish.hub_org) == job.config_hash) return &r;
+  }
   return nullptr;
 }
 
@@ -97,15 +119,21 @@ void Pipeline::check_repos(SyncReport& report) {
 bool Pipeline::check_repo(const config::RepoConfig& r, SyncReport& report) {
   if (opt_.upstream.offline) {  // said once per pass by the caller (kOfflineNotice)
     report.errors.push_back(r.repo + ": not checked: HF_HUB_OFFLINE is set");
-    log("repo=" + r.repo + " step=check skipped=offline");
+    ++report.checks_failed;
+    log("repo=" + r.repo + " step=check skipped=offline", spdlog::level::warn);
     return false;
   }
   hub::Client client(opt_.upstream);
   ++report.repos_checked;
   auto info = client.repo_info(r.repo, r.revision);
   if (!info) {
-    report.errors.push_back(r.repo + ": " + info.error().message);
-    log("repo=" + r.repo + " step=check error=\"" + info.error().message + "\"");
+    const std::string& why = info.error().message;
+    report.errors.push_back(r.repo + ": " + why);
+    ++report.checks_failed;
+    db_.repo_check_failed(r.repo, r.revision, why, now_s());
+    if (opt_.metrics) opt_.metrics->check_failed(r.repo);
+    log("repo=" + r.repo + " revision=" + r.revision + " step=check error=\"" + why + "\"",
+        spdlog::level::warn);
     return false;
   }
   const std::string commit = info.value().sha;
@@ -150,10 +178,10 @@ struct Pipeline::JobContext {
         tag("repo=" + j.repo + " commit=" + j.upstream_commit + " job=" + std::to_string(j.id)),
         work(fs::path(store) / ".loftqd-work" / ("job-" + std::to_string(j.id))),
         out(work / "out") {}
-  std::string seconds() const {
-    return std::to_string(
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  double elapsed() const {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
+  std::string seconds() const { return std::to_string(elapsed()); }  // since the job started
 };
 
 void Pipeline::run_job(const storage::Job& job, SyncReport& report) {
@@ -172,15 +200,18 @@ void Pipeline::run_job(const storage::Job& job, SyncReport& report) {
 }
 
 const config::RepoConfig& Pipeline::job_config(const storage::Job& job) const {
-  const config::RepoConfig* rc = repo_config(job.repo);
-  if (!rc) throw JobFailure{"the repo is no longer in the configuration", true};
-  if (config::config_hash(*rc, cfg_.publish.hub_org) != job.config_hash)
-    throw JobFailure{"the configuration changed since the job was queued", true};
+  bool watched = false;
+  const config::RepoConfig* rc = repo_config(job, &watched);
+  if (!watched) throw JobFailure{"the repo is no longer in the configuration", true};
+  if (!rc)
+    throw JobFailure{
+        "the configuration of target " + job.target + " changed since the job was queued", true};
   return *rc;
 }
 
 fs::path Pipeline::download(const JobContext& ctx, const config::RepoConfig& rc) {
   const storage::Job& job = ctx.job;
+  const Stopwatch sw;
   db_.set_state(job.id, storage::JobState::Downloading, now_s());
   log(ctx.tag + " step=download");
   set_status("downloading " + job.repo + "@" + job.upstream_commit.substr(0, 12));
@@ -194,9 +225,13 @@ fs::path Pipeline::download(const JobContext& ctx, const config::RepoConfig& rc)
   auto snap =
       upstream.snapshot_download(sr, [this](uint64_t, uint64_t, const std::string&) { beat(); });
   if (!snap) throw JobFailure{snap.error().message, permanent(snap.error().kind)};
-  if (opt_.metrics) opt_.metrics->add_downloaded(snap.value().bytes);
+  if (opt_.metrics) {
+    opt_.metrics->add_downloaded(snap.value().bytes);
+    opt_.metrics->step_finished("download", sw.seconds());
+  }
   log(ctx.tag + " step=download done files=" + std::to_string(snap.value().files) +
-      " fetched=" + std::to_string(snap.value().downloaded) + " seconds=" + ctx.seconds());
+      " files_fetched=" + std::to_string(snap.value().downloaded) +
+      " bytes_fetched=" + std::to_string(snap.value().bytes) + " seconds=" + sw.str());
   return snap.value().dir;
 }
 
@@ -210,6 +245,14 @@ bool Pipeline::quantize_step(const JobContext& ctx, const config::RepoConfig& rc
     log(ctx.tag + " step=quantize reused=" + ctx.out.string());
     return true;
   }
+  // The layout and its checkpoints need about the snapshot's size again (no more than the
+  // unquantized weights): check it against the disk reserve now, not hours in.
+  uint64_t need = 0;
+  std::error_code ec;
+  for (const auto& e : fs::recursive_directory_iterator(model_dir, ec))
+    if (e.is_regular_file(ec)) need += e.file_size(ec);  // follows the snapshot's symlinks
+  if (auto space = storage::check_space(cfg_.store, need, cfg_.limits.disk_reserve_bytes); !space)
+    throw JobFailure{"quantize: " + space.error().message, false};
   if (quantize(ctx, rc, model_dir, report)) return true;
   log(ctx.tag + " step=interrupted tensors_done=" +
       std::to_string(db_.tensors_done(ctx.job.id).size()) + " seconds=" + ctx.seconds());
@@ -237,9 +280,25 @@ bool Pipeline::quantize(const JobContext& ctx, const config::RepoConfig& rc,
     db_.tensor_done(job.id, tensor);
     failpoint("tensor");
   };
-  qo.progress = [this, &job](size_t done, size_t total, const std::string&) {
+  // A log line every kProgressEvery during the step (tensors done/total, ETA from this run's
+  // rate), the status line and the metrics gauge at every tensor.
+  const Stopwatch sw;
+  auto last_line = std::chrono::steady_clock::now();
+  size_t first_done = SIZE_MAX;  // tensors already done (resumed) when this run started
+  qo.progress = [&, this](size_t done, size_t total, const std::string&) {
     beat();
+    if (first_done == SIZE_MAX) first_done = done;
     set_status("quantizing " + job.repo + " " + std::to_string(done) + "/" + std::to_string(total));
+    if (opt_.metrics) opt_.metrics->job_progress(done, total);
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_line < kProgressEvery) return;
+    last_line = now;
+    const size_t run_done = done - first_done;
+    const double eta = run_done ? sw.seconds() / run_done * (total - done) : 0;
+    log(ctx.tag + " step=quantize progress tensors_done=" + std::to_string(done) +
+        " tensors_total=" + std::to_string(total) +
+        (run_done ? " eta_s=" + std::to_string(static_cast<int64_t>(eta)) : "") +
+        " seconds=" + sw.str());
   };
   const size_t recorded = db_.tensors_done(job.id).size();
   if (recorded > 0)
@@ -255,48 +314,80 @@ bool Pipeline::quantize(const JobContext& ctx, const config::RepoConfig& rc,
   } catch (const std::invalid_argument& e) {
     throw JobFailure{e.what(), true};
   }
-  if (opt_.metrics)
+  if (opt_.metrics) {
     for (const auto& l : qr.layers)
       if (!l.resumed) opt_.metrics->tensor_quantized(l.seconds);
-  log(ctx.tag + " step=quantize done layers=" + std::to_string(qr.layers.size()) +
-      " resumed=" + std::to_string(qr.resumed) + " device=\"" + chosen +
+    opt_.metrics->step_finished("quantize", qr.seconds);
+    opt_.metrics->job_progress(0, 0);
+  }
+  // qr.layers holds one entry per quantized target tensor.
+  log(ctx.tag + " step=quantize done tensors=" + std::to_string(qr.layers.size()) +
+      " tensors_resumed=" + std::to_string(qr.resumed) + " device=\"" + chosen +
       "\" seconds=" + std::to_string(qr.seconds));
   return true;
+}
+
+bool Pipeline::publish_private(const JobContext& ctx) const {
+  using V = config::Visibility;
+  if (cfg_.publish.visibility != V::Inherit) return cfg_.publish.visibility == V::Private;
+  const storage::Job& job = ctx.job;
+  if (opt_.upstream.offline) {  // cannot ask: the safe side
+    spdlog::warn(
+        "{} step=publish private=yes reason=\"HF_HUB_OFFLINE: the upstream's visibility "
+        "is unknown\"",
+        ctx.tag);
+    return true;
+  }
+  auto info = hub::Client(opt_.upstream).repo_info(job.repo, job.revision);
+  if (!info)
+    throw JobFailure{"cannot tell whether " + job.repo +
+                         " is private or gated (publish.private "
+                         "is \"inherit\"): " +
+                         info.error().message,
+                     permanent(info.error().kind)};
+  return info.value().is_private || info.value().gated;
 }
 
 std::string Pipeline::publish(const JobContext& ctx) {
   db_.set_state(ctx.job.id, storage::JobState::Publishing, now_s());
   set_status("publishing " + ctx.job.target);
   failpoint("publish");
+  const bool is_private = publish_private(ctx);
   std::string published;
   if (cfg_.publish.mirror) {
     if (!opt_.mirror) throw JobFailure{"publish.mirror is set but no mirror is running", true};
-    published = publish_to(ctx, *opt_.mirror, "mirror");
+    published = publish_to(ctx, *opt_.mirror, "mirror", is_private);
   }
   if (cfg_.publish.hub_org) {
     if (!opt_.hub) throw JobFailure{"publish.hub_org is set but no Hub token is configured", true};
-    published = publish_to(ctx, *opt_.hub, "hub");
+    published = publish_to(ctx, *opt_.hub, "hub", is_private);
   }
   failpoint("published");
   return published;
 }
 
 std::string Pipeline::publish_to(const JobContext& ctx, const PublishEndpoint& ep,
-                                 const std::string& where) {
+                                 const std::string& where, bool is_private) {
   const storage::Job& job = ctx.job;
+  const Stopwatch sw;
   hub::Client client(publish_client_options(ep));
   hub::PublishRequest pr;
   pr.dir = ctx.out;
   pr.repo = job.target;
+  pr.is_private = is_private;  // applies when the repo is created
   pr.summary = "LoftQ of " + job.repo + "@" + job.upstream_commit;
   pr.description = "loftqd " LOFTQD_VERSION "; upstream " + job.repo + " revision " + job.revision +
                    " commit " + job.upstream_commit + "; config " + job.config_hash;
   auto c = client.upload_folder(pr);
   if (!c) throw JobFailure{where + ": " + c.error().message, permanent(c.error().kind)};
-  if (opt_.metrics) opt_.metrics->add_uploaded(c.value().bytes_uploaded);
+  if (opt_.metrics) {
+    opt_.metrics->add_uploaded(c.value().bytes_uploaded);
+    opt_.metrics->step_finished("publish", sw.seconds());
+  }
   log(ctx.tag + " step=publish target=" + where + "/" + job.target +
-      " commit_oid=" + c.value().commit_oid + (c.value().skipped ? " unchanged=yes" : "") +
-      " seconds=" + ctx.seconds());
+      " private=" + (is_private ? "yes" : "no") + " commit_oid=" + c.value().commit_oid +
+      (c.value().skipped ? " unchanged=yes" : "") +
+      " bytes_uploaded=" + std::to_string(c.value().bytes_uploaded) + " seconds=" + sw.str());
   return c.value().commit_oid;
 }
 
@@ -304,7 +395,7 @@ void Pipeline::finish(const JobContext& ctx, const std::string& published, SyncR
   db_.set_published(ctx.job.id, published, now_s());
   db_.repo_processed(ctx.job.repo, ctx.job.upstream_commit, now_s());
   ++report.jobs_done;
-  if (opt_.metrics) opt_.metrics->job_finished(true);
+  if (opt_.metrics) opt_.metrics->job_finished(true, ctx.elapsed());
   log(ctx.tag + " step=done seconds=" + ctx.seconds());
   std::error_code ec;
   fs::remove_all(ctx.work, ec);
@@ -313,7 +404,7 @@ void Pipeline::finish(const JobContext& ctx, const std::string& published, SyncR
 void Pipeline::fail(const JobContext& ctx, const std::string& error, bool permanent_failure,
                     int64_t retry_in_s, SyncReport& report) {
   ++report.jobs_failed;
-  if (opt_.metrics) opt_.metrics->job_finished(false);
+  if (opt_.metrics) opt_.metrics->job_finished(false, ctx.elapsed());
   report.errors.push_back(ctx.job.repo + ": " + error);
   db_.record_failure(ctx.job.id, error, permanent_failure, cfg_.limits.max_attempts,
                      now_s() + retry_in_s, now_s());
@@ -322,7 +413,8 @@ void Pipeline::fail(const JobContext& ctx, const std::string& error, bool perman
     fs::remove_all(ctx.work, ec);
   }
   log(ctx.tag + " step=failed permanent=" + (permanent_failure ? std::string("yes") : "no") +
-      " error=\"" + error + "\" seconds=" + ctx.seconds());
+          " error=\"" + error + "\" seconds=" + ctx.seconds(),
+      permanent_failure ? spdlog::level::err : spdlog::level::warn);
 }
 
 }  // namespace loftqd::daemon

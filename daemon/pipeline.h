@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include <spdlog/spdlog.h>
+
 #include "common/env.h"
 #include "config/config.h"
 #include "daemon/hub_options.h"
@@ -33,8 +35,10 @@ struct PipelineOptions {
   std::function<void(const std::string&)> status;
   // Called whenever work makes progress (a tensor, download bytes): the watchdog's heartbeat.
   std::function<void()> heartbeat;
-  // Called with one line per event (repo, commit, job id, step, duration); never a token.
-  std::function<void(const std::string&)> log;
+  // Called with one line per event (repo, commit, job id, step, duration) and its level: warn
+  // for a failed check or a job failure that will be retried, error for a job that failed for
+  // good; never a token.
+  std::function<void(spdlog::level::level_enum, const std::string&)> log;
   // Test seam (null in production): called with a point's name at "tensor" (after each
   // tensor's checkpoint is recorded), "publish" (before the upload) and "published" (after the
   // commit, before the state db records it), so a crash test can stop or kill the job there.
@@ -47,6 +51,7 @@ struct SyncReport {
   int jobs_done = 0;
   int jobs_failed = 0;       // this pass (transient failures that will be retried count too)
   int jobs_interrupted = 0;  // stopped by a signal; resumed by the next run
+  int checks_failed = 0;     // repos whose check failed (not found, network, offline)
   std::vector<std::string> errors;
   bool ok() const { return jobs_failed == 0 && errors.empty(); }
 };
@@ -82,14 +87,18 @@ class Pipeline {
                 const std::filesystem::path& model_dir, SyncReport& report);
   // One commit per configured target, carrying the upstream commit; the last commit id.
   std::string publish(const JobContext& ctx);
-  std::string publish_to(const JobContext& ctx, const PublishEndpoint& ep,
-                         const std::string& where);
+  // publish.private, or with "inherit" whether the upstream is private or gated (asked now).
+  bool publish_private(const JobContext& ctx) const;
+  std::string publish_to(const JobContext& ctx, const PublishEndpoint& ep, const std::string& where,
+                         bool is_private);
   void finish(const JobContext& ctx, const std::string& published, SyncReport& report);
   void fail(const JobContext& ctx, const std::string& error, bool permanent, int64_t retry_in_s,
             SyncReport& report);
 
-  const config::RepoConfig* repo_config(const std::string& repo) const;
-  void log(const std::string& line) const;
+  // The entry a job was queued for (same repo and config hash); null when there is none, with
+  // `repo_watched` saying whether some entry still watches the repo.
+  const config::RepoConfig* repo_config(const storage::Job& job, bool* repo_watched) const;
+  void log(const std::string& line, spdlog::level::level_enum level = spdlog::level::info) const;
   void set_status(const std::string& s) const;
   void beat() const;
   void failpoint(const std::string& name) const;

@@ -7,8 +7,10 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
+#include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <thread>
 #include <utility>
 
@@ -16,6 +18,7 @@
 #include "common/strings.h"
 #include "config/config.h"
 #include "daemon/hub_options.h"
+#include "daemon/logging.h"
 #include "daemon/metrics.h"
 #include "daemon/notify.h"
 #include "daemon/pipeline.h"
@@ -41,17 +44,15 @@ config::Config load(const std::string& path) {
   return cfg;
 }
 
-std::optional<std::string> read_secret(const std::optional<std::string>& file, const char* what) {
-  if (!file) return std::nullopt;
-  auto s = hub::read_token_file(*file);
-  if (!s) throw std::invalid_argument(std::string(what) + " " + *file + " is missing or empty");
-  return s;
-}
-
 std::vector<std::string> repo_ids(const config::Config& cfg) {
   std::vector<std::string> ids;
   for (const auto& r : cfg.repos) ids.push_back(r.repo);
   return ids;
+}
+
+std::set<std::string> repo_set(const config::Config& cfg) {
+  const auto ids = repo_ids(cfg);
+  return {ids.begin(), ids.end()};
 }
 
 // State shared between the main loop, the signal thread, the watchdog thread and the HTTP
@@ -63,6 +64,7 @@ struct Shared {
   bool reload = false;
   bool done = false;  // the main loop has ended
   std::optional<std::string> webhook_secret;
+  std::set<std::string> watched;  // the configured repos (health)
   std::string status = "starting";
   std::atomic<int64_t> heartbeat_ms{0};  // steady clock
   int64_t started_at = 0, last_pass_at = 0;
@@ -110,6 +112,34 @@ void handle_webhook(Shared& sh, Scheduler& sched, mirror::HttpExchange& ex) {
   answer(202, {{"status", "queued"}, {"repo", repo}});
 }
 
+// What a reload changes in the watch list, one line per kind: targets added, removed, and
+// those whose settings changed (a new config hash: they are published again).
+void log_changes(const config::Config& from, const config::Config& to) {
+  std::map<std::string, std::string> before, after;  // "repo -> target" -> config hash
+  auto index = [](const config::Config& c, std::map<std::string, std::string>& out) {
+    for (const auto& r : c.repos)
+      out[r.repo + " -> " + config::render_publish_as(r.publish_as, r, c.publish.hub_org)] =
+          config::config_hash(r, c.publish.hub_org);
+  };
+  index(from, before);
+  index(to, after);
+  std::string added, removed, changed;
+  for (const auto& [k, h] : after) {
+    const auto it = before.find(k);
+    if (it == before.end())
+      added += (added.empty() ? "" : ", ") + k;
+    else if (it->second != h)
+      changed += (changed.empty() ? "" : ", ") + k;
+  }
+  for (const auto& [k, h] : before)
+    if (!after.count(k)) removed += (removed.empty() ? "" : ", ") + k;
+  if (added.empty() && removed.empty() && changed.empty())
+    spdlog::info("reload: the watched targets are unchanged");
+  if (!added.empty()) spdlog::info("reload: added {}", added);
+  if (!removed.empty()) spdlog::info("reload: removed {}", removed);
+  if (!changed.empty()) spdlog::info("reload: new settings for {} (published again)", changed);
+}
+
 // The daemon's parts, built by run_command's steps in order and taken down by the destructor.
 class Daemon {
  public:
@@ -117,6 +147,7 @@ class Daemon {
   ~Daemon() { shutdown(); }
 
   void logging();
+  void secrets();
   void state();
   void signals();
   void scheduler();
@@ -132,11 +163,14 @@ class Daemon {
   void sleep();
   void on_signals();
   void health(mirror::HttpExchange& ex);
+  json repo_health();  // under sh_.mu
 
   const RunOptions& ro_;
   config::Config cfg_;
   bool tz_utc_ = true;
   Shared sh_;
+  std::optional<storage::StoreLock> lock_;
+  std::optional<std::string> write_token_;
   std::optional<Scheduler> sched_;  // guarded by sh_.mu
   Metrics metrics_;
   Notifier notifier_;
@@ -155,21 +189,29 @@ class Daemon {
 // config needs a restart.
 void Daemon::logging() {
   spdlog::set_level(spdlog::level::from_str(ro_.log_level.value_or(cfg_.log_level)));
+  set_log_format(cfg_.log_format);
   const std::string& tz = cfg_.schedule.timezone;
   if (tz != "local" && tz != "UTC") ::setenv("TZ", (":" + tz).c_str(), 1);
   ::tzset();
   tz_utc_ = tz == "UTC";
 }
 
-// One connection for the main loop, one for the HTTP handlers (WAL lets them read while the
-// loop writes).
+// Every secret file is read now, before anything starts: an unreadable or empty one is a
+// configuration error (exit 2) naming its key and path, never a failure later on.
+void Daemon::secrets() {
+  upstream_client_options(cfg_);  // hub.token_file (the options are built again per pass)
+  write_token_ = read_secret(cfg_.mirror.write_token_file, "mirror.write_token_file");
+  sh_.webhook_secret = read_secret(cfg_.mirror.webhook_secret_file, "mirror.webhook_secret_file");
+}
+
+// The store's lock first (one loftqd per store), then one connection for the main loop and one
+// for the HTTP handlers (WAL lets them read while the loop writes).
 void Daemon::state() {
-  fs::create_directories(cfg_.store);
+  lock_.emplace(storage::StoreLock::acquire(cfg_.store));
   db_ = storage::StateDb::open(cfg_.state_db);
   reader_db_ = storage::StateDb::open(cfg_.state_db);
   sh_.beat();
   sh_.started_at = now_s();
-  sh_.webhook_secret = read_secret(cfg_.mirror.webhook_secret_file, "mirror.webhook_secret_file");
 }
 
 // SIGTERM/SIGINT stop, SIGHUP reloads: the handler only feeds common::SignalPipe, and the
@@ -231,33 +273,62 @@ void Daemon::health(mirror::HttpExchange& ex) {
   const bool stalled = idle > ro_.stall_limit_s;
   ex.status = stopping || stalled ? 503 : 200;
   ex.content_type = "application/json";
-  ex.reply = json{{"status", stopping  ? "stopping"
-                             : stalled ? "stalled"
-                                       : "ok"},
-                  {"version", LOFTQD_VERSION},
-                  {"state", sh_.status},
-                  {"uptime_s", now_s() - sh_.started_at},
-                  {"last_pass_at", sh_.last_pass_at},
-                  {"seconds_since_progress", idle},
-                  {"watched_repos", sched_->watched()}}
-                 .dump();
+  json h = {{"status", stopping  ? "stopping"
+                       : stalled ? "stalled"
+                                 : "ok"},
+            {"version", LOFTQD_VERSION},
+            {"state", sh_.status},
+            {"uptime_s", now_s() - sh_.started_at},
+            {"last_pass_at", sh_.last_pass_at ? json(sh_.last_pass_at) : json(nullptr)},
+            {"seconds_since_progress", idle},
+            {"watched_repos", sched_->watched()}};
+  h["repos"] = repo_health();
+  ex.reply = h.dump();
+}
+
+// Per watched repo: the last check (when, and its error if it failed) and the last success,
+// from the state database (a repo whose check never worked is there too).
+json Daemon::repo_health() {
+  json out = json::array();
+  std::lock_guard g(reader_mu_);
+  std::map<std::string, storage::RepoState> by_repo;
+  for (auto& r : reader_db_->repos()) by_repo.emplace(r.repo, std::move(r));
+  for (const auto& id : sh_.watched) {
+    const auto it = by_repo.find(id);
+    json r = {{"repo", id}, {"last_check_at", nullptr}, {"last_success_at", nullptr}};
+    if (it != by_repo.end()) {
+      const auto& st = it->second;
+      if (st.last_check_at) r["last_check_at"] = st.last_check_at;
+      if (st.last_success_at) r["last_success_at"] = st.last_success_at;
+      r["last_seen_commit"] = st.last_seen_commit;
+      r["ok"] = st.last_check_error.empty();
+      if (!st.last_check_error.empty()) r["last_check_error"] = st.last_check_error;
+    }
+    out.push_back(std::move(r));
+  }
+  return out;
 }
 
 // The configured listener (with /healthz, /metrics, /webhook) when enabled; otherwise, when
 // results go to the mirror, a private one on a loopback port.
 void Daemon::mirror() {
   mo_.store = cfg_.store;
-  auto write_token = read_secret(cfg_.mirror.write_token_file, "mirror.write_token_file");
   // Without a configured token only the daemon itself may write (a random per-process token).
-  mo_.write_token = write_token ? write_token : std::optional<std::string>(common::random_hex(32));
+  mo_.write_token =
+      write_token_ ? write_token_ : std::optional<std::string>(common::random_hex(32));
   mo_.port = 0;
   if (cfg_.mirror.enabled) std::tie(mo_.host, mo_.port) = mirror::parse_listen(cfg_.mirror.listen);
-  mo_.extra_routes["GET /healthz"] = [this](mirror::HttpExchange& ex) { health(ex); };
-  mo_.extra_routes["GET /metrics"] = [this](mirror::HttpExchange& ex) {
-    std::lock_guard g(reader_mu_);
-    ex.content_type = "text/plain; version=0.0.4; charset=utf-8";
-    ex.reply = metrics_.render(reader_db_.get());
-  };
+  // HEAD gets the same answer without the body (httplib drops it).
+  for (const char* method : {"GET", "HEAD"}) {
+    mo_.extra_routes[std::string(method) + " /healthz"] = [this](mirror::HttpExchange& ex) {
+      health(ex);
+    };
+    mo_.extra_routes[std::string(method) + " /metrics"] = [this](mirror::HttpExchange& ex) {
+      std::lock_guard g(reader_mu_);
+      ex.content_type = "text/plain; version=0.0.4; charset=utf-8";
+      ex.reply = metrics_.render(reader_db_.get());
+    };
+  }
   mo_.extra_routes["POST /webhook"] = [this](mirror::HttpExchange& ex) {
     handle_webhook(sh_, *sched_, ex);
   };
@@ -272,6 +343,9 @@ void Daemon::mirror() {
 // Which repo is checked when (Scheduler), from the start-up configuration.
 void Daemon::scheduler() {
   sched_.emplace(cfg_.schedule, repo_ids(cfg_));
+  sh_.watched = repo_set(cfg_);
+  metrics_.set_watched(sh_.watched);
+  metrics_.set_store(cfg_.store);
   if (cfg_.limits.concurrent_jobs > 1)
     spdlog::warn("limits.concurrent_jobs = {}: this version runs one job at a time",
                  cfg_.limits.concurrent_jobs);
@@ -342,6 +416,7 @@ void Daemon::reload() {
   notifier_.reloading("reloading " + ro_.config_path);
   try {
     config::Config n = load(ro_.config_path);
+    upstream_client_options(n);  // hub.token_file must be readable before anything changes
     auto secret = read_secret(n.mirror.webhook_secret_file, "mirror.webhook_secret_file");
     for (const auto& [field, same] :
          {std::pair<const char*, bool>{"store", n.store == cfg_.store},
@@ -357,16 +432,22 @@ void Daemon::reload() {
     n.mirror.enabled = cfg_.mirror.enabled;
     n.mirror.write_token_file = cfg_.mirror.write_token_file;
     n.schedule.timezone = cfg_.schedule.timezone;
+    log_changes(cfg_, n);
     cfg_ = std::move(n);
     spdlog::set_level(spdlog::level::from_str(ro_.log_level.value_or(cfg_.log_level)));
+    set_log_format(cfg_.log_format);
     po_ = options_for(cfg_);
     {
       std::lock_guard g(sh_.mu);
       sched_->reconfigure(cfg_.schedule, repo_ids(cfg_));  // every repo is checked at once
       sh_.webhook_secret = secret;
+      sh_.watched = repo_set(cfg_);
+      metrics_.set_watched(sh_.watched);
     }
+    metrics_.config_reloaded(true, now_s());
     spdlog::info("reload: {} applied; watching {} repos", ro_.config_path, cfg_.repos.size());
   } catch (const std::exception& e) {
+    metrics_.config_reloaded(false, now_s());
     spdlog::error("reload: {} rejected, keeping the previous configuration: {}", ro_.config_path,
                   e.what());
   }
@@ -393,12 +474,17 @@ void Daemon::pass() {
     sched_->checked(r.repo, Clock::now());
   }
   pipeline.run_jobs(report);
-  if (report.repos_checked + report.jobs_done + report.jobs_failed + report.jobs_interrupted > 0) {
+  if (report.repos_checked + report.jobs_done + report.jobs_failed + report.jobs_interrupted +
+          report.checks_failed >
+      0) {
     metrics_.pass_finished();
-    spdlog::info(
-        "run: pass ({}) checked {} repos, {} jobs queued, {} done, {} failed, {} interrupted",
-        due.why.empty() ? "retry" : due.why, report.repos_checked, report.jobs_enqueued,
-        report.jobs_done, report.jobs_failed, report.jobs_interrupted);
+    const bool bad = report.checks_failed + report.jobs_failed > 0;
+    spdlog::log(bad ? spdlog::level::warn : spdlog::level::info,
+                "run: pass ({}) checked {} repos ({} failed), {} jobs queued, {} done, {} failed, "
+                "{} interrupted",
+                due.why.empty() ? "retry" : due.why, report.repos_checked, report.checks_failed,
+                report.jobs_enqueued, report.jobs_done, report.jobs_failed,
+                report.jobs_interrupted);
     std::lock_guard g(sh_.mu);
     sh_.last_pass_at = now_s();
   }
@@ -435,7 +521,8 @@ void Daemon::shutdown() {
 int run_command(const RunOptions& ro) {
   Daemon d(ro, load(ro.config_path));  // config: a bad one at start-up is a usage error (exit 2)
   d.logging();                         // logging: the level and the nightly window's time zone
-  d.state();                           // storage: the state db, the webhook secret
+  d.secrets();                         // secrets: token files read now (exit 2 when unreadable)
+  d.state();                           // storage: the store's lock, the state db
   d.signals();                         // signals: SIGTERM/SIGINT stop, SIGHUP reloads
   d.scheduler();                       // scheduler: polls, the nightly window, webhooks
   d.mirror();                          // mirror: the store, /healthz, /metrics, /webhook

@@ -2,8 +2,12 @@
 // authentication and the checks and error answers every handler shares.
 #include <spdlog/spdlog.h>
 
+#include <sys/socket.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <limits>
 #include <stdexcept>
 
@@ -328,14 +332,24 @@ int Mirror::bind() {
   auto& i = *impl_;
   std::error_code ec;
   fs::create_directories(i.opt.store, ec);
+  // SO_REUSEADDR only: httplib's default adds SO_REUSEPORT, which lets a second process bind
+  // the same address silently.
+  i.svr.set_socket_options([](socket_t s) {
+    int yes = 1;
+    ::setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
+  errno = 0;
   if (i.opt.port == 0) {
     i.port = i.svr.bind_to_any_port(i.opt.host);
   } else {
     i.port = i.svr.bind_to_port(i.opt.host, i.opt.port) ? i.opt.port : -1;
   }
-  if (i.port < 0)
-    throw std::runtime_error("mirror: cannot listen on " + i.opt.host + ":" +
-                             std::to_string(i.opt.port));
+  if (i.port < 0) {
+    const int err = errno;
+    throw std::runtime_error(
+        "mirror: cannot listen on " + i.opt.host + ":" + std::to_string(i.opt.port) + ": " +
+        (err ? std::strerror(err) : "bind failed") + " (errno " + std::to_string(err) + ")");
+  }
   return i.port;
 }
 

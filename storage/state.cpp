@@ -16,7 +16,15 @@ namespace {
                        ((db) ? sqlite3_errmsg(db) : sqlite3_errstr(rc_))); \
   } while (0)
 
-constexpr int kSchemaVersion = 1;
+// 1: the first schema. 2: repos.last_check_at and repos.last_check_error (a failed check is
+// recorded too); a version-1 database is migrated in place when it is opened.
+constexpr int kSchemaVersion = 2;
+
+// From version 1 (kSchema's CREATE TABLE IF NOT EXISTS leaves an existing table as it is).
+const char* kMigrateFrom1 = R"sql(
+ALTER TABLE repos ADD COLUMN last_check_at INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE repos ADD COLUMN last_check_error TEXT NOT NULL DEFAULT '';
+)sql";
 
 const char* kSchema = R"sql(
 CREATE TABLE IF NOT EXISTS repos (
@@ -26,7 +34,9 @@ CREATE TABLE IF NOT EXISTS repos (
   last_seen_at INTEGER NOT NULL DEFAULT 0,
   last_processed_commit TEXT NOT NULL DEFAULT '',
   last_processed_at INTEGER NOT NULL DEFAULT 0,
-  last_success_at INTEGER NOT NULL DEFAULT 0
+  last_success_at INTEGER NOT NULL DEFAULT 0,
+  last_check_at INTEGER NOT NULL DEFAULT 0,
+  last_check_error TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS jobs (
   id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -120,12 +130,14 @@ RepoState read_repo(const Stmt& s) {
   r.last_processed_commit = s.text(4);
   r.last_processed_at = s.integer(5);
   r.last_success_at = s.integer(6);
+  r.last_check_at = s.integer(7);
+  r.last_check_error = s.text(8);
   return r;
 }
 
 constexpr const char* kRepoColumns =
     "repo, revision, last_seen_commit, last_seen_at, last_processed_commit, last_processed_at, "
-    "last_success_at";
+    "last_success_at, last_check_at, last_check_error";
 
 }  // namespace
 
@@ -176,6 +188,7 @@ std::unique_ptr<StateDb> StateDb::open(const std::filesystem::path& p) {
                      " is newer than this loftqd (" + std::to_string(kSchemaVersion) + ")");
   s->exec("BEGIN IMMEDIATE");
   try {
+    if (version == 1) s->exec(kMigrateFrom1);
     s->exec(kSchema);
     s->exec(("PRAGMA user_version=" + std::to_string(kSchemaVersion)).c_str());
     s->exec("COMMIT");
@@ -203,9 +216,20 @@ void StateDb::repo_seen(const std::string& repo, const std::string& revision,
                         const std::string& commit, int64_t now) {
   Stmt s(
       db_,
-      "INSERT INTO repos (repo, revision, last_seen_commit, last_seen_at) VALUES (?1, ?2, ?3, ?4) "
-      "ON CONFLICT (repo) DO UPDATE SET revision = ?2, last_seen_commit = ?3, last_seen_at = ?4");
+      "INSERT INTO repos (repo, revision, last_seen_commit, last_seen_at, last_check_at) "
+      "VALUES (?1, ?2, ?3, ?4, ?4) "
+      "ON CONFLICT (repo) DO UPDATE SET revision = ?2, last_seen_commit = ?3, last_seen_at = ?4, "
+      "last_check_at = ?4, last_check_error = ''");
   s.bind(1, repo).bind(2, revision).bind(3, commit).bind(4, now).step();
+}
+
+void StateDb::repo_check_failed(const std::string& repo, const std::string& revision,
+                                const std::string& error, int64_t now) {
+  Stmt s(db_,
+         "INSERT INTO repos (repo, revision, last_check_at, last_check_error) "
+         "VALUES (?1, ?2, ?3, ?4) "
+         "ON CONFLICT (repo) DO UPDATE SET last_check_at = ?3, last_check_error = ?4");
+  s.bind(1, repo).bind(2, revision).bind(3, now).bind(4, error).step();
 }
 
 void StateDb::repo_processed(const std::string& repo, const std::string& commit, int64_t now) {
@@ -233,9 +257,12 @@ Job StateDb::enqueue(const std::string& repo, const std::string& revision,
                      const std::string& commit, const std::string& config_hash,
                      const std::string& target, int64_t now, bool* created) {
   Stmt ins(db_,
+           // Not attempted when the job exists: an insert that hits the UNIQUE constraint still
+           // consumes an AUTOINCREMENT id, and job ids would jump at every check.
            "INSERT INTO jobs (repo, revision, upstream_commit, config_hash, target, state, "
            "created_at, updated_at) "
-           "VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?6) ON CONFLICT DO NOTHING");
+           "SELECT ?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?6 WHERE NOT EXISTS (SELECT 1 FROM jobs "
+           "WHERE repo = ?1 AND upstream_commit = ?3 AND config_hash = ?4) ON CONFLICT DO NOTHING");
   ins.bind(1, repo)
       .bind(2, revision)
       .bind(3, commit)
@@ -296,6 +323,27 @@ void StateDb::record_failure(int64_t id, const std::string& error, bool permanen
       .bind(4, int64_t(max_attempts))
       .bind(5, retry_at);
   s.bind(6, now).step();
+}
+
+bool StateDb::requeue(int64_t id, int64_t now, const std::optional<std::string>& config_hash) {
+  Stmt s(db_,
+         "UPDATE jobs SET state = 'queued', attempts = 0, permanent_failure = 0, last_error = '', "
+         "next_attempt_at = 0, updated_at = ?2, config_hash = COALESCE(?3, config_hash) "
+         "WHERE id = ?1 AND state = 'failed'");
+  s.bind(1, id).bind(2, now);
+  if (config_hash) s.bind(3, *config_hash);  // unbound parameters are NULL
+  s.step();
+  return sqlite3_changes(db_) > 0;
+}
+
+std::vector<Job> StateDb::failed_jobs(const std::string& repo) const {
+  Stmt s(db_, (std::string("SELECT ") + kJobColumns +
+               " FROM jobs WHERE repo = ?1 AND state = 'failed' ORDER BY id")
+                  .c_str());
+  s.bind(1, repo);
+  std::vector<Job> out;
+  while (s.step()) out.push_back(read_job(s));
+  return out;
 }
 
 std::vector<Job> StateDb::jobs(int limit) const {

@@ -41,6 +41,8 @@ struct RepoState {
   std::string repo, revision;
   std::string last_seen_commit, last_processed_commit;
   int64_t last_seen_at = 0, last_processed_at = 0, last_success_at = 0;
+  int64_t last_check_at = 0;     // the last check, whether it worked or not
+  std::string last_check_error;  // empty when the last check worked
 };
 
 class StateDb {
@@ -54,6 +56,10 @@ class StateDb {
 
   void repo_seen(const std::string& repo, const std::string& revision, const std::string& commit,
                  int64_t now);
+  // A check that failed (repo or revision not found, network): recorded with its error, so the
+  // repo shows in status and metrics even when it was never seen.
+  void repo_check_failed(const std::string& repo, const std::string& revision,
+                         const std::string& error, int64_t now);
   void repo_processed(const std::string& repo, const std::string& commit, int64_t now);
   std::optional<RepoState> repo(const std::string& repo) const;
   std::vector<RepoState> repos() const;
@@ -73,7 +79,13 @@ class StateDb {
   // other transient ones go back to Queued with next_attempt_at = retry_at.
   void record_failure(int64_t id, const std::string& error, bool permanent, int max_attempts,
                       int64_t retry_at, int64_t now);
-  std::vector<Job> jobs(int limit = 100) const;  // newest first
+  // `loftqd retry`: a failed job back to queued and due now, its attempts, error and permanent
+  // flag cleared; with `config_hash`, queued under that hash (the entry's settings as configured
+  // now, e.g. after an upgrade). False when the job does not exist or has not failed.
+  // StateError when another job already has that (repo, commit, config hash).
+  bool requeue(int64_t id, int64_t now, const std::optional<std::string>& config_hash = {});
+  std::vector<Job> failed_jobs(const std::string& repo) const;  // oldest first
+  std::vector<Job> jobs(int limit = 100) const;                 // newest first
   std::map<JobState, int64_t> count_by_state() const;
 
   // Per-tensor progress of a job, for reporting (logs, status). Never consulted to skip work:

@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <openssl/evp.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -669,6 +670,53 @@ Status Store::write_meta(std::string_view repo_id, const RepoMeta& m) {
     return Error{Errc::Io, e.what()};
   }
   return ok_status();
+}
+
+fs::path StoreLock::path_for(const fs::path& store) {
+  return store / "loftqd.lock";
+}
+
+StoreLock StoreLock::acquire(const fs::path& store) {
+  std::error_code ec;
+  fs::create_directories(store, ec);
+  if (ec) throw std::runtime_error("cannot create store " + store.string() + ": " + ec.message());
+  const fs::path p = path_for(store);
+  const int fd = ::open(p.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) throw std::runtime_error("cannot open " + p.string() + ": " + std::strerror(errno));
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    std::string pid;
+    if (err == EWOULDBLOCK) {
+      char buf[32] = {};
+      const ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
+      pid = common::trim(std::string(buf, n > 0 ? static_cast<size_t>(n) : 0));
+    }
+    ::close(fd);
+    if (err != EWOULDBLOCK)
+      throw std::runtime_error("cannot lock " + p.string() + ": " + std::strerror(err));
+    throw StoreBusy("another loftqd (pid " + (pid.empty() ? std::string("unknown") : pid) +
+                    ") is using " + store.string());
+  }
+  // Ours now: record the pid for the message above (the lock, not the content, is what counts).
+  const std::string me = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, me.data(), me.size(), 0) < 0) {
+    const int err = errno;
+    ::close(fd);
+    throw std::runtime_error("cannot write " + p.string() + ": " + std::strerror(err));
+  }
+  return StoreLock(fd);
+}
+
+bool StoreLock::held(const fs::path& store) {
+  const int fd = ::open(path_for(store).c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;  // never locked
+  const bool busy = ::flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+  ::close(fd);
+  return busy;
+}
+
+StoreLock::~StoreLock() {
+  if (fd_ >= 0) ::close(fd_);  // closing the last descriptor releases the flock
 }
 
 }  // namespace loftqd::storage

@@ -18,6 +18,7 @@
 #include <filesystem>
 #include <map>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -202,6 +203,33 @@ class Store {
 
  private:
   std::filesystem::path root_;
+};
+
+// One loftqd process per store: `run`, `sync` and `serve` hold an exclusive flock(2) on
+// <store>/loftqd.lock (which holds the holder's pid) for as long as they use the store. The
+// kernel drops the lock when the process ends, however it ends, so a stale file never blocks.
+class StoreLock {
+ public:
+  // Creates the store directory if needed. Throws StoreBusy when another process holds the
+  // lock ("another loftqd (pid N) is using STORE"), std::runtime_error for an I/O error.
+  static StoreLock acquire(const std::filesystem::path& store);
+  StoreLock(StoreLock&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+  StoreLock& operator=(StoreLock&&) = delete;
+  StoreLock(const StoreLock&) = delete;
+  ~StoreLock();
+  static std::filesystem::path path_for(const std::filesystem::path& store);
+  // Whether some process holds the store's lock now (a probe with a shared lock that is let go
+  // at once; for `status`, which must not keep a daemon from starting).
+  static bool held(const std::filesystem::path& store);
+
+ private:
+  explicit StoreLock(int fd) : fd_(fd) {}
+  int fd_ = -1;
+};
+
+class StoreBusy : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
 };
 
 }  // namespace loftqd::storage

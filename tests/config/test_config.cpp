@@ -120,9 +120,41 @@ TEST(Config, PublishTargetsMustBeDistinctAndNotTheUpstream) {
   auto p = problems_of(json::parse(R"({"store": "/s", "repos": [
       {"repo": "org/a", "publish_as": "me/x"}, {"repo": "org/b", "publish_as": "me/x"},
       {"repo": "org/c", "publish_as": "{org}/{name}"}, {"repo": "org/d", "publish_as": "{org}/{nam}"}]})"));
-  EXPECT_THAT(p, Contains(HasSubstr("/repos/1/publish_as: 'me/x' is also the target")));
+  EXPECT_THAT(
+      p, Contains(HasSubstr("/repos/1/publish_as: 'me/x' is also the target of /repos/0 (org/a)")));
   EXPECT_THAT(p, Contains(HasSubstr("/repos/2/publish_as: would overwrite the upstream")));
   EXPECT_THAT(p, Contains(HasSubstr("unknown placeholder {nam}")));
+}
+
+// Variants: one upstream repo may appear several times, each entry with its own target and
+// settings; only the same target twice is refused, naming both entries.
+TEST(Config, VariantsOfOneRepoNeedDistinctTargets) {
+  const auto c = parse_config(json::parse(R"({"store": "/s", "repos": [
+      {"repo": "org/a", "publish_as": "me/a-4bit", "loftq": {"bits": 4}},
+      {"repo": "org/a", "publish_as": "me/a-2bit", "loftq": {"bits": 2}}]})"));
+  ASSERT_EQ(c.repos.size(), 2u);
+  EXPECT_EQ(c.repos[0].repo, c.repos[1].repo);
+  EXPECT_NE(loftqd::config::config_hash(c.repos[0], std::nullopt),
+            loftqd::config::config_hash(c.repos[1], std::nullopt));
+  auto p = problems_of(json::parse(R"({"store": "/s", "repos": [
+      {"repo": "org/a", "publish_as": "me/a", "loftq": {"bits": 4}},
+      {"repo": "org/a", "publish_as": "me/a", "loftq": {"bits": 2}}]})"));
+  EXPECT_THAT(
+      p, Contains(HasSubstr("/repos/1/publish_as: 'me/a' is also the target of /repos/0 (org/a)")));
+}
+
+TEST(Config, PublishPrivateIsInheritTrueOrFalse) {
+  auto parse = [](const json& priv) {
+    json j = {{"store", "/s"}, {"publish", {{"mirror", true}}}};
+    if (!priv.is_null()) j["publish"]["private"] = priv;
+    return parse_config(j).publish.visibility;
+  };
+  EXPECT_EQ(parse(nullptr), Visibility::Inherit);
+  EXPECT_EQ(parse("inherit"), Visibility::Inherit);
+  EXPECT_EQ(parse(true), Visibility::Private);
+  EXPECT_EQ(parse(false), Visibility::Public);
+  auto p = problems_of(json{{"store", "/s"}, {"publish", {{"private", "yes"}}}});
+  EXPECT_THAT(p, Contains(HasSubstr("/publish/private: must be \"inherit\", true or false")));
 }
 
 TEST(Config, LoadReportsUnreadableAndInvalidJson) {

@@ -76,3 +76,55 @@ TEST(HubOptions, PublishOptionsCarryTheEndpointTokenAndOfflineFlag) {
   EXPECT_EQ(o.token.value_or(""), "tok");
   EXPECT_TRUE(o.offline);
 }
+
+TEST(ReadSecret, UnreadableOrEmptyFilesAreConfigErrorsNamingKeyAndPath) {
+  TempDir tmp;
+  using loftqd::daemon::read_secret;
+  EXPECT_FALSE(read_secret(std::nullopt, "hub.token_file", loftqd::daemon::no_env));
+  const std::string missing = (tmp / "missing").string();
+  const auto m = loftqd::testing::error_of(
+      [&] { read_secret(missing, "hub.token_file", loftqd::daemon::no_env); });
+  EXPECT_NE(m.find("hub.token_file"), std::string::npos) << m;
+  EXPECT_NE(m.find(missing), std::string::npos) << m;
+  EXPECT_NE(m.find("No such file or directory"), std::string::npos) << m;
+  EXPECT_THROW(read_secret(missing, "k", loftqd::daemon::no_env), std::invalid_argument);
+  // A directory where the file should be, and an empty file.
+  EXPECT_THROW(read_secret(tmp.path().string(), "k", loftqd::daemon::no_env),
+               std::invalid_argument);
+  spit(tmp / "empty", " \n");
+  const auto e = loftqd::testing::error_of([&] {
+    read_secret((tmp / "empty").string(), "mirror.write_token_file", loftqd::daemon::no_env);
+  });
+  EXPECT_NE(e.find("mirror.write_token_file: " + (tmp / "empty").string() + " is empty"),
+            std::string::npos)
+      << e;
+  spit(tmp / "ok", "  s3cret\n");
+  EXPECT_EQ(read_secret((tmp / "ok").string(), "k", loftqd::daemon::no_env).value_or(""), "s3cret");
+}
+
+// systemd's LoadCredential=: a credential named like the file wins over the file itself (which
+// the service's DynamicUser may not be able to read); without one the file is read as named.
+TEST(ReadSecret, CredentialsDirectoryHoldsTheFileByName) {
+  TempDir tmp;
+  using loftqd::daemon::read_secret;
+  std::filesystem::create_directories(tmp / "creds");
+  spit(tmp / "creds" / "hub-token", "from-credential\n");
+  spit(tmp / "hub-token", "from-file\n");
+  spit(tmp / "other-token", "other-file\n");
+  const auto env = env_of({{"CREDENTIALS_DIRECTORY", (tmp / "creds").string()}});
+  EXPECT_EQ(read_secret((tmp / "hub-token").string(), "k", env).value_or(""), "from-credential");
+  EXPECT_EQ(read_secret((tmp / "other-token").string(), "k", env).value_or(""), "other-file");
+  // The file itself need not be readable, or even exist, for the service user.
+  const std::string gone = (tmp / "gone" / "hub-token").string();
+  EXPECT_EQ(read_secret(gone, "k", env).value_or(""), "from-credential");
+  spit(tmp / "creds" / "empty-token", "");
+  const auto m = loftqd::testing::error_of(
+      [&] { read_secret((tmp / "empty-token").string(), "hub.token_file", env); });
+  EXPECT_NE(m.find("the credential for " + (tmp / "empty-token").string()), std::string::npos) << m;
+  // The token the upstream client uses comes through the same path.
+  nlohmann::json j = {{"store", (tmp / "store").string()},
+                      {"hub", {{"token_file", gone}}},
+                      {"repos", {{{"repo", "a/b"}}}}};
+  EXPECT_EQ(upstream_client_options(loftqd::config::parse_config(j), env).token.value_or(""),
+            "from-credential");
+}

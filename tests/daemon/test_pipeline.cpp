@@ -9,11 +9,14 @@
 #include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 #include <vector>
 
+#include "hub/hub.h"
 #include "integration/upstream.h"
 #include "mirror/mirror.h"
+#include "storage/store.h"
 #include "support/test_util.h"
 
 namespace fs = std::filesystem;
@@ -63,7 +66,10 @@ class PipelineTest : public ::testing::Test {
     PipelineOptions po = loftqd::daemon::pipeline_options(cfg, 1, loftqd::daemon::no_env);
     po.upstream.max_retries = 0;
     po.mirror = loftqd::daemon::PublishEndpoint{mirror_->url(), std::string(kWriteToken)};
-    po.log = [this](const std::string& line) { log_ += line + "\n"; };
+    po.log = [this](spdlog::level::level_enum level, const std::string& line) {
+      log_ += line + "\n";
+      if (level >= spdlog::level::warn) problems_ += line + "\n";
+    };
     return po;
   }
 
@@ -77,6 +83,7 @@ class PipelineTest : public ::testing::Test {
   std::unique_ptr<loftqd::mirror::Mirror> mirror_;
   std::unique_ptr<loftqd::storage::StateDb> db_;
   std::string log_;
+  std::string problems_;  // the lines logged at warn or above
 };
 
 }  // namespace
@@ -125,7 +132,22 @@ TEST_F(PipelineTest, CheckOfAMissingRepoReportsItsError) {
   EXPECT_THAT(r.errors[0], HasSubstr("up/missing: "));
   EXPECT_FALSE(r.ok());
   EXPECT_TRUE(jobs().empty());
-  EXPECT_THAT(log_, HasSubstr("repo=up/missing step=check error="));
+  EXPECT_EQ(r.checks_failed, 1);
+  // Logged at warn, and recorded: the repo shows in status and metrics although never seen.
+  EXPECT_THAT(problems_, HasSubstr("repo=up/missing revision=main step=check error="));
+  const auto st = db_->repo("up/missing");
+  ASSERT_TRUE(st);
+  EXPECT_GT(st->last_check_at, 0);
+  EXPECT_FALSE(st->last_check_error.empty());
+  EXPECT_EQ(st->last_seen_commit, "");
+  loftqd::daemon::Metrics m;
+  auto po = options(cfg);
+  po.metrics = &m;
+  Pipeline pm(cfg, *db_, po);
+  SyncReport r2;
+  pm.check_repo(cfg.repos[0], r2);
+  pm.check_repo(cfg.repos[0], r2);
+  EXPECT_THAT(m.render(db_.get()), HasSubstr("loftqd_check_errors_total{repo=\"up/missing\"} 2\n"));
 }
 
 TEST_F(PipelineTest, AJobRunsThroughItsStepsToDoneAndFreesItsWorkDir) {
@@ -151,9 +173,78 @@ TEST_F(PipelineTest, AJobRunsThroughItsStepsToDoneAndFreesItsWorkDir) {
   // The result is in the store, served by the mirror.
   EXPECT_TRUE(fs::exists(tmp_ / "store" / "models--me--tiny-loftq" / "snapshots" /
                          job.published_commit / "loftq.json"));
+  EXPECT_EQ(problems_, "");  // nothing at warn or above for a clean run
   // A second pass finds nothing new.
   const SyncReport again = p.sync_once();
   EXPECT_EQ(again.jobs_enqueued + again.jobs_done + again.jobs_failed, 0);
+}
+
+// Two entries for one upstream repo (different bits, own publish_as): each is its own target
+// with its own job, and both publish (each job finds its own entry by its config hash).
+TEST_F(PipelineTest, TwoVariantsOfOneUpstreamRepoBothPublish) {
+  const auto cfg =
+      loftqd::config::parse_config(json{{"hub", {{"endpoint", up_.url()}}},
+                                        {"store", (tmp_ / "store").string()},
+                                        {"device", "cpu"},
+                                        {"repos",
+                                         {{{"repo", "up/tiny"},
+                                           {"publish_as", "me/tiny-4bit"},
+                                           {"loftq", {{"rank", 4}, {"iters", 1}, {"bits", 4}}}},
+                                          {{"repo", "up/tiny"},
+                                           {"publish_as", "me/tiny-2bit"},
+                                           {"loftq", {{"rank", 4}, {"iters", 1}, {"bits", 2}}}}}},
+                                        {"publish", {{"mirror", true}}}});
+  Pipeline p(cfg, *db_, options(cfg));
+  const SyncReport r = p.sync_once();
+  ASSERT_TRUE(r.ok()) << ::testing::PrintToString(r.errors) << log_;
+  EXPECT_EQ(r.jobs_enqueued, 2);
+  EXPECT_EQ(r.jobs_done, 2);
+  std::set<std::string> targets;
+  for (const auto& j : jobs()) {
+    EXPECT_EQ(j.state, JobState::Done) << j.target << ": " << j.last_error;
+    targets.insert(j.target);
+    const fs::path dir = tmp_ / "store" / ("models--me--" + j.target.substr(3));
+    EXPECT_TRUE(fs::exists(dir / "snapshots" / j.published_commit / "loftq.json")) << dir;
+  }
+  EXPECT_EQ(targets, (std::set<std::string>{"me/tiny-4bit", "me/tiny-2bit"}));
+}
+
+// publish.private "inherit": the derivative of a private (or gated) upstream is private on the
+// mirror (anonymous reads refused); false publishes it public all the same.
+TEST_F(PipelineTest, ThePrivateUpstreamsDerivativeIsPrivateUnlessConfiguredOtherwise) {
+  loftqd::storage::Store upstream_store(up_.store());
+  auto meta = upstream_store.read_meta("up/tiny").value_or(loftqd::storage::RepoMeta{});
+  meta.is_private = true;
+  ASSERT_TRUE(upstream_store.write_meta("up/tiny", meta));
+  const loftqd::storage::Store ours(tmp_ / "store");
+  for (const auto& [setting, want_private] :
+       std::vector<std::pair<json, bool>>{{"inherit", true}, {false, false}}) {
+    auto j = json{{"hub", {{"endpoint", up_.url()}}},
+                  {"store", (tmp_ / "store").string()},
+                  {"device", "cpu"},
+                  {"repos",
+                   {{{"repo", "up/tiny"},
+                     {"publish_as", want_private ? "me/secret-loftq" : "me/open-loftq"},
+                     {"loftq", {{"rank", 4}, {"iters", 1}, {"bits", 4}}}}}},
+                  {"publish", {{"mirror", true}, {"private", setting}}}};
+    const auto cfg = loftqd::config::parse_config(j);
+    auto po = options(cfg);
+    po.upstream.token = std::string(Upstream::kToken);  // may read the private upstream
+    Pipeline p(cfg, *db_, po);
+    const SyncReport r = p.sync_once();
+    ASSERT_TRUE(r.ok()) << ::testing::PrintToString(r.errors) << log_;
+    const std::string target = cfg.repos[0].publish_as;
+    const auto published = ours.read_meta(target);
+    ASSERT_TRUE(published) << target;
+    EXPECT_EQ(published->is_private, want_private) << target;
+    EXPECT_THAT(log_, HasSubstr("target=mirror/" + target + std::string(" private=") +
+                                (want_private ? "yes" : "no")));
+  }
+  // An anonymous reader of the daemon's mirror gets the public derivative only.
+  loftqd::hub::ClientOptions anon;
+  anon.endpoint = mirror_->url();
+  EXPECT_FALSE(loftqd::hub::Client(anon).repo_info("me/secret-loftq", "main"));
+  EXPECT_TRUE(loftqd::hub::Client(anon).repo_info("me/open-loftq", "main"));
 }
 
 TEST_F(PipelineTest, AFailedDownloadIsRecordedWithItsErrorAndRetriedLater) {
@@ -201,9 +292,10 @@ TEST_F(PipelineTest, APermanentFailureEndsTheJobAndFreesItsWorkDir) {
   const auto job = *db_->job(queued.id);
   EXPECT_EQ(job.state, JobState::Failed);
   EXPECT_TRUE(job.permanent_failure);
-  EXPECT_THAT(job.last_error, HasSubstr("the configuration changed since the job was queued"));
+  EXPECT_THAT(job.last_error, HasSubstr("changed since the job was queued"));
   EXPECT_FALSE(fs::exists(work_dir(queued.id)));
   EXPECT_THAT(log_, HasSubstr("step=failed permanent=yes"));
+  EXPECT_THAT(problems_, HasSubstr("step=failed permanent=yes"));  // logged at error
 }
 
 TEST_F(PipelineTest, AStopRequestInterruptsQuantizationAndTheNextRunResumes) {

@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -275,6 +276,27 @@ TEST_F(InstallTest, UnitsAreConfigured) {
       for (const char* bad : {"PrivateDevices=", "MemoryDenyWriteExecute=", "ProtectClock=",
                               "DeviceAllow=", "DevicePolicy=", "ProcSubset="})
         EXPECT_NE(l.rfind(bad, 0), 0u) << l;
+}
+
+// Every secret file of the shipped example config is handed over by LoadCredential= in both
+// services under its file name (daemon::read_secret looks there under $CREDENTIALS_DIRECTORY),
+// from the very path the example names: DynamicUser cannot read root's 0600 files directly.
+TEST_F(InstallTest, ExampleSecretsAreLoadedAsCredentials) {
+  const auto example =
+      nlohmann::json::parse(slurp(fs::path(LOFTQD_SOURCE_DIR) / "systemd/loftqd.example.json"));
+  const std::vector<std::string> secrets = {example["hub"]["token_file"],
+                                            example["mirror"]["write_token_file"],
+                                            example["mirror"]["webhook_secret_file"]};
+  for (const char* unit : {"loftqd.service", "loftqd-nightly.service"}) {
+    const auto s = settings(slurp(unitdir_ / unit));
+    size_t credentials = 0;
+    for (const auto& l : s) credentials += l.rfind("LoadCredential=", 0) == 0;
+    EXPECT_EQ(credentials, secrets.size()) << unit;
+    for (const auto& path : secrets) {
+      const std::string want = "LoadCredential=" + fs::path(path).filename().string() + ":" + path;
+      EXPECT_TRUE(has_line(s, want)) << unit << ": " << want;
+    }
+  }
 }
 
 TEST_F(InstallTest, SystemdAnalyzeVerifyIsClean) {

@@ -9,8 +9,12 @@
 #include <httplib.h>
 #include <signal.h>
 
+#include <cerrno>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
@@ -72,6 +76,21 @@ httplib::Client http(const std::string& url) {
   c.set_connection_timeout(5);
   c.set_read_timeout(10);
   return c;
+}
+
+// `promtool check metrics` on `text` (its lint rules: HELP/TYPE, units, counters' _total, ...):
+// its output, "" when clean; nullopt when promtool is not installed (Debian: prometheus).
+std::optional<std::string> promtool_check(const std::string& text, const fs::path& dir) {
+  if (std::system("command -v promtool >/dev/null 2>&1") != 0) return std::nullopt;
+  spit(dir / "metrics.txt", text);
+  const std::string cmd = "promtool check metrics < '" + (dir / "metrics.txt").string() + "' 2>&1";
+  std::string out;
+  if (FILE* p = ::popen(cmd.c_str(), "r")) {
+    char buf[4096];
+    for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
+    if (::pclose(p) != 0 && out.empty()) out = "promtool failed";
+  }
+  return out;
 }
 
 #ifndef LOFTQD_TEST_BINARY
@@ -181,6 +200,26 @@ TEST(Run, PublishesServesHealthMetricsAndWebhookThenStopsOnSigterm) {
   EXPECT_THAT(m->body, HasSubstr("loftqd_tensors_quantized_total 14\n"));
   EXPECT_THAT(m->body, HasSubstr("loftqd_tensor_seconds_count 14\n"));
   EXPECT_THAT(m->body, ::testing::Not(HasSubstr("loftqd_downloaded_bytes_total 0\n")));
+  EXPECT_THAT(m->body, HasSubstr("loftqd_tensor_seconds_bucket{le=\"0.05\"} "));
+  EXPECT_THAT(m->body, HasSubstr("loftqd_build_info{version=\""));
+  EXPECT_THAT(m->body, HasSubstr("loftqd_last_check_timestamp_seconds{repo=\"up/tiny\"} "));
+  EXPECT_THAT(m->body, HasSubstr("loftqd_step_duration_seconds_count{step=\"publish\"} 1\n"));
+  if (const auto lint = promtool_check(m->body, tmp.path()))
+    EXPECT_EQ(*lint, "") << m->body;
+  else
+    std::fprintf(stderr, "promtool not installed: the format rules are checked by test_metrics\n");
+  // HEAD answers like GET, without a body.
+  for (const char* path : {"/healthz", "/metrics"}) {
+    auto head = c.Head(path);
+    ASSERT_TRUE(head) << path;
+    EXPECT_EQ(head->status, 200) << path;
+    EXPECT_EQ(head->body, "") << path;
+  }
+  // Per-repo health.
+  const auto hj = json::parse(h->body);
+  ASSERT_EQ(hj["repos"].size(), 1u) << h->body;
+  EXPECT_EQ(hj["repos"][0]["repo"], "up/tiny");
+  EXPECT_EQ(hj["repos"][0]["ok"], true);
 
   // The result is served by the daemon's own mirror (the Hub read API).
   auto info = c.Get("/api/models/me/tiny-loftq");
@@ -271,6 +310,78 @@ TEST(Run, BadConfigAtStartExitsTwoNamingEveryProblem) {
   auto missing = run_loftqd({"run", "--config", (tmp / "nope.json").string()});
   EXPECT_EQ(missing.exit_code, 2) << missing.out;
   EXPECT_THAT(missing.out, HasSubstr("nope.json"));
+}
+
+// One loftqd per store: a second run, a sync (without --once: one pass is the default) and a
+// serve of the same store are refused while the daemon runs, naming its pid; another store on
+// the daemon's listen address fails naming the address and errno (no SO_REUSEPORT sharing).
+TEST(Run, ASecondInstanceOnTheStoreOrThePortFailsClearly) {
+  TempDir tmp;
+  Upstream up(tmp.path());
+  const auto cfg = write_config(tmp, base_config(tmp, up.url(), 8));
+  Child d(run_args(cfg), tmp / "run.log");
+  ASSERT_TRUE(d.wait_for_log("step=done", 120s)) << d.log();
+  const std::string busy =
+      "another loftqd (pid " + std::to_string(d.pid()) + ") is using " + (tmp / "store").string();
+  for (const std::vector<std::string>& args :
+       {run_args(cfg), std::vector<std::string>{"sync", "--config", cfg.string()},
+        std::vector<std::string>{"serve", "--store", (tmp / "store").string(), "--listen",
+                                 "127.0.0.1:0"}}) {
+    const auto r = run_loftqd(args);
+    EXPECT_EQ(r.exit_code, 1) << args[0] << ": " << r.out;
+    EXPECT_THAT(r.out, HasSubstr(busy)) << args[0];
+  }
+  const std::string url = daemon_url(d.log());
+  const std::string hostport = url.substr(std::string("http://").size());
+  const auto port =
+      run_loftqd({"serve", "--store", (tmp / "other-store").string(), "--listen", hostport});
+  EXPECT_EQ(port.exit_code, 1) << port.out;
+  EXPECT_THAT(port.out,
+              HasSubstr("cannot listen on " + hostport + ": Address already in use (errno " +
+                        std::to_string(EADDRINUSE) + ")"));
+  // The daemon alone answers on its port, and is unharmed.
+  EXPECT_TRUE(d.running());
+  auto h = http(url).Get("/healthz");
+  ASSERT_TRUE(h);
+  EXPECT_EQ(h->status, 200);
+  d.signal(SIGTERM);
+  auto rc = d.wait(30s);
+  ASSERT_TRUE(rc.has_value());
+  EXPECT_EQ(*rc, 0) << d.log();
+  // Released with the daemon: the same store may be served now.
+  const auto after = run_loftqd({"sync", "--config", cfg.string(), "--once"});
+  EXPECT_THAT(after.out, ::testing::Not(HasSubstr("another loftqd"))) << after.out;
+}
+
+// Secret files are read at start: unreadable or empty is a configuration error (exit 2, not a
+// crash and not a restart loop) naming the config key and the path.
+TEST(Run, UnreadableSecretFilesExitTwoNamingKeyAndPath) {
+  TempDir tmp;
+  const std::string missing = (tmp / "etc" / "hub-token").string();
+  for (const auto& [key, edit] : std::vector<std::pair<std::string, std::function<void(json&)>>>{
+           {"hub.token_file", [&](json& j) { j["hub"]["token_file"] = missing; }},
+           {"mirror.write_token_file", [&](json& j) { j["mirror"]["write_token_file"] = missing; }},
+           {"mirror.webhook_secret_file",
+            [&](json& j) { j["mirror"]["webhook_secret_file"] = tmp.path().string(); }}}) {
+    json j = base_config(tmp, "http://127.0.0.1:9", 8);
+    edit(j);
+    const auto cfg = write_config(tmp, j);
+    for (const char* cmd : {"run", "sync"}) {
+      if (std::string(cmd) == "sync" && key != "hub.token_file") continue;  // sync: hub only
+      const auto r = run_loftqd({cmd, "--config", cfg.string()});
+      EXPECT_EQ(r.exit_code, 2) << cmd << " " << key << ": " << r.out;
+      EXPECT_THAT(r.out, HasSubstr(key + ": ")) << cmd;
+      EXPECT_THAT(r.out,
+                  HasSubstr(key == "mirror.webhook_secret_file" ? tmp.path().string() : missing));
+      EXPECT_THAT(r.out, ::testing::Not(HasSubstr("terminate"))) << r.out;
+    }
+  }
+  spit(tmp / "empty", "\n");
+  const auto serve = run_loftqd({"serve", "--store", (tmp / "s").string(), "--listen",
+                                 "127.0.0.1:0", "--write-token-file", (tmp / "empty").string()});
+  EXPECT_EQ(serve.exit_code, 2) << serve.out;
+  EXPECT_THAT(serve.out,
+              HasSubstr("--write-token-file: " + (tmp / "empty").string() + " is empty"));
 }
 
 TEST(Run, SigtermDuringQuantizationCheckpointsAndTheRestartResumes) {

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "hub/hub.h"
 #include "integration/upstream.h"
@@ -105,6 +106,16 @@ TEST(Sync, MissingUpstreamRepoFailsPermanentlyWithExitOne) {
   auto r = run_loftqd({"sync", "--config", (tmp / "c.json").string(), "--once"});
   EXPECT_EQ(r.exit_code, 1) << r.out;
   EXPECT_THAT(r.out, HasSubstr("up/missing"));
+  // Visible: a warning, counted in the summary, and in status although it was never seen.
+  EXPECT_THAT(r.out, HasSubstr(" warning repo=up/missing revision=main step=check error="));
+  EXPECT_THAT(r.out, HasSubstr("1 repos checked (1 failed)"));
+  const auto st = run_loftqd({"status", "--config", (tmp / "c.json").string(), "--json"});
+  ASSERT_EQ(st.exit_code, 0) << st.out;
+  const auto j = json::parse(st.out);
+  ASSERT_EQ(j["repos"].size(), 1u) << st.out;
+  EXPECT_EQ(j["repos"][0]["repo"], "up/missing");
+  EXPECT_NE(j["repos"][0]["last_check_error"], "");
+  EXPECT_NE(j["repos"][0]["last_check_at"], "-");
 }
 
 TEST(Sync, HfHubOfflineMakesNoNetworkRequestAndSaysSo) {
@@ -119,7 +130,8 @@ TEST(Sync, HfHubOfflineMakesNoNetworkRequestAndSaysSo) {
   EXPECT_THAT(d.log(), HasSubstr("HF_HUB_OFFLINE is set: no network request"));
   EXPECT_THAT(d.log(), HasSubstr("repo=up/tiny step=check skipped=offline"));
   EXPECT_THAT(d.log(), HasSubstr("up/tiny: not checked: HF_HUB_OFFLINE is set"));
-  EXPECT_THAT(d.log(), HasSubstr("0 repos checked, 0 jobs queued"));
+  EXPECT_THAT(d.log(), HasSubstr("0 repos checked (1 failed), 0 jobs queued"));
+  EXPECT_THAT(d.log(), HasSubstr(" warning repo=up/tiny step=check skipped=offline"));
   EXPECT_EQ(up.requests().size(), before);
   EXPECT_FALSE(fs::exists(tmp / "store" / "models--up--tiny"));
 }
@@ -135,4 +147,37 @@ TEST(Demo, RunsEndToEndAndLeavesAServableStore) {
   EXPECT_TRUE(
       fs::exists(tmp / "demo" / "store" / "models--demo--tiny-llama-loftq" / "refs" / "main"));
   EXPECT_TRUE(fs::exists(tmp / "demo" / "store" / "models--demo--tiny-llama" / "refs" / "main"));
+}
+
+// log_format "json": every line is one JSON object with the time (with its offset), the level
+// and the fields of the message.
+TEST(Sync, JsonLogFormatWritesOneObjectPerLine) {
+  TempDir tmp;
+  Upstream up(tmp.path());
+  const json cfg = {{"hub", {{"endpoint", up.url()}}},
+                    {"store", (tmp / "store").string()},
+                    {"log_format", "json"},
+                    {"repos", {{{"repo", "up/missing"}}}}};
+  spit(tmp / "c.json", cfg.dump());
+  auto r = run_loftqd({"sync", "--config", (tmp / "c.json").string()});
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  std::istringstream in(r.out);
+  std::string line;
+  bool saw_check = false;
+  size_t lines = 0;
+  while (std::getline(in, line)) {
+    ++lines;
+    const auto j = json::parse(line, nullptr, false);
+    ASSERT_FALSE(j.is_discarded()) << line;
+    const std::string t = j.value("time", "");
+    ASSERT_GE(t.size(), 6u) << line;
+    EXPECT_TRUE(t[t.size() - 6] == '+' || t[t.size() - 6] == '-') << t;  // +HH:MM
+    if (j.value("step", "") == "check") {
+      saw_check = true;
+      EXPECT_EQ(j["level"], "warning");
+      EXPECT_EQ(j["repo"], "up/missing");
+    }
+  }
+  EXPECT_GT(lines, 0u);
+  EXPECT_TRUE(saw_check) << r.out;
 }

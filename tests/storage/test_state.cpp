@@ -1,6 +1,7 @@
 #include "storage/state.h"
 
 #include <gtest/gtest.h>
+#include <sqlite3.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -20,8 +21,11 @@ TEST(StateDb, EnqueueIsIdempotentPerCommitAndConfig) {
   EXPECT_FALSE(created);
   EXPECT_EQ(again.id, a.id);
   EXPECT_EQ(again.created_at, 100);
-  db->enqueue("org/m", "main", "c1", "h2", "me/m-loftq", 300, &created);  // config changed
-  EXPECT_TRUE(created);
+  for (int check = 0; check < 5; ++check)  // repeated checks of an unchanged repo
+    db->enqueue("org/m", "main", "c1", "h1", "me/m-loftq", 250, &created);
+  const Job next = db->enqueue("org/m", "main", "c1", "h2", "me/m-loftq", 300, &created);
+  EXPECT_TRUE(created);          // config changed
+  EXPECT_EQ(next.id, a.id + 1);  // checks consume no job ids
   db->enqueue("org/m", "main", "c2", "h1", "me/m-loftq", 300, &created);  // new upstream commit
   EXPECT_TRUE(created);
   EXPECT_EQ(db->count_by_state()[JobState::Queued], 3);
@@ -114,4 +118,100 @@ TEST(StateDb, ErrorsNameTheFile) {
   }
   EXPECT_EQ(parse_job_state("publishing"), JobState::Publishing);
   EXPECT_EQ(parse_job_state("nope"), std::nullopt);
+}
+
+TEST(StateDb, RequeueBringsBackOnlyFailedJobs) {
+  TempDir tmp;
+  auto db = StateDb::open(tmp / "s.db");
+  const auto a = db->enqueue("o/r", "main", "c1", "h1", "o/r-loftq", 10);
+  const auto b = db->enqueue("o/r", "main", "c2", "h1", "o/r-loftq", 11);
+  const auto other = db->enqueue("o/x", "main", "c1", "h1", "o/x-loftq", 12);
+  db->record_failure(a.id, "RepoNotFound", true, 5, 0, 20);
+  db->record_failure(other.id, "boom", true, 5, 0, 21);
+  ASSERT_EQ(db->job(a.id)->state, JobState::Failed);
+  EXPECT_FALSE(db->requeue(b.id, 30));  // queued, not failed
+  EXPECT_FALSE(db->requeue(999, 30));   // no such job
+  ASSERT_EQ(db->failed_jobs("o/r").size(), 1u);
+  EXPECT_EQ(db->failed_jobs("o/r")[0].id, a.id);
+  EXPECT_TRUE(db->requeue(a.id, 40));
+  const auto j = *db->job(a.id);
+  EXPECT_EQ(j.state, JobState::Queued);
+  EXPECT_EQ(j.attempts, 0);
+  EXPECT_FALSE(j.permanent_failure);
+  EXPECT_EQ(j.last_error, "");
+  EXPECT_EQ(j.config_hash, "h1");
+  EXPECT_EQ(db->next_runnable(41)->id, a.id);  // the oldest runnable, due at once
+  EXPECT_TRUE(db->failed_jobs("o/r").empty());
+  // Under the current configuration's hash; one that another job has already is refused.
+  db->record_failure(a.id, "again", true, 5, 0, 50);
+  EXPECT_TRUE(db->requeue(a.id, 60, std::string("h2")));
+  EXPECT_EQ(db->job(a.id)->config_hash, "h2");
+  db->record_failure(b.id, "x", true, 5, 0, 61);
+  const auto c = db->enqueue("o/r", "main", "c2", "h2", "o/r-loftq", 62);
+  EXPECT_NE(c.id, b.id);
+  EXPECT_THROW(db->requeue(b.id, 63, std::string("h2")), StateError);
+  EXPECT_EQ(db->job(b.id)->state, JobState::Failed);
+}
+
+// A database written by the previous release (schema version 1, the repos table without the
+// check columns) is migrated in place: everything in it is kept and the new columns work.
+TEST(StateDb, AVersionOneDatabaseIsMigratedInPlace) {
+  TempDir tmp;
+  const auto p = tmp / "v1.db";
+  {
+    sqlite3* raw = nullptr;
+    ASSERT_EQ(sqlite3_open(p.c_str(), &raw), SQLITE_OK);
+    const char* v1 = R"sql(
+CREATE TABLE repos (repo TEXT PRIMARY KEY, revision TEXT NOT NULL,
+  last_seen_commit TEXT NOT NULL DEFAULT '', last_seen_at INTEGER NOT NULL DEFAULT 0,
+  last_processed_commit TEXT NOT NULL DEFAULT '', last_processed_at INTEGER NOT NULL DEFAULT 0,
+  last_success_at INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, repo TEXT NOT NULL,
+  revision TEXT NOT NULL, upstream_commit TEXT NOT NULL, config_hash TEXT NOT NULL,
+  target TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+  permanent_failure INTEGER NOT NULL DEFAULT 0, last_error TEXT NOT NULL DEFAULT '',
+  published_commit TEXT NOT NULL DEFAULT '', created_at INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL, next_attempt_at INTEGER NOT NULL DEFAULT 0,
+  UNIQUE (repo, upstream_commit, config_hash));
+CREATE INDEX jobs_by_state ON jobs (state, next_attempt_at);
+CREATE TABLE tensor_progress (job_id INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+  tensor TEXT NOT NULL, PRIMARY KEY (job_id, tensor));
+INSERT INTO repos VALUES ('o/r', 'main', 'c1', 5, 'c1', 6, 7);
+INSERT INTO jobs (repo, revision, upstream_commit, config_hash, target, state, created_at,
+  updated_at) VALUES ('o/r', 'main', 'c1', 'h', 'o/r-loftq', 'done', 1, 2);
+PRAGMA user_version = 1;
+)sql";
+    ASSERT_EQ(sqlite3_exec(raw, v1, nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(raw);
+    sqlite3_close(raw);
+  }
+  for (int open = 0; open < 2; ++open) {  // the second open finds version 2 and changes nothing
+    auto db = StateDb::open(p);
+    const auto r = db->repo("o/r");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->last_seen_commit, "c1");
+    EXPECT_EQ(r->last_success_at, 7);
+    ASSERT_EQ(db->jobs().size(), 1u);
+    EXPECT_EQ(db->jobs()[0].target, "o/r-loftq");
+    if (open == 0) {
+      EXPECT_EQ(r->last_check_at, 0);
+      db->repo_check_failed("o/r", "main", "RevisionNotFound: main", 9);
+      db->repo_check_failed("o/gone", "v1", "RepoNotFound: o/gone", 10);
+    } else {
+      EXPECT_EQ(r->last_check_at, 9);
+      EXPECT_EQ(r->last_check_error, "RevisionNotFound: main");
+      EXPECT_EQ(r->last_seen_commit, "c1");  // a failed check keeps what was seen before
+      EXPECT_EQ(db->repo("o/gone")->last_check_error, "RepoNotFound: o/gone");
+      db->repo_seen("o/r", "main", "c2", 11);  // a working check clears the error
+      EXPECT_EQ(db->repo("o/r")->last_check_error, "");
+      EXPECT_EQ(db->repo("o/r")->last_check_at, 11);
+    }
+  }
+  sqlite3* raw = nullptr;
+  ASSERT_EQ(sqlite3_open(p.c_str(), &raw), SQLITE_OK);
+  sqlite3_stmt* st = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(raw, "PRAGMA user_version", -1, &st, nullptr), SQLITE_OK);
+  ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
+  EXPECT_EQ(sqlite3_column_int(st, 0), 2);
+  sqlite3_finalize(st);
+  sqlite3_close(raw);
 }

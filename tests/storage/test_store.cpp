@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <filesystem>
 
 #include "support/test_util.h"
@@ -208,4 +210,40 @@ TEST(StoreEncoding, Base64RoundTrip) {
   EXPECT_EQ(st::base64_decode("Zm9v!"), std::nullopt);
   EXPECT_TRUE(st::secure_equal("abc", "abc"));
   EXPECT_FALSE(st::secure_equal("abc", "abd"));
+}
+
+// flock(2) locks belong to an open file description, so a second acquire() in this process
+// conflicts exactly as a second loftqd process would.
+TEST(StoreLockTest, SecondHolderIsRefusedWithThePidAndTheStore) {
+  TempDir tmp;
+  const auto store = tmp / "store";
+  {
+    auto first = loftqd::storage::StoreLock::acquire(store);  // creates the store too
+    EXPECT_TRUE(std::filesystem::is_directory(store));
+    EXPECT_EQ(slurp(store / "loftqd.lock"), std::to_string(::getpid()) + "\n");
+    try {
+      loftqd::storage::StoreLock::acquire(store);
+      ADD_FAILURE() << "a second lock on one store was granted";
+    } catch (const loftqd::storage::StoreBusy& e) {
+      EXPECT_EQ(std::string(e.what()), "another loftqd (pid " + std::to_string(::getpid()) +
+                                           ") is using " + store.string());
+    }
+    // Another store is independent.
+    auto other = loftqd::storage::StoreLock::acquire(tmp / "other");
+  }
+  // Released with its holder; the stale pid in the file does not block the next one.
+  EXPECT_NO_THROW(loftqd::storage::StoreLock::acquire(store));
+}
+
+TEST(StoreLockTest, HeldSaysWhetherAProcessUsesTheStore) {
+  TempDir tmp;
+  const auto store = tmp / "store";
+  EXPECT_FALSE(loftqd::storage::StoreLock::held(store));  // no lock file yet
+  {
+    auto lock = loftqd::storage::StoreLock::acquire(store);
+    EXPECT_TRUE(loftqd::storage::StoreLock::held(store));
+  }
+  EXPECT_FALSE(loftqd::storage::StoreLock::held(store));
+  // The probe itself leaves the store free.
+  EXPECT_NO_THROW(loftqd::storage::StoreLock::acquire(store));
 }
