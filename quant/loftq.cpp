@@ -21,6 +21,22 @@ std::string svd_mode_name(SvdMode m) {
 
 namespace {
 
+SvdMode svd_mode_at_rank(const LoftqOptions& opt, int r, int m, int n) {
+  if (opt.svd == SvdMode::Exact) return SvdMode::Exact;
+  const long long p = std::min(m, n);
+  const bool no_sketch = r + (long long)std::max(opt.oversample, 0) >= p;
+  const bool cheap = p <= kExactMaxDim || (long long)kExactRankFraction * r >= p;
+  return no_sketch || (opt.exact_where_cheap && cheap) ? SvdMode::Exact : SvdMode::Randomized;
+}
+
+}  // namespace
+
+SvdMode svd_mode_for(const LoftqOptions& opt, int m, int n) {
+  return svd_mode_at_rank(opt, opt.rank, m, n);
+}
+
+namespace {
+
 // splitmix64 + Box-Muller: a portable, seeded Gaussian test matrix.
 std::vector<float> gaussian(size_t n, uint64_t seed) {
   std::vector<float> out(n);
@@ -47,7 +63,7 @@ void truncated_svd(Backend& be, Buffer& e, int m, int n, int r, const LoftqOptio
                    SvdState& state, Buffer& l, Buffer& r_out) {
   const int p = std::min(m, n);
   const int k = std::min(r + std::max(opt.oversample, 0), p);
-  if (opt.svd == SvdMode::Exact || k >= p) {
+  if (svd_mode_at_rank(opt, r, m, n) == SvdMode::Exact) {
     auto u = be.alloc(size_t(m) * p);
     auto vt = be.alloc(size_t(p) * n);
     std::vector<float> s;
@@ -113,6 +129,7 @@ LoftqResult loftq(Backend& be, const float* w, int out_features, int in_features
   out.out_features = m;
   out.in_features = n;
   out.rank = r;
+  out.svd = svd_mode_for(opt, m, n);
   double best = std::numeric_limits<double>::infinity();
   SvdState state;
   for (int t = 1; t <= opt.iters; ++t) {

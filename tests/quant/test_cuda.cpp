@@ -123,6 +123,7 @@ LoftqOptions opts(int bits, int iters, SvdMode mode, int rank) {
   o.iters = iters;
   o.quant = QuantSpec{QuantMethod::NF, bits, 64};
   o.svd = mode;
+  o.exact_where_cheap = false;  // randomized: the sketch itself on these small shapes
   return o;
 }
 
