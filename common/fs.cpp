@@ -174,4 +174,24 @@ void copy_file_atomic(const std::filesystem::path& src, const std::filesystem::p
   out.commit();
 }
 
+std::optional<std::string> regular_file_problem(const std::filesystem::path& p) {
+  struct stat st {};
+  if (::stat(p.c_str(), &st) != 0) {
+    const int err = errno;
+    struct stat lst {};
+    if (err == ENOENT && ::lstat(p.c_str(), &lst) == 0 && S_ISLNK(lst.st_mode))
+      return std::string("is a dangling symbolic link");
+    if (err == ENOENT) return std::string("does not exist");
+    if (err == ELOOP) return std::string("is a symbolic link loop");
+    return std::string("cannot stat: ") + std::strerror(err);
+  }
+  if (S_ISREG(st.st_mode)) return std::nullopt;
+  if (S_ISFIFO(st.st_mode)) return std::string("is a FIFO, not a regular file");
+  if (S_ISSOCK(st.st_mode)) return std::string("is a socket, not a regular file");
+  if (S_ISCHR(st.st_mode)) return std::string("is a character device, not a regular file");
+  if (S_ISBLK(st.st_mode)) return std::string("is a block device, not a regular file");
+  if (S_ISDIR(st.st_mode)) return std::string("is a directory, not a regular file");
+  return std::string("is not a regular file");
+}
+
 }  // namespace loftqd::common

@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -37,5 +38,11 @@ std::string read_file(const std::filesystem::path& p);  // throws naming the fil
 void fsync_dir(const std::filesystem::path& dir);
 // Copies src to dst atomically (temp + fsync + rename).
 void copy_file_atomic(const std::filesystem::path& src, const std::filesystem::path& dst);
+
+// Why `p` cannot be opened as a regular file without blocking or looping, found with stat()
+// before anything opens it: "does not exist", "is a dangling symbolic link", "is a symbolic link
+// loop", "is a FIFO", "is a socket", "is a character device", "is a block device", "is a
+// directory" (or the OS error); nullopt for a regular file (symlinks followed).
+std::optional<std::string> regular_file_problem(const std::filesystem::path& p);
 
 }  // namespace loftqd::common

@@ -92,15 +92,37 @@ bool dir_nonempty(const fs::path& p) {
   return fs::directory_iterator(p, ec) != fs::directory_iterator();
 }
 
-// Checks the directories before any work: the input is a directory, the output is neither the
-// input nor its parent, and it is empty unless `force`. Returns OUT_DIR made absolute.
+// True when `inner` is `outer` or lies below it (both canonical).
+bool within(const fs::path& inner, const fs::path& outer) {
+  return std::mismatch(outer.begin(), outer.end(), inner.begin(), inner.end()).first == outer.end();
+}
+
+// Checks the directories before any work: the input is a directory whose entries are regular
+// files or directories (a FIFO, device, socket, symlink loop or dangling link is refused before
+// anything opens it), the output is not the input, inside it or a parent of it (compared after
+// resolving symlinks, with or without `force`: --force replaces OUT_DIR), and it is empty unless
+// `force`. Returns OUT_DIR made absolute.
 fs::path check_paths(const fs::path& model_dir, const fs::path& out_dir_in, bool force) {
-  if (!fs::is_directory(model_dir))
-    throw std::invalid_argument(model_dir.string() + ": not a directory");
+  std::error_code ec;
+  const auto st = fs::status(model_dir, ec);
+  if (ec && ec != std::errc::no_such_file_or_directory)
+    throw std::invalid_argument(model_dir.string() + ": " +
+                                common::regular_file_problem(model_dir).value_or(ec.message()));
+  if (!fs::is_directory(st)) throw std::invalid_argument(model_dir.string() + ": not a directory");
+  for (auto it = fs::directory_iterator(model_dir, ec); !ec && it != fs::end(it);
+       it.increment(ec)) {
+    std::error_code dec;
+    if (it->is_directory(dec)) continue;
+    if (auto why = common::regular_file_problem(it->path()))
+      throw std::invalid_argument(it->path().string() + ": " + *why);
+  }
+  if (ec) throw std::invalid_argument(model_dir.string() + ": cannot list: " + ec.message());
   const fs::path out_dir = fs::absolute(out_dir_in).lexically_normal();
-  if (fs::equivalent(model_dir, out_dir.parent_path()) ||
-      (fs::exists(out_dir) && fs::equivalent(model_dir, out_dir)))
-    throw std::invalid_argument(out_dir.string() + ": output must not be the model directory");
+  const fs::path in_real = fs::canonical(model_dir);
+  const fs::path out_real = fs::weakly_canonical(out_dir);
+  if (within(out_real, in_real) || within(in_real, out_real))
+    throw std::invalid_argument(out_dir.string() + ": output must not be the model directory " +
+                                model_dir.string() + ", inside it or contain it");
   if (dir_nonempty(out_dir) && !force)
     throw OutputExistsError(out_dir.string() +
                             ": exists and is not empty (use --force to replace it)");

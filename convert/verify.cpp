@@ -239,12 +239,14 @@ class Verifier {
 
   // Records without a tensor, adapter tensors without a target, files not copied.
   void check_leftovers() {
-    for (const auto& [name, l] : recorded)
+    for (const auto& entry : recorded) {
+      const std::string& name = entry.first;  // (clang 14 cannot capture a structured binding)
       if (!std::any_of(rep.layers.begin(), rep.layers.end(),
                        [&](const VerifyLayer& v) { return v.report.tensor == name; }))
         if (!std::any_of(rep.problems.begin(), rep.problems.end(),
                          [&](const std::string& p) { return p.find(name) != std::string::npos; }))
           problem("loftq.json lists '" + name + "', which is not a weight of the original");
+    }
     for (const auto& t : adapter->tensors())
       if (!seen_adapter.count(t.name))
         problem(adapter->path().string() + ": unexpected tensor '" + t.name + "'");

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <charconv>
 #include <fstream>
 #include <map>
 #include <set>
@@ -89,20 +90,52 @@ struct UploadAction {
   std::optional<uint64_t> chunk;          // part size
 };
 
-UploadAction upload_action(const json& up) {
-  UploadAction a;
-  a.href = up.at("href").get<std::string>();
+// A whole decimal number (digits only, no sign) or a non-negative JSON integer.
+std::optional<uint64_t> reply_count(const json& v) {
+  if (v.is_number_unsigned()) return v.get<uint64_t>();
+  if (!v.is_string()) return std::nullopt;
+  const auto& s = v.get_ref<const std::string&>();
+  uint64_t n = 0;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), n);
+  if (s.empty() || ec != std::errc() || p != s.data() + s.size()) return std::nullopt;
+  return n;
+}
+
+// The upload action of a batch answer for an object of `size` bytes into `a`, checked: a URL
+// `href`; for multipart a chunk_size > 0 and exactly the parts 1..ceil(size / chunk_size), each
+// a URL. The problem with it, or nullopt.
+std::optional<std::string> read_upload_action(const json& up, uint64_t size, UploadAction& a) {
+  if (!up.is_object() || !up.contains("href") || !up["href"].is_string() ||
+      up["href"].get_ref<const std::string&>().empty())
+    return "the upload action has no URL (href)";
+  a.href = up["href"].get<std::string>();
   json header = up.value("header", json::object());
+  if (!header.is_object()) return "the upload action's header is not an object";
   for (auto& [k, v] : header.items()) {
     if (k == "chunk_size") {
-      a.chunk = v.is_string() ? std::stoull(v.get<std::string>()) : v.get<uint64_t>();
+      a.chunk = reply_count(v);
+      if (!a.chunk || *a.chunk == 0)
+        return "chunk_size " + v.dump() + " is not a whole number of bytes > 0";
     } else if (!k.empty() && std::all_of(k.begin(), k.end(), ::isdigit)) {
-      a.parts[std::stoull(k)] = v.get<std::string>();
+      auto n = reply_count(k);
+      if (!n || *n == 0 || !v.is_string() || v.get_ref<const std::string&>().empty())
+        return "multipart part '" + k + "' has no URL or a bad number";
+      a.parts[*n] = v.get<std::string>();
     } else if (v.is_string()) {
       a.headers.push_back(k + ": " + v.get<std::string>());
     }
   }
-  return a;
+  if (a.chunk.has_value() != !a.parts.empty())
+    return a.chunk ? "chunk_size given without part URLs" : "part URLs given without chunk_size";
+  if (a.chunk) {
+    const uint64_t want = size / *a.chunk + (size % *a.chunk != 0);
+    if (a.parts.size() != want || a.parts.rbegin()->first != want)
+      return "multipart offers " + std::to_string(a.parts.size()) + " part URL(s) numbered up to " +
+             std::to_string(a.parts.rbegin()->first) + " for " + std::to_string(size) +
+             " bytes in chunks of " + std::to_string(*a.chunk) + " (needs parts 1.." +
+             std::to_string(want) + ")";
+  }
+  return std::nullopt;
 }
 
 // One NDJSON line.
@@ -120,24 +153,41 @@ class Publish {
         progress_(progress),
         c_{pr.repo, pr.branch, ""} {}
 
+  // Each step guarded: an exception in one (a reply of an unexpected shape, a local I/O error)
+  // is an error naming the repo, the endpoint and the step, never an escaping exception.
   Result<CommitInfo> run() {
-    if (auto s = check(); !s) return s.error();
+    if (auto s = guarded("check", [&] { return check(); }); !s) return s.error();
     // Local files, hashed; then the repo and branch as they are.
-    if (auto s = scan_dir(); !s) return s.error();
-    if (auto s = hash_locals(); !s) return s.error();
-    if (auto s = ensure_branch(); !s) return s.error();
-    auto unchanged = compare_remote();
+    if (auto s = guarded("scan", [&] { return scan_dir(); }); !s) return s.error();
+    if (auto s = guarded("hash", [&] { return hash_locals(); }); !s) return s.error();
+    if (auto s = guarded("repo and branch", [&] { return ensure_branch(); }); !s) return s.error();
+    auto unchanged = guarded("compare", [&] { return compare_remote(); });
     if (!unchanged) return unchanged.error();
     if (unchanged.value()) return skipped();
     // Which files go to LFS; the LFS objects; one commit with the rest inlined.
-    if (auto s = preupload(); !s) return s.error();
-    if (auto s = upload_lfs(); !s) return s.error();
-    auto nd = commit_body();
+    if (auto s = guarded("preupload", [&] { return preupload(); }); !s) return s.error();
+    if (auto s = guarded("LFS upload", [&] { return upload_lfs(); }); !s) return s.error();
+    auto nd = guarded("commit body", [&] { return commit_body(); });
     if (!nd) return nd.error();
-    return post_commit(std::move(nd.value()));
+    return guarded("commit", [&] { return post_commit(std::move(nd.value())); });
   }
 
  private:
+  // A reply we cannot use in `step`: InvalidResponse naming the repo, the endpoint and the step.
+  Error bad_reply(const std::string& step, const std::string& what) const {
+    return Error{ErrorKind::InvalidResponse,
+                 c_.describe() + " at " + t_.opt.endpoint + ", " + step + ": " + what};
+  }
+
+  template <class F>
+  auto guarded(const char* step, F&& f) -> decltype(f()) {
+    try {
+      return f();
+    } catch (const std::exception& e) {
+      return bad_reply(step, std::string("unexpected failure: ") + e.what());
+    }
+  }
+
   // Not offline, a token, and a directory to publish.
   Result<Ok> check() const {
     if (t_.opt.offline) return Error{ErrorKind::Offline, c_.describe() + ": HF_HUB_OFFLINE is set"};
@@ -270,8 +320,15 @@ class Publish {
       auto j = t_.call_json(req, c_);
       if (!j) return j.error();
       std::map<std::string, bool> mode;
-      for (const auto& f : j.value().value("files", json::array()))
-        mode[f.value("path", "")] = f.value("uploadMode", "regular") == "lfs";
+      const json& reply = j.value();
+      if (!reply.is_object() || !reply.contains("files") || !reply["files"].is_array())
+        return bad_reply("preupload", "the reply has no \"files\" array");
+      for (const auto& f : reply["files"]) {
+        if (!f.is_object() || !f.contains("path") || !f["path"].is_string() ||
+            (f.contains("uploadMode") && !f["uploadMode"].is_string()))
+          return bad_reply("preupload", "a \"files\" entry is malformed: " + f.dump());
+        mode[f["path"].get<std::string>()] = f.value("uploadMode", "regular") == "lfs";
+      }
       for (size_t k = i; k < end; ++k)
         locals_[k].lfs = mode.count(locals_[k].path) ? mode[locals_[k].path] : false;
     }
@@ -292,8 +349,22 @@ class Publish {
       }
       auto batch = lfs_batch(objs);
       if (!batch) return batch.error();
-      for (const auto& o : batch.value().value("objects", json::array()))
+      const json& reply = batch.value();
+      if (!reply.is_object() || !reply.contains("objects") || !reply["objects"].is_array())
+        return bad_reply("LFS batch", "the reply has no \"objects\" array");
+      std::set<std::string> answered;
+      for (const auto& o : reply["objects"]) {
+        if (!o.is_object() || !o.contains("oid") || !o["oid"].is_string())
+          return bad_reply("LFS batch", "an object without a string oid: " + o.dump());
+        if (!answered.insert(o["oid"].get<std::string>()).second)
+          return bad_reply("LFS batch",
+                           "object " + o["oid"].get<std::string>() + " answered twice");
         if (auto u = upload_object(o, by_oid); !u) return u.error();
+      }
+      // Every object asked for is answered: one left out would be missing from the commit.
+      for (const auto& [oid, l] : by_oid)
+        if (!answered.count(oid))
+          return bad_reply("LFS batch", "no answer for '" + l->path + "' (oid " + oid + ")");
     }
     return Ok{};
   }
@@ -315,13 +386,16 @@ class Publish {
 
   // One object of a batch answer: nothing when the server has it, else upload and verify.
   Result<Ok> upload_object(const json& o, const std::map<std::string, const Local*>& by_oid) {
-    std::string oid = o.value("oid", "");
+    std::string oid = o["oid"].get<std::string>();
     auto it = by_oid.find(oid);
-    if (it == by_oid.end())
-      return Error{ErrorKind::InvalidResponse,
-                   c_.describe() + ": LFS batch answered an unknown oid"};
+    if (it == by_oid.end()) return bad_reply("LFS batch", "answered an unknown oid " + oid);
     const Local& l = *it->second;
     Ctx fc{pr_.repo, pr_.branch, l.path};
+    if (o.contains("size") && (reply_count(o["size"]) != l.size || o["size"].is_string()))
+      return bad_reply("LFS batch", "object '" + l.path + "' listed with size " + o["size"].dump() +
+                                        ", not " + std::to_string(l.size));
+    if (o.contains("actions") && !o["actions"].is_object())
+      return bad_reply("LFS batch", "the actions of '" + l.path + "' are not an object");
     if (o.contains("error"))
       return Error{ErrorKind::BadRequest, fc.describe() + ": LFS batch refused the object: " +
                                               o["error"].value("message", o["error"].dump())};
@@ -331,7 +405,9 @@ class Publish {
       return Ok{};
     }
     // Upload URLs are presigned: our token goes there only when it is the endpoint's host.
-    UploadAction a = upload_action(o["actions"]["upload"]);
+    UploadAction a;
+    if (auto p = read_upload_action(o["actions"]["upload"], l.size, a))
+      return bad_reply("LFS upload of '" + l.path + "'", *p);
     auto up =
         a.chunk && !a.parts.empty() ? upload_multipart(l, oid, a, fc) : upload_basic(l, a, fc);
     if (!up) return up.error();
@@ -392,7 +468,9 @@ class Publish {
   Result<Ok> verify(const json& ver, const std::string& oid, const Local& l, const Ctx& fc) const {
     http::Request vr;
     vr.method = "POST";
-    vr.url = ver.at("href").get<std::string>();
+    if (!ver.is_object() || !ver.contains("href") || !ver["href"].is_string())
+      return bad_reply("LFS verify of '" + l.path + "'", "the verify action has no URL (href)");
+    vr.url = ver["href"].get<std::string>();
     vr.headers = kLfsJson;
     json ver_header = ver.value("header", json::object());
     for (auto& [k, v] : ver_header.items())
@@ -451,8 +529,15 @@ class Publish {
     req.body = std::move(nd);
     auto j = t_.call_json(req, c_, false);
     if (!j) return j.error();
-    out_.commit_oid = j.value().value("commitOid", "");
-    out_.commit_url = j.value().value("commitUrl", "");
+    const json& reply = j.value();
+    if (!reply.is_object() || !reply.contains("commitOid") || !reply["commitOid"].is_string() ||
+        !common::is_sha1_hex(common::lower(reply["commitOid"].get<std::string>())))
+      return bad_reply("commit",
+                       "the reply has no commit id (commitOid): " + reply.dump().substr(0, 200));
+    out_.commit_oid = reply["commitOid"].get<std::string>();
+    out_.commit_url = reply.contains("commitUrl") && reply["commitUrl"].is_string()
+                          ? reply["commitUrl"].get<std::string>()
+                          : std::string();
     out_.files = locals_.size();
     out_.deleted = deletions_.size();
     if (progress_) progress_(total_, total_, "");

@@ -10,6 +10,8 @@
 
 #include <httplib.h>
 
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -18,6 +20,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -69,6 +72,22 @@ struct Rev {
   size_t used = 0;
 };
 
+// How a GET/HEAD of a `size`-byte file answers a Range header, as the Hub does: Whole (200) for
+// an unparsable header, an invalid range or several ranges; Partial (206, [offset, offset+length),
+// the end clamped to the file); Unsatisfiable (416) for a start at or past the end or an empty
+// suffix.
+struct RangePlan {
+  enum Kind { Whole, Partial, Unsatisfiable } kind = Whole;
+  uint64_t offset = 0, length = 0;
+};
+RangePlan plan_range(std::string_view header, uint64_t size);
+
+// Parses an NDJSON commit body into its header value and operation lines, validating every line
+// (types of header and operation members, known operation kinds, exactly one header) before any
+// is applied; the first problem found, naming its line, or nullopt.
+std::optional<std::string> parse_commit_payload(const std::string& body, nlohmann::json& header,
+                                                std::vector<nlohmann::json>& ops);
+
 struct Mirror::Impl {
   MirrorOptions opt;
   storage::Store store;
@@ -76,6 +95,15 @@ struct Mirror::Impl {
   std::string secret;  // signs LFS upload URLs (never the write token)
   std::thread thread;
   int port = -1;
+  // Removes the store's stale temps (storage::kStaleTempAge) at start-up and every
+  // kTempSweepInterval until stop.
+  static constexpr std::chrono::minutes kTempSweepInterval{30};
+  std::thread sweeper;
+  std::mutex sweep_mu;
+  std::condition_variable sweep_cv;
+  bool sweep_stop = false;
+  void start_temp_sweeper();
+  void stop_temp_sweeper();
   std::mutex repos_mu;
   std::map<std::string, std::unique_ptr<std::mutex>> repo_mu;
 

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <thread>
 
@@ -68,13 +69,13 @@ std::map<std::string, json> tree_entries(const std::vector<st::FileEntry>& files
   return entries;
 }
 
-// Sends `size` bytes of the open blob `fd` (closed when the response is done), honouring Range
-// (httplib slices the provider) and, with `rate` > 0, a send-rate cap.
-void send_blob(httplib::Response& res, int fd, uint64_t size, uint64_t rate) {
+// Sends `total` bytes of the open blob `fd` from `base` (closed when the response is done)
+// and, with `rate` > 0, caps the send rate.
+void send_blob(httplib::Response& res, int fd, uint64_t base, uint64_t total, uint64_t rate) {
   auto holder = std::make_shared<int>(fd);
   res.set_content_provider(
-      size, "application/octet-stream",
-      [holder, rate](size_t offset, size_t length, httplib::DataSink& sink) {
+      total, "application/octet-stream",
+      [holder, base, rate](size_t offset, size_t length, httplib::DataSink& sink) {
         // With a rate cap, send in chunks of about 1/20 s worth and sleep between them.
         const size_t chunk = rate ? std::clamp<size_t>(rate / 20, 4096, 1 << 20) : (1 << 20);
         std::vector<char> buf(std::min<size_t>(length, chunk));
@@ -82,7 +83,7 @@ void send_blob(httplib::Response& res, int fd, uint64_t size, uint64_t rate) {
         uint64_t sent = 0;
         while (length > 0) {
           ssize_t n = ::pread(*holder, buf.data(), std::min(length, buf.size()),
-                              static_cast<off_t>(offset));
+                              static_cast<off_t>(base + offset));
           if (n <= 0) return false;
           if (!sink.write(buf.data(), static_cast<size_t>(n))) return false;
           offset += static_cast<size_t>(n);
@@ -94,6 +95,77 @@ void send_blob(httplib::Response& res, int fd, uint64_t size, uint64_t rate) {
         return true;
       },
       [holder](bool) { ::close(*holder); });
+}
+
+// A decimal number of a Range header; false when it is not one, `huge` set when it exceeds
+// 2^64 - 1.
+bool range_number(std::string_view s, uint64_t& v, bool& huge) {
+  if (s.empty()) return false;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (p != s.data() + s.size() && ec != std::errc::result_out_of_range) return false;
+  huge = ec == std::errc::result_out_of_range;
+  return !huge || std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+}  // namespace
+
+RangePlan plan_range(std::string_view header, uint64_t size) {
+  RangePlan whole{RangePlan::Whole, 0, size};
+  std::string spec = common::trim(header);
+  if (!spec.starts_with("bytes=")) return whole;
+  spec = common::trim(spec.substr(6));
+  // Several ranges: the whole file, as the Hub answers them.
+  if (spec.find(',') != std::string::npos) return whole;
+  auto dash = spec.find('-');
+  if (dash == std::string::npos) return whole;
+  auto first = common::trim(spec.substr(0, dash)), last = common::trim(spec.substr(dash + 1));
+  const RangePlan unsatisfiable{RangePlan::Unsatisfiable, 0, 0};
+  uint64_t a = 0, b = 0;
+  bool a_huge = false, b_huge = false;
+  if (first.empty()) {  // suffix: the last N bytes
+    if (!range_number(last, b, b_huge)) return whole;
+    if (b == 0 && !b_huge) return unsatisfiable;
+    if (size == 0) return unsatisfiable;
+    uint64_t n = b_huge ? size : std::min(b, size);
+    return {RangePlan::Partial, size - n, n};
+  }
+  if (!range_number(first, a, a_huge)) return whole;
+  if (!last.empty()) {
+    if (!range_number(last, b, b_huge)) return whole;
+    if (!a_huge && !b_huge && b < a) return whole;  // invalid: ignored (RFC 9110 14.2)
+  }
+  if (a_huge || a >= size) return unsatisfiable;
+  uint64_t end = last.empty() || b_huge ? size - 1 : std::min(b, size - 1);
+  return {RangePlan::Partial, a, end - a + 1};
+}
+
+namespace {
+
+// Answers a GET/HEAD of a `size`-byte blob with its Range plan: 200 whole, 206 with
+// Content-Range, or 416 with Content-Range "bytes */SIZE" and no body.
+void send_ranged_blob(const httplib::Request& req, httplib::Response& res, int fd, uint64_t size,
+                      uint64_t rate) {
+  // httplib 0.11 would slice the response again by the ranges it parsed, without checking them
+  // against the size (a past-the-end start hangs the connection): the plan below replaces them.
+  // The handler's Request is the server's own mutable object, passed as const.
+  const_cast<httplib::Request&>(req).ranges.clear();
+  RangePlan plan = req.has_header("Range") ? plan_range(req.get_header_value("Range"), size)
+                                           : RangePlan{RangePlan::Whole, 0, size};
+  if (plan.kind == RangePlan::Unsatisfiable) {
+    ::close(fd);
+    res.status = 416;
+    res.set_header("Content-Range", "bytes */" + std::to_string(size));
+    return;
+  }
+  if (plan.kind == RangePlan::Partial) {
+    res.status = 206;
+    res.set_header("Content-Range", "bytes " + std::to_string(plan.offset) + "-" +
+                                        std::to_string(plan.offset + plan.length - 1) + "/" +
+                                        std::to_string(size));
+  } else {
+    res.status = 200;
+  }
+  send_blob(res, fd, plan.offset, plan.length, rate);
 }
 
 }  // namespace
@@ -240,12 +312,13 @@ void Mirror::Impl::resolve_file(const httplib::Request& req, httplib::Response& 
   res.set_header("Content-Disposition",
                  "inline; filename=\"" + fs::path(path).filename().string() + "\"");
   if (size == 0) {
+    const_cast<httplib::Request&>(req).ranges.clear();  // see send_ranged_blob
     res.set_content("", "application/octet-stream");
     return;
   }
   int fd = ::open(blob.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return send_error(res, 500, "", "cannot open blob");
-  send_blob(res, fd, size, opt.max_bytes_per_s);
+  send_ranged_blob(req, res, fd, size, opt.max_bytes_per_s);
 }
 
 // POST /api/models/{repo}/paths-info/{rev} {paths:[...]}: the entries that exist.

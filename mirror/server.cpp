@@ -301,6 +301,27 @@ void Mirror::Impl::routes() {
   });
 }
 
+void Mirror::Impl::start_temp_sweeper() {
+  if (size_t n = store.remove_stale_temps())
+    spdlog::info("mirror: removed {} stale upload/temp file(s) from {}", n, opt.store.string());
+  sweep_stop = false;
+  sweeper = std::thread([this] {
+    std::unique_lock<std::mutex> lk(sweep_mu);
+    while (!sweep_cv.wait_for(lk, kTempSweepInterval, [this] { return sweep_stop; }))
+      if (size_t n = store.remove_stale_temps())
+        spdlog::info("mirror: removed {} stale upload/temp file(s)", n);
+  });
+}
+
+void Mirror::Impl::stop_temp_sweeper() {
+  {
+    std::lock_guard<std::mutex> g(sweep_mu);
+    sweep_stop = true;
+  }
+  sweep_cv.notify_all();
+  if (sweeper.joinable()) sweeper.join();
+}
+
 // ---- public API ----
 
 std::pair<std::string, int> parse_listen(const std::string& s) {
@@ -350,6 +371,7 @@ int Mirror::bind() {
         "mirror: cannot listen on " + i.opt.host + ":" + std::to_string(i.opt.port) + ": " +
         (err ? std::strerror(err) : "bind failed") + " (errno " + std::to_string(err) + ")");
   }
+  if (!i.sweeper.joinable()) i.start_temp_sweeper();
   return i.port;
 }
 
@@ -368,6 +390,7 @@ void Mirror::stop() {
   if (!impl_) return;
   impl_->svr.stop();
   if (impl_->thread.joinable()) impl_->thread.join();
+  impl_->stop_temp_sweeper();
 }
 
 int Mirror::port() const {

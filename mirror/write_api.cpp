@@ -36,27 +36,78 @@ bool refuse(httplib::Response& res, int status, const std::string& code,
   return false;
 }
 
-// An NDJSON commit payload: the "header" line's value, and the operation lines in order.
-bool parse_ndjson(const std::string& body, json& header, std::vector<json>& ops) {
-  std::istringstream in(body);
-  std::string line;
-  try {
-    while (std::getline(in, line)) {
-      if (line.empty() || line == "\r") continue;
-      json j = json::parse(line);
-      std::string key = j.value("key", "");
-      if (key == "header")
-        header = j.value("value", json::object());
-      else
-        ops.push_back(std::move(j));
-    }
-  } catch (const std::exception&) {
-    return false;
-  }
-  return true;
+// A JSON member that, when present, must have the given type; its problem otherwise.
+std::optional<std::string> member_problem(const json& obj, const char* key, json::value_t type,
+                                          const std::string& where) {
+  auto it = obj.find(key);
+  if (it == obj.end()) return std::nullopt;
+  bool ok = type == json::value_t::number_unsigned ? it->is_number_unsigned() : it->type() == type;
+  if (ok) return std::nullopt;
+  const char* want = type == json::value_t::string            ? "a string"
+                     : type == json::value_t::number_unsigned ? "a non-negative integer"
+                     : type == json::value_t::boolean         ? "a boolean"
+                                                              : "an object";
+  return where + ": \"" + key + "\" must be " + want + ", not " + it->type_name();
+}
+
+// The header line's value: an object whose summary, description and parentCommit are strings.
+std::optional<std::string> header_problem(const json& v) {
+  if (!v.is_object()) return std::string("header: \"value\" must be an object");
+  for (const char* k : {"summary", "description", "parentCommit"})
+    if (auto p = member_problem(v, k, json::value_t::string, "header")) return p;
+  return std::nullopt;
+}
+
+// One operation line: {"key": file|lfsFile|deletedFile|deletedFolder, "value": {...}} with the
+// members each kind uses typed as the Hub documents them.
+std::optional<std::string> operation_problem(const json& op, size_t line) {
+  const std::string where = "line " + std::to_string(line);
+  const std::string key = op["key"].get<std::string>();
+  if (key != "file" && key != "lfsFile" && key != "deletedFile" && key != "deletedFolder")
+    return "unsupported commit operation '" + key + "' (" + where + ")";
+  auto vit = op.find("value");
+  if (vit == op.end() || !vit->is_object()) return where + ": \"value\" must be an object";
+  const json& v = *vit;
+  if (!v.contains("path")) return where + ": \"path\" is missing";
+  if (auto p = member_problem(v, "path", json::value_t::string, where)) return p;
+  std::vector<std::pair<const char*, json::value_t>> typed;
+  if (key == "file")
+    typed = {{"content", json::value_t::string}, {"encoding", json::value_t::string}};
+  else if (key == "lfsFile")
+    typed = {{"oid", json::value_t::string},
+             {"size", json::value_t::number_unsigned},
+             {"algo", json::value_t::string}};
+  for (auto& [k, type] : typed)
+    if (auto p = member_problem(v, k, type, where)) return p;
+  return std::nullopt;
 }
 
 }  // namespace
+
+std::optional<std::string> parse_commit_payload(const std::string& body, json& header,
+                                                std::vector<json>& ops) {
+  std::istringstream in(body);
+  std::string line;
+  bool have_header = false;
+  for (size_t n = 1; std::getline(in, line); ++n) {
+    if (line.empty() || line == "\r") continue;
+    json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded()) return "line " + std::to_string(n) + " is not valid JSON";
+    if (!j.is_object() || !j.contains("key") || !j["key"].is_string())
+      return "line " + std::to_string(n) + " must be an object with a string \"key\"";
+    if (j["key"] == "header") {
+      if (have_header) return "line " + std::to_string(n) + ": a second header line";
+      have_header = true;
+      header = j.contains("value") ? j["value"] : json();
+      if (auto p = header_problem(header)) return p;
+      continue;
+    }
+    if (auto p = operation_problem(j, n)) return p;
+    ops.push_back(std::move(j));
+  }
+  if (!have_header) return std::string("commit payload has no header line");
+  return std::nullopt;
+}
 
 void Mirror::Impl::create_repo(const httplib::Request& req, httplib::Response& res) {
   if (!require_write(req, res)) return;
@@ -244,9 +295,10 @@ void Mirror::Impl::commit(const httplib::Request& req, httplib::Response& res, c
     return send_error(res, 400, "", "pull requests are not supported by this mirror");
   json header;
   std::vector<json> ops;
-  if (!parse_ndjson(req.body, header, ops))
-    return send_error(res, 400, "", "invalid NDJSON commit payload");
-  if (header.is_null()) return send_error(res, 400, "", "commit payload has no header line");
+  // Everything is parsed and validated before anything is applied: a refused payload commits
+  // nothing.
+  if (auto p = parse_commit_payload(req.body, header, ops))
+    return send_error(res, 400, "", "invalid commit payload: " + *p);
   std::lock_guard<std::mutex> g(lock_for(t.repo));
   auto head = store.read_ref(t.repo, branch);
   if (!head) return revision_not_found(res, t.repo, branch);

@@ -156,9 +156,12 @@ namespace {
 
 // Opens and maps `p` read-only; the mapping stays valid without the descriptor.
 std::pair<const std::byte*, size_t> map_file(const std::filesystem::path& p) {
+  // Checked before opening (a FIFO would block the open), and opened non-blocking in case it
+  // changes in between; fstat below checks what was opened.
+  if (auto why = common::regular_file_problem(p)) fail(p, *why);
   int fd;
   do {
-    fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
+    fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   } while (fd < 0 && errno == EINTR);
   if (fd < 0) {
     const int err = errno;
@@ -564,13 +567,26 @@ void write_safetensors(const std::filesystem::path& p, const std::vector<OwnedTe
 // ---------------------------------------------------------------------------------------------
 // Checkpoint
 
+namespace {
+
+// Whether the checkpoint file `p` is there: false when nothing (not even a dangling link) is;
+// throws naming `p` when it is there but not a regular file (FIFO, device, socket, directory,
+// symlink loop, dangling link), before anything opens it.
+bool checkpoint_file_present(const std::filesystem::path& p) {
+  auto why = common::regular_file_problem(p);
+  if (!why) return true;
+  if (*why == "does not exist") return false;
+  fail(p, *why);
+}
+
+}  // namespace
+
 Checkpoint Checkpoint::open(const std::filesystem::path& dir) {
   Checkpoint c;
   c.dir_ = dir;
   const auto index = dir / "model.safetensors.index.json";
   const auto single = dir / "model.safetensors";
-  std::error_code ec;
-  if (std::filesystem::exists(index, ec)) {
+  if (checkpoint_file_present(index)) {
     c.index_path_ = index;
     c.sharded_ = true;
     const std::string text = read_file(index);
@@ -603,8 +619,7 @@ Checkpoint Checkpoint::open(const std::filesystem::path& dir) {
     }
     for (const auto& s : names) {
       const auto sp = dir / s;
-      std::error_code ec2;
-      if (!std::filesystem::is_regular_file(sp, ec2)) {
+      if (!checkpoint_file_present(sp)) {
         fail(index, "shard '" + s + "' listed in weight_map is missing (" + sp.string() + ")");
       }
     }
@@ -630,7 +645,7 @@ Checkpoint Checkpoint::open(const std::filesystem::path& dir) {
     }
     return c;
   }
-  if (std::filesystem::exists(single, ec)) {
+  if (checkpoint_file_present(single)) {
     c.shard_names_.push_back("model.safetensors");
     c.shards_.push_back(SafetensorsFile::open(single));
     return c;

@@ -491,6 +491,86 @@ std::vector<std::string> Store::list_repos() const {
   return out;
 }
 
+namespace {
+
+bool all_hex(std::string_view s) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) {
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+  });
+}
+
+// .{name}.tmp.{pid}.{hex}: a common::AtomicFile temp.
+bool is_atomic_temp(std::string_view name) {
+  if (!name.starts_with(".")) return false;
+  auto dot = name.rfind('.');
+  if (dot == std::string_view::npos || !all_hex(name.substr(dot + 1))) return false;
+  auto rest = name.substr(0, dot);
+  auto pid_dot = rest.rfind('.');
+  if (pid_dot == std::string_view::npos) return false;
+  auto pid = rest.substr(pid_dot + 1);
+  if (pid.empty() ||
+      !std::all_of(pid.begin(), pid.end(), [](char c) { return c >= '0' && c <= '9'; }))
+    return false;
+  return rest.substr(0, pid_dot).ends_with(".tmp") && pid_dot > 5;
+}
+
+// A temp in blobs/: {etag}.upload-{hex}, {etag}.multipart or an atomic-write temp.
+bool is_blob_temp(std::string_view name) {
+  if (is_atomic_temp(name)) return true;
+  auto dot = name.find('.');
+  if (dot == std::string_view::npos) return false;
+  auto etag = name.substr(0, dot), ext = name.substr(dot);
+  if (!is_sha1_hex(etag) && !is_sha256_hex(etag)) return false;
+  return ext == ".multipart" || (ext.starts_with(".upload-") && all_hex(ext.substr(8)));
+}
+
+// snapshots/.tmp-{commit}-{hex}: a snapshot commit_snapshot() was building.
+bool is_snapshot_temp(std::string_view name) {
+  if (!name.starts_with(".tmp-") || name.size() < 5 + 40 + 2) return false;
+  return is_sha1_hex(name.substr(5, 40)) && name[45] == '-' && all_hex(name.substr(46));
+}
+
+// True when `p` (not followed if a link) was last modified before `cutoff`.
+bool older_than(const fs::path& p, std::time_t cutoff) {
+  struct stat st {};
+  return ::lstat(p.c_str(), &st) == 0 && st.st_mtime < cutoff;
+}
+
+// Removes the entries under `dir` (its whole tree with a recursive Iter) that `is_temp` names, that
+// are not symlinks, and that were last modified before `cutoff`; returns how many.
+template <class Iter, class Pred>
+size_t sweep_temps(const fs::path& dir, std::time_t cutoff, Pred is_temp) {
+  size_t removed = 0;
+  std::error_code ec;
+  std::vector<fs::path> stale;
+  for (auto it = Iter(dir, ec); !ec && it != fs::end(it); it.increment(ec)) {
+    std::error_code sec;
+    if (it->is_symlink(sec) || !is_temp(it->path().filename().string())) continue;
+    if (older_than(it->path(), cutoff)) stale.push_back(it->path());
+  }
+  for (const auto& p : stale) {
+    std::error_code rec;
+    if (fs::remove_all(p, rec) != static_cast<std::uintmax_t>(-1) && !rec) ++removed;
+  }
+  return removed;
+}
+
+}  // namespace
+
+size_t Store::remove_stale_temps(std::chrono::seconds max_age) const {
+  using Flat = fs::directory_iterator;
+  const std::time_t cutoff = std::time(nullptr) - static_cast<std::time_t>(max_age.count());
+  size_t removed = 0;
+  for (const auto& repo : list_repos()) {
+    const auto dir = repo_dir(repo);
+    removed += sweep_temps<Flat>(dir / "blobs", cutoff, is_blob_temp);
+    removed += sweep_temps<Flat>(dir / "snapshots", cutoff, is_snapshot_temp);
+    removed += sweep_temps<fs::recursive_directory_iterator>(dir / "refs", cutoff, is_atomic_temp);
+    removed += sweep_temps<Flat>(dir, cutoff, is_atomic_temp);
+  }
+  return removed;
+}
+
 Status Store::commit_blob(std::string_view repo_id, const fs::path& partial, const Digest& d) {
   auto v = verify_file(partial, d);
   if (!v) {

@@ -14,6 +14,7 @@
 #include "common/ids.h"
 #include "common/result.h"
 
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -150,6 +151,10 @@ std::string iso8601_now();
 // Relative symlink target from snapshots/{commit}/{path} to blobs/{etag}.
 std::string blob_link_target(std::string_view path, std::string_view etag);
 
+// How old a temp or multipart file must be before remove_stale_temps() takes it for abandoned:
+// longer than any upload or write in progress keeps one untouched (parts refresh the mtime).
+inline constexpr std::chrono::seconds kStaleTempAge = std::chrono::hours(6);
+
 class Store {
  public:
   explicit Store(std::filesystem::path root);
@@ -170,6 +175,14 @@ class Store {
   Status write_ref(std::string_view repo_id, std::string_view revision, std::string_view commit);
   std::vector<std::string> list_refs(std::string_view repo_id) const;
   std::vector<std::string> list_repos() const;  // repo ids with a folder in the store
+
+  // Removes the store's own temp files older than `max_age` (by mtime), left by a crash or an
+  // abandoned upload, in every repo: blobs/{etag}.upload-{hex} and blobs/{etag}.multipart (the
+  // mirror's LFS uploads), the atomic-write temps .{name}.tmp.{pid}.{hex} in blobs/, refs/ and
+  // the repo folder, and snapshots/.tmp-{commit}-{hex} (a snapshot being built). Nothing else is
+  // touched: not blobs, not .incomplete download partials (they resume), not snapshot files.
+  // Returns how many entries it removed.
+  size_t remove_stale_temps(std::chrono::seconds max_age = kStaleTempAge) const;
 
   // Verifies `partial` against `d` and moves it to blobs/{d.hex} (fsync, rename, fsync dir).
   // On a mismatch the partial is deleted and the error says what differed.

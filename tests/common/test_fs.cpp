@@ -1,6 +1,7 @@
 // Durable atomic file writes.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -190,6 +191,24 @@ TEST(FsutilFsyncDir, ExistingAndMissing) {
   } catch (const std::runtime_error& e) {
     EXPECT_THAT(e.what(), HasSubstr((dir / "missing").string()));
   }
+}
+
+// regular_file_problem() names what a path is when it is not a regular file, without opening it.
+TEST(RegularFileProblem, NamesEachKind) {
+  TempDir tmp;
+  spit(tmp / "file", "x");
+  fs::create_symlink("file", tmp / "link");
+  EXPECT_EQ(regular_file_problem(tmp / "file"), std::nullopt);
+  EXPECT_EQ(regular_file_problem(tmp / "link"), std::nullopt);
+  ASSERT_EQ(::mkfifo((tmp / "fifo").c_str(), 0644), 0);
+  fs::create_symlink("loop", tmp / "loop");
+  fs::create_symlink("nothing", tmp / "dangling");
+  EXPECT_EQ(regular_file_problem(tmp / "fifo"), "is a FIFO, not a regular file");
+  EXPECT_EQ(regular_file_problem(tmp / "loop"), "is a symbolic link loop");
+  EXPECT_EQ(regular_file_problem(tmp / "dangling"), "is a dangling symbolic link");
+  EXPECT_EQ(regular_file_problem(tmp / "absent"), "does not exist");
+  EXPECT_EQ(regular_file_problem("/dev/null"), "is a character device, not a regular file");
+  EXPECT_EQ(regular_file_problem(tmp.path()), "is a directory, not a regular file");
 }
 
 }  // namespace

@@ -7,10 +7,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
+#include <limits>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <thread>
 
@@ -301,4 +305,184 @@ TEST_F(HubPublish, DownloadCountsBytesOnlyOnce) {
   ASSERT_TRUE(again.ok()) << again.error().message;
   EXPECT_EQ(again.value().bytes, 0u);
   EXPECT_EQ(slurp(again.value().dir / "model.safetensors"), slurp(dir / "model.safetensors"));
+}
+
+// ---- Implausible replies (a scripted Hub) ----
+
+namespace {
+
+using nlohmann::json;
+
+// A Hub that answers upload_folder's steps with what a test scripts: a new repo at a known head,
+// preupload sending *.bin to LFS, and the LFS batch, the upload PUT and the commit replies set by
+// the case. It counts the uploads and the commits it was sent.
+class ScriptedHub {
+ public:
+  static constexpr const char* kHead = "0123456789abcdef0123456789abcdef01234567";
+  std::function<json(const json& objects, const std::string& base)> batch;
+  json preupload_reply, commit_reply;
+  std::atomic<int> puts{0}, commits{0};
+
+  ScriptedHub() {
+    svr_.Post("/api/repos/create", [](const httplib::Request&, httplib::Response& res) {
+      res.set_content("{\"url\":\"x\"}", "application/json");
+    });
+    svr_.Get(R"(/api/models/org/x/revision/.*)",
+             [](const httplib::Request&, httplib::Response& res) {
+               res.set_content(json{{"id", "org/x"}, {"sha", kHead}}.dump(), "application/json");
+             });
+    svr_.Post(R"(/api/models/org/x/preupload/.*)", [this](const httplib::Request& req,
+                                                          httplib::Response& res) {
+      json out = json::array();
+      const json asked = json::parse(req.body);
+      for (const auto& f : asked["files"]) {
+        std::string p = f["path"];
+        out.push_back({{"path", p}, {"uploadMode", p.ends_with(".bin") ? "lfs" : "regular"}});
+      }
+      res.set_content((preupload_reply.is_null() ? json{{"files", out}} : preupload_reply).dump(),
+                      "application/json");
+    });
+    svr_.Post("/org/x.git/info/lfs/objects/batch",
+              [this](const httplib::Request& req, httplib::Response& res) {
+                res.set_content(batch(json::parse(req.body)["objects"], url()).dump(),
+                                "application/vnd.git-lfs+json");
+              });
+    svr_.Post("/up/.*", [](const httplib::Request&, httplib::Response& res) {
+      res.set_content("{}", "application/json");
+    });
+    svr_.Put(".*", [this](const httplib::Request&, httplib::Response& res) {
+      ++puts;
+      res.set_header("ETag", "\"e\"");
+      res.status = 200;
+    });
+    svr_.Post(R"(/api/models/org/x/commit/.*)",
+              [this](const httplib::Request&, httplib::Response& res) {
+                ++commits;
+                res.set_content(commit_reply.dump(), "application/json");
+              });
+    // One request per connection: stop() then need not wait out an idle keep-alive.
+    svr_.set_keep_alive_max_count(1);
+    port_ = svr_.bind_to_any_port("127.0.0.1");
+    thread_ = std::thread([this] { svr_.listen_after_bind(); });
+    while (!svr_.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ~ScriptedHub() {
+    svr_.stop();
+    thread_.join();
+  }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+
+ private:
+  httplib::Server svr_;
+  std::thread thread_;
+  int port_ = 0;
+};
+
+// A batch answer uploading each object with `header` at {base}/up/{oid} ("{oid}" in `patch`
+// values is replaced; `patch` is merged into each object).
+std::function<json(const json&, const std::string&)> batch_with(json header, json patch = {}) {
+  return [header, patch](const json& objects, const std::string& base) {
+    json out = json::array();
+    for (const auto& o : objects) {
+      json h = header;
+      for (auto& [k, v] : h.items())
+        if (v.is_string() && v.get<std::string>() == "{part}") v = base + "/up/" + k;
+      json e = {
+          {"oid", o["oid"]},
+          {"size", o["size"]},
+          {"actions",
+           {{"upload", {{"href", base + "/up/" + o["oid"].get<std::string>()}, {"header", h}}}}}};
+      if (!patch.is_null()) e.merge_patch(patch);
+      out.push_back(e);
+    }
+    return json{{"transfer", "basic"}, {"objects", out}};
+  };
+}
+
+}  // namespace
+
+// Implausible or malformed replies (an empty commit id, chunk_size 0 or "abc", sizes that do not
+// match, parts that do not add up, replies of the wrong shape) are InvalidResponse errors naming
+// the repo, the endpoint and the step, never success and never an escaping exception.
+TEST(HubPublishReplies, ImplausibleRepliesAreErrors) {
+  TempDir tmp;
+  spit(tmp / "w.bin", random_bytes(25, 5));  // LFS: 25 bytes
+  spit(tmp / "a.txt", "hello\n");
+  const json good_commit = {{"commitOid", std::string(40, 'a')}, {"commitUrl", "u"}};
+  struct Case {
+    std::string name, message;
+    std::function<json(const json&, const std::string&)> batch;
+    json commit = nullptr, preupload = nullptr;
+  };
+  const std::vector<Case> cases = {
+      {"commit reply {}", "commitOid", batch_with(json::object()), json::object()},
+      {"commit id empty", "commitOid", batch_with(json::object()), json{{"commitOid", ""}}},
+      {"commit id not hex", "commitOid", batch_with(json::object()), json{{"commitOid", "zz"}}},
+      {"commit id a number", "commitOid", batch_with(json::object()), json{{"commitOid", 5}}},
+      {"chunk_size abc", "chunk_size", batch_with({{"chunk_size", "abc"}, {"1", "{part}"}})},
+      {"chunk_size 0", "chunk_size", batch_with({{"chunk_size", "0"}, {"1", "{part}"}})},
+      {"chunk_size -5", "chunk_size", batch_with({{"chunk_size", -5}, {"1", "{part}"}})},
+      {"parts do not add up", "needs parts 1..3",
+       batch_with({{"chunk_size", "10"}, {"1", "{part}"}, {"2", "{part}"}})},
+      {"parts numbered wrong", "needs parts 1..3",
+       batch_with({{"chunk_size", 10}, {"1", "{part}"}, {"2", "{part}"}, {"4", "{part}"}})},
+      {"chunk without parts", "without part URLs", batch_with({{"chunk_size", "10"}})},
+      {"size -5", "size -5", batch_with(json::object(), {{"size", -5}})},
+      {"size absurd", "size 18446744073709551615",
+       batch_with(json::object(), {{"size", std::numeric_limits<uint64_t>::max()}})},
+      {"href a number", "href",
+       batch_with(json::object(), {{"actions", {{"upload", {{"href", 5}}}}}})},
+      {"objects not an array", "objects",
+       [](const json&, const std::string&) {
+         return json{{"objects", "x"}};
+       }},
+      {"object left out", "no answer for 'w.bin'",
+       [](const json&, const std::string&) {
+         return json{{"objects", json::array()}};
+       }},
+      {"preupload files not an array", "files", batch_with(json::object()), nullptr,
+       json{{"files", 3}}},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    ScriptedHub hub;
+    hub.batch = c.batch;
+    hub.commit_reply = c.commit.is_null() ? good_commit : c.commit;
+    hub.preupload_reply = c.preupload;
+    hub::ClientOptions o;
+    o.endpoint = hub.url();
+    o.token = kToken;
+    o.max_retries = 0;
+    o.disk_reserve = 0;
+    hub::PublishRequest pr;
+    pr.dir = tmp.path();
+    pr.repo = "org/x";
+    pr.delete_missing = false;
+    auto r = hub::Client(o).upload_folder(pr);
+    ASSERT_FALSE(r.ok()) << "accepted: " << r.value().commit_oid;
+    EXPECT_EQ(r.error().kind, hub::ErrorKind::InvalidResponse) << r.error().message;
+    EXPECT_NE(r.error().message.find("repo 'org/x'"), std::string::npos) << r.error().message;
+    EXPECT_NE(r.error().message.find(hub.url()), std::string::npos) << r.error().message;
+    EXPECT_NE(r.error().message.find(c.message), std::string::npos) << r.error().message;
+    EXPECT_EQ(r.error().message.find(kToken), std::string::npos);
+    // Nothing is committed unless the commit reply itself is the bad one.
+    EXPECT_EQ(hub.commits.load(), c.commit.is_null() ? 0 : 1);
+  }
+  // The same script with plausible replies succeeds: the cases fail for their defect only.
+  ScriptedHub hub;
+  hub.batch = batch_with({{"chunk_size", "10"}, {"1", "{part}"}, {"2", "{part}"}, {"3", "{part}"}});
+  hub.commit_reply = good_commit;
+  hub::ClientOptions o;
+  o.endpoint = hub.url();
+  o.token = kToken;
+  o.disk_reserve = 0;
+  hub::PublishRequest pr;
+  pr.dir = tmp.path();
+  pr.repo = "org/x";
+  pr.delete_missing = false;
+  auto r = hub::Client(o).upload_folder(pr);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r.value().commit_oid, std::string(40, 'a'));
+  EXPECT_EQ(hub.puts.load(), 3);  // parts 1..3 of 25 bytes in chunks of 10
+  EXPECT_EQ(hub.commits.load(), 1);
 }

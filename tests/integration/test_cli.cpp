@@ -1,10 +1,13 @@
 // End-to-end: loftqd synth -> quantize -> verify, through the real binary.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <functional>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "model/safetensors.h"
@@ -18,6 +21,7 @@ using loftqd::testing::spit;
 using loftqd::testing::TempDir;
 using nlohmann::json;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 namespace {
 
@@ -208,6 +212,91 @@ TEST(Cli, ExistingOutputNeedsForce) {
   EXPECT_FALSE(fs::exists(tmp / "out" / "keep.txt"));
   EXPECT_TRUE(fs::exists(tmp / "out" / "loftq.json"));
   EXPECT_FALSE(leftovers(tmp.path()));
+}
+
+namespace {
+
+// Every entry under `dir` (not following links): path -> its contents, link target or kind.
+std::map<std::string, std::string> tree_of(const fs::path& dir) {
+  std::map<std::string, std::string> out;
+  for (const auto& e : fs::recursive_directory_iterator(dir)) {
+    auto rel = e.path().lexically_relative(dir).string();
+    if (e.is_symlink())
+      out[rel] = "-> " + fs::read_symlink(e.path()).string();
+    else if (e.is_regular_file())
+      out[rel] = slurp(e.path());
+    else
+      out[rel] = e.is_directory() ? "dir" : "special";
+  }
+  return out;
+}
+
+}  // namespace
+
+// An output that is the input, inside it or a parent of it is refused, with or without --force
+// (symlinks resolved), and the input is left exactly as it was.
+TEST(Cli, OutputOverlappingTheInputIsRefused) {
+  TempDir tmp;
+  const fs::path in = tmp / "p" / "in";
+  fs::create_directories(in.parent_path());
+  synth("llama", in);
+  fs::create_directories(in / "sub");
+  spit(in / "sub" / "notes.txt", "mine");
+  fs::create_directory_symlink(in, tmp / "alias");
+  const auto before = tree_of(in);
+  for (const fs::path& out : {in, in / "sub", in / "new" / "deeper", in.parent_path(), tmp.path(),
+                              tmp / "alias", tmp / "alias" / "x", fs::path(in.string() + "/.")}) {
+    for (bool force : {false, true}) {
+      SCOPED_TRACE(out.string() + (force ? " --force" : ""));
+      auto r = run_loftqd(quantize_args(
+          in, out, force ? std::vector<std::string>{"--force"} : std::vector<std::string>{}));
+      EXPECT_EQ(r.exit_code, 2) << r.out;
+      EXPECT_THAT(r.out, HasSubstr("output must not be the model directory"));
+      EXPECT_EQ(tree_of(in), before);
+    }
+  }
+  EXPECT_FALSE(fs::exists(in / "new"));
+  EXPECT_FALSE(leftovers(in.parent_path()));
+  // A sibling whose name extends the input's is not inside it.
+  auto ok = run_loftqd(quantize_args(in, tmp / "p" / "in2", {}));
+  EXPECT_EQ(ok.exit_code, 0) << ok.out;
+  EXPECT_EQ(tree_of(in), before);
+}
+
+// A FIFO, a device or a symlink loop in place of model.safetensors (or beside it) is refused by
+// name before anything opens it: quantize neither blocks nor reports "no model.safetensors".
+TEST(Cli, NonRegularCheckpointFilesAreRefusedByKind) {
+  TempDir tmp;
+  synth("llama", tmp / "model");
+  const fs::path st = tmp / "model" / "model.safetensors";
+  fs::remove(st);
+  struct Case {
+    std::function<void()> make;
+    std::string message;
+  } cases[] = {
+      {[&] { ASSERT_EQ(::mkfifo(st.c_str(), 0644), 0); }, "is a FIFO"},
+      {[&] { fs::create_symlink("model.safetensors", st); }, "is a symbolic link loop"},
+      {[&] { fs::create_symlink("/dev/null", st); }, "is a character device"},
+      {[&] { fs::create_symlink("gone.safetensors", st); }, "is a dangling symbolic link"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.message);
+    c.make();
+    const auto before = tree_of(tmp / "model");
+    auto r = run_loftqd(quantize_args(tmp / "model", tmp / "out", {}));
+    EXPECT_NE(r.exit_code, 0) << r.out;
+    EXPECT_THAT(r.out, HasSubstr(st.string() + ": " + c.message));
+    EXPECT_THAT(r.out, Not(HasSubstr("no model.safetensors")));
+    EXPECT_EQ(tree_of(tmp / "model"), before);
+    EXPECT_FALSE(fs::exists(tmp / "out"));
+    fs::remove(st);
+  }
+  // A FIFO beside the checkpoint (it would be copied as a passthrough file) is refused too.
+  synth("llama", tmp / "model2");
+  ASSERT_EQ(::mkfifo((tmp / "model2" / "notes.txt").c_str(), 0644), 0);
+  auto r = run_loftqd(quantize_args(tmp / "model2", tmp / "out", {}));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_THAT(r.out, HasSubstr("notes.txt: is a FIFO"));
 }
 
 TEST(Cli, UsageErrorsExitTwo) {

@@ -4,6 +4,7 @@
 #include <httplib.h>
 
 #include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -54,4 +55,31 @@ TEST_F(MirrorWrite, MultipartUploadsAndBranches) {
   EXPECT_EQ(slurp(tmp / "back/big.safetensors"), slurp(dir / "big.safetensors"));
   for (auto& e : fs::directory_iterator(store.repo_dir("org/big") / "blobs"))
     EXPECT_EQ(e.path().filename().string().find(".multipart"), std::string::npos);
+}
+
+// What kill -9 during an LFS upload leaves (an .upload-{hex} temp, an abandoned .multipart) is
+// removed when the next mirror starts once older than storage::kStaleTempAge; an upload younger
+// than that stays for its client to finish.
+TEST_F(MirrorWrite, StartupRemovesStaleUploadTemps) {
+  seed();
+  const auto blobs = store.repo_dir("org/m") / "blobs";
+  const std::string oid = loftqd::storage::sha256_hex("an object");
+  const auto upload = blobs / (oid + ".upload-0a1b2c3d4e5f");
+  const auto multipart = blobs / (oid + ".multipart");
+  const auto fresh = blobs / (oid + ".upload-ffffffffffff");
+  for (const auto& p : {upload, multipart, fresh}) spit(p, random_bytes(5000, 9));
+  auto age = [](const fs::path& p, std::chrono::seconds by) {
+    fs::last_write_time(p, fs::last_write_time(p) - by);
+  };
+  age(upload, loftqd::storage::kStaleTempAge + std::chrono::minutes(10));
+  age(multipart, loftqd::storage::kStaleTempAge + std::chrono::hours(48));
+  age(fresh, std::chrono::minutes(30));
+  start();
+  EXPECT_FALSE(fs::exists(upload));
+  EXPECT_FALSE(fs::exists(multipart));
+  EXPECT_TRUE(fs::exists(fresh));
+  // The repo still serves what it had.
+  auto r = http().Get("/org/m/resolve/main/config.json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
 }

@@ -72,6 +72,69 @@ TEST_F(MirrorWrite, ReadOnlyWithoutAWriteToken) {
   EXPECT_EQ(cli.Get("/api/models/org/m")->status, 200);
 }
 
+// Each malformed payload is a 400 in the Hub's error shape ({"error"} + X-Error-Message), and
+// nothing is committed: the branch stays where it was and the file it would have added is absent.
+TEST_F(MirrorWrite, MalformedCommitPayloadsCommitNothing) {
+  seed();
+  start();
+  auto cli = http();
+  const json add = {{"key", "file"},
+                    {"value", {{"path", "new.txt"}, {"content", "eA=="}, {"encoding", "base64"}}}};
+  auto with_header = [&](const json& header_value) {
+    return json{{"key", "header"}, {"value", header_value}}.dump() + "\n" + add.dump() + "\n";
+  };
+  auto with_op = [&](const json& op) {
+    return json{{"key", "header"}, {"value", {{"summary", "s"}}}}.dump() + "\n" + add.dump() +
+           "\n" + op.dump() + "\n";
+  };
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"value not an object", with_header("just a string")},
+      {"value an array", with_header(json::array({1, 2}))},
+      {"summary 123", with_header({{"summary", 123}})},
+      {"summary str array", with_header({{"summary", json::array({"str"})}})},
+      {"summary 5.5", with_header({{"summary", 5.5}})},
+      {"summary null", with_header({{"summary", nullptr}})},
+      {"summary object", with_header({{"summary", {{"a", 1}}}})},
+      {"description 5", with_header({{"summary", "s"}, {"description", 5}})},
+      {"parentCommit 7", with_header({{"summary", "s"}, {"parentCommit", 7}})},
+      {"no header", add.dump() + "\n"},
+      {"two headers", with_header({{"summary", "s"}}) + with_header({{"summary", "t"}})},
+      {"line not JSON", with_op("{not json")},
+      {"line an array", "[1]\n" + with_header({{"summary", "s"}})},
+      {"key not a string", with_op({{"key", 5}, {"value", json::object()}})},
+      {"unknown key", with_op({{"key", "renameFile"}, {"value", {{"path", "a"}}}})},
+      {"op value a string", with_op({{"key", "file"}, {"value", "x"}})},
+      {"op without path", with_op({{"key", "deletedFile"}, {"value", json::object()}})},
+      {"path a number", with_op({{"key", "deletedFile"}, {"value", {{"path", 3}}}})},
+      {"content a number", with_op({{"key", "file"}, {"value", {{"path", "b"}, {"content", 1}}}})},
+      {"lfs size negative",
+       with_op({{"key", "lfsFile"},
+                {"value", {{"path", "w.bin"}, {"oid", std::string(64, 'a')}, {"size", -5}}}})},
+      {"lfs size a string",
+       with_op({{"key", "lfsFile"},
+                {"value", {{"path", "w.bin"}, {"oid", std::string(64, 'a')}, {"size", "5"}}}})},
+      {"lfs oid a number", with_op({{"key", "lfsFile"}, {"value", {{"path", "w"}, {"oid", 1}}}})},
+  };
+  for (const auto& [name, body] : cases) {
+    SCOPED_TRACE(name);
+    auto r = cli.Post("/api/models/org/m/commit/main", bearer(), body, "application/x-ndjson");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 400) << r->body;
+    auto j = json::parse(r->body, nullptr, false);
+    ASSERT_TRUE(j.is_object() && j.contains("error") && j["error"].is_string()) << r->body;
+    EXPECT_EQ(r->get_header_value("X-Error-Message"), j["error"].get<std::string>());
+    EXPECT_EQ(j["error"].get<std::string>().find("json.exception"), std::string::npos);
+    EXPECT_EQ(store.read_ref("org/m", "main"), commit);
+    EXPECT_EQ(cli.Get("/org/m/resolve/main/new.txt")->status, 404);
+  }
+  // The same body with a well-formed header commits (the cases above fail for their defect only).
+  auto ok = cli.Post("/api/models/org/m/commit/main", bearer(), with_header({{"summary", "s"}}),
+                     "application/x-ndjson");
+  ASSERT_EQ(ok->status, 200) << ok->body;
+  EXPECT_EQ(json::parse(ok->body)["commitMessage"], "s");
+  EXPECT_EQ(cli.Get("/org/m/resolve/main/new.txt")->body, "x");
+}
+
 TEST_F(MirrorWrite, CommitsAreValidatedAndGuarded) {
   seed();
   start();

@@ -2,6 +2,7 @@
 // file crafted byte by byte.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <cmath>
 #include <cstdint>
@@ -630,6 +631,30 @@ TEST(Checkpoint, ShardedIndex) {
 void expect_checkpoint_rejected(const TempDir& dir, std::initializer_list<std::string> want) {
   const std::string msg = format_error([&] { Checkpoint::open(dir.path()); });
   for (const auto& w : want) EXPECT_THAT(msg, HasSubstr(w));
+}
+
+// A FIFO, a symlink loop or a device where a checkpoint file should be is refused by kind before
+// it is opened (a FIFO would block the open), for the single file, the index and a shard.
+TEST(Checkpoint, NonRegularFilesAreRefusedBeforeOpening) {
+  for (const char* name : {"model.safetensors", "model.safetensors.index.json"}) {
+    TempDir dir;
+    const auto p = dir / name;
+    ASSERT_EQ(::mkfifo(p.c_str(), 0644), 0);
+    expect_checkpoint_rejected(dir, {p.string() + ": ", "is a FIFO"});
+    fs::remove(p);
+    fs::create_symlink(name, p);
+    expect_checkpoint_rejected(dir, {p.string() + ": ", "is a symbolic link loop"});
+    fs::remove(p);
+    fs::create_symlink("/dev/zero", p);
+    expect_checkpoint_rejected(dir, {p.string() + ": ", "is a character device"});
+  }
+  TempDir dir;
+  ASSERT_EQ(::mkfifo((dir / kShard2).c_str(), 0644), 0);
+  write_u8_shard(dir / kShard1, {"a"});
+  spit(dir / "model.safetensors.index.json", index_json({{"a", kShard1}, {"b", kShard2}}));
+  expect_checkpoint_rejected(dir, {(dir / kShard2).string() + ": ", "is a FIFO"});
+  // SafetensorsFile::open on its own refuses a FIFO the same way.
+  EXPECT_THAT(format_error([&] { SafetensorsFile::open(dir / kShard2); }), HasSubstr("is a FIFO"));
 }
 
 TEST(Checkpoint, MissingShard) {
