@@ -251,73 +251,75 @@ TEST(StoreLockTest, HeldSaysWhetherAProcessUsesTheStore) {
   EXPECT_FALSE(loftqd::storage::StoreLock::held(store));
   // The probe itself leaves the store free.
   EXPECT_NO_THROW(loftqd::storage::StoreLock::acquire(store));
-  namespace {
+}
 
-  // Sets the mtime of `p` (not following a link) `age` into the past.
-  void age_by(const fs::path& p, std::chrono::seconds age) {
-    struct timespec ts[2];
-    ::clock_gettime(CLOCK_REALTIME, &ts[0]);
-    ts[0].tv_sec -= static_cast<time_t>(age.count());
-    ts[1] = ts[0];
-    ASSERT_EQ(::utimensat(AT_FDCWD, p.c_str(), ts, AT_SYMLINK_NOFOLLOW), 0) << p;
-  }
+namespace {
 
-  }  // namespace
+// Sets the mtime of `p` (not following a link) `age` into the past.
+void age_by(const fs::path& p, std::chrono::seconds age) {
+  struct timespec ts[2];
+  ::clock_gettime(CLOCK_REALTIME, &ts[0]);
+  ts[0].tv_sec -= static_cast<time_t>(age.count());
+  ts[1] = ts[0];
+  ASSERT_EQ(::utimensat(AT_FDCWD, p.c_str(), ts, AT_SYMLINK_NOFOLLOW), 0) << p;
+}
 
-  // Stale temps (older than the age) of the shapes the store and the mirror write are removed;
-  // fresh temps, blobs, partial downloads, refs, snapshot links and look-alikes stay.
-  TEST(StoreTemps, RemovesOnlyItsOwnStaleTemps) {
-    TempDir tmp;
-    st::Store store(tmp / "store");
-    const std::string content = "hello";
-    const auto d = st::Digest::git(st::git_blob_sha1(content), content.size());
-    ASSERT_TRUE(store.put_blob("org/m", content, d).ok());
-    auto c = store.commit_snapshot("org/m", "main", {{"a.txt", d.hex}}, std::nullopt);
-    ASSERT_TRUE(c.ok());
-    const auto repo = store.repo_dir("org/m");
-    const std::string sha = std::string(64, 'a'), sha1 = std::string(40, 'b');
-    const std::vector<fs::path> stale = {
-        repo / "blobs" / (sha + ".upload-0123456789ab"),
-        repo / "blobs" / (sha + ".multipart"),
-        repo / "blobs" / ("." + sha1 + ".tmp.4242.0123456789abcdef"),
-        repo / "refs" / ".main.tmp.17.00112233445566ff",
-        repo / ".loftqd-repo.json.tmp.99.abcdefabcdefabcd",
-        repo / "snapshots" / (".tmp-" + sha1 + "-0badc0de"),
-    };
-    const std::vector<fs::path> kept = {
-        repo / "blobs" / (sha + ".incomplete"),      // a resumable download partial
-        repo / "blobs" / (sha + ".upload-notes"),    // not {hex}
-        repo / "blobs" / "notes.multipart",          // not {etag}.multipart
-        repo / "blobs" / (sha1 + ".multipart.bak"),  // not ours
-        repo / "refs" / "feature.tmp",               // not an atomic temp
-        repo / "README.tmp.1.abc",                   // no leading dot
-        repo / "snapshots" / (".tmp-" + sha1),       // no suffix
-    };
-    for (const auto& p : stale) {
-      if (p.parent_path().filename() == "snapshots") {
-        fs::create_directories(p / "sub");
-        spit(p / "sub" / "x", "x");
-      } else {
-        spit(p, "partial bytes");
-      }
+}  // namespace
+
+// Stale temps (older than the age) of the shapes the store and the mirror write are removed;
+// fresh temps, blobs, partial downloads, refs, snapshot links and look-alikes stay.
+TEST(StoreTemps, RemovesOnlyItsOwnStaleTemps) {
+  TempDir tmp;
+  st::Store store(tmp / "store");
+  const std::string content = "hello";
+  const auto d = st::Digest::git(st::git_blob_sha1(content), content.size());
+  ASSERT_TRUE(store.put_blob("org/m", content, d).ok());
+  auto c = store.commit_snapshot("org/m", "main", {{"a.txt", d.hex}}, std::nullopt);
+  ASSERT_TRUE(c.ok());
+  const auto repo = store.repo_dir("org/m");
+  const std::string sha = std::string(64, 'a'), sha1 = std::string(40, 'b');
+  const std::vector<fs::path> stale = {
+      repo / "blobs" / (sha + ".upload-0123456789ab"),
+      repo / "blobs" / (sha + ".multipart"),
+      repo / "blobs" / ("." + sha1 + ".tmp.4242.0123456789abcdef"),
+      repo / "refs" / ".main.tmp.17.00112233445566ff",
+      repo / ".loftqd-repo.json.tmp.99.abcdefabcdefabcd",
+      repo / "snapshots" / (".tmp-" + sha1 + "-0badc0de"),
+  };
+  const std::vector<fs::path> kept = {
+      repo / "blobs" / (sha + ".incomplete"),      // a resumable download partial
+      repo / "blobs" / (sha + ".upload-notes"),    // not {hex}
+      repo / "blobs" / "notes.multipart",          // not {etag}.multipart
+      repo / "blobs" / (sha1 + ".multipart.bak"),  // not ours
+      repo / "refs" / "feature.tmp",               // not an atomic temp
+      repo / "README.tmp.1.abc",                   // no leading dot
+      repo / "snapshots" / (".tmp-" + sha1),       // no suffix
+  };
+  for (const auto& p : stale) {
+    if (p.parent_path().filename() == "snapshots") {
+      fs::create_directories(p / "sub");
+      spit(p / "sub" / "x", "x");
+    } else {
+      spit(p, "partial bytes");
     }
-    for (const auto& p : kept) spit(p, "keep me");
-    const auto fresh = repo / "blobs" / (sha + ".upload-fedcba987654");
-    spit(fresh, "an upload in progress");
-    for (const auto& p : stale) age_by(p, st::kStaleTempAge + std::chrono::minutes(1));
-    for (const auto& p : kept) age_by(p, std::chrono::hours(24 * 30));
-    age_by(store.blob_path("org/m", d.hex), std::chrono::hours(24 * 30));
-    age_by(store.ref_path("org/m", "main"), std::chrono::hours(24 * 30));
-    age_by(fresh, st::kStaleTempAge - std::chrono::minutes(5));
-
-    EXPECT_EQ(store.remove_stale_temps(), stale.size());
-    for (const auto& p : stale) EXPECT_FALSE(fs::exists(fs::symlink_status(p))) << p;
-    for (const auto& p : kept) EXPECT_TRUE(fs::exists(p)) << p;
-    EXPECT_TRUE(fs::exists(fresh));
-    EXPECT_EQ(slurp(store.snapshot_dir("org/m", c.value()) / "a.txt"), content);
-    EXPECT_EQ(store.read_ref("org/m", "main"), c.value());
-    EXPECT_EQ(store.remove_stale_temps(), 0u);
-    // With a zero age the in-progress upload counts as stale too.
-    EXPECT_EQ(store.remove_stale_temps(std::chrono::seconds(0)), 1u);
-    EXPECT_FALSE(fs::exists(fresh));
   }
+  for (const auto& p : kept) spit(p, "keep me");
+  const auto fresh = repo / "blobs" / (sha + ".upload-fedcba987654");
+  spit(fresh, "an upload in progress");
+  for (const auto& p : stale) age_by(p, st::kStaleTempAge + std::chrono::minutes(1));
+  for (const auto& p : kept) age_by(p, std::chrono::hours(24 * 30));
+  age_by(store.blob_path("org/m", d.hex), std::chrono::hours(24 * 30));
+  age_by(store.ref_path("org/m", "main"), std::chrono::hours(24 * 30));
+  age_by(fresh, st::kStaleTempAge - std::chrono::minutes(5));
+
+  EXPECT_EQ(store.remove_stale_temps(), stale.size());
+  for (const auto& p : stale) EXPECT_FALSE(fs::exists(fs::symlink_status(p))) << p;
+  for (const auto& p : kept) EXPECT_TRUE(fs::exists(p)) << p;
+  EXPECT_TRUE(fs::exists(fresh));
+  EXPECT_EQ(slurp(store.snapshot_dir("org/m", c.value()) / "a.txt"), content);
+  EXPECT_EQ(store.read_ref("org/m", "main"), c.value());
+  EXPECT_EQ(store.remove_stale_temps(), 0u);
+  // With a zero age the in-progress upload counts as stale too.
+  EXPECT_EQ(store.remove_stale_temps(std::chrono::seconds(0)), 1u);
+  EXPECT_FALSE(fs::exists(fresh));
+}
