@@ -27,42 +27,50 @@ double unit_multiplier(const std::string& unit) {
   return 0;
 }
 
-}  // namespace
-
-std::string size_problem(std::string_view s) {
+// Parses `s` once: the byte count, or nullopt with the reason in `why`.
+std::optional<uint64_t> read_size(std::string_view s, std::string& why) {
   const std::string str = trim(s);
   size_t end = 0;
   while (end < str.size() &&
          (std::isdigit(static_cast<unsigned char>(str[end])) || str[end] == '.'))
     ++end;
-  if (end == 0) return "'" + str + "' is not " + kSizeExample;
   double v = 0;
   try {
     size_t used = 0;
-    v = std::stod(str.substr(0, end), &used);
-    if (used != end) return "'" + str + "' is not " + kSizeExample;
+    if (end > 0) v = std::stod(str.substr(0, end), &used);
+    if (end == 0 || used != end) {
+      why = "'" + str + "' is not " + kSizeExample;
+      return std::nullopt;
+    }
   } catch (const std::exception&) {
-    return "'" + str + "' is not " + kSizeExample;
+    why = "'" + str + "' is not " + kSizeExample;
+    return std::nullopt;
   }
   const double mult = unit_multiplier(trim(str.substr(end)));
-  if (mult == 0)
-    return "'" + str +
-           "' has an unknown unit (K, M, G, T and KiB… are powers of 1024; KB, MB, "
-           "GB, TB powers of 1000)";
+  if (mult == 0) {
+    why = "'" + str +
+          "' has an unknown unit (K, M, G, T and KiB… are powers of 1024; KB, MB, GB, TB "
+          "powers of 1000)";
+    return std::nullopt;
+  }
   const double bytes = v * mult;
-  if (!std::isfinite(bytes) || bytes >= 18446744073709551616.0) return "'" + str + "' is too large";
-  return "";
+  if (!std::isfinite(bytes) || bytes >= 18446744073709551616.0) {
+    why = "'" + str + "' is too large";
+    return std::nullopt;
+  }
+  return static_cast<uint64_t>(bytes);
+}
+
+}  // namespace
+
+std::string size_problem(std::string_view s) {
+  std::string why;
+  return read_size(s, why) ? "" : why;
 }
 
 std::optional<uint64_t> parse_size(std::string_view s) {
-  if (!size_problem(s).empty()) return std::nullopt;
-  const std::string str = trim(s);
-  size_t end = 0;
-  while (end < str.size() &&
-         (std::isdigit(static_cast<unsigned char>(str[end])) || str[end] == '.'))
-    ++end;
-  return static_cast<uint64_t>(std::stod(str.substr(0, end)) *
-                               unit_multiplier(trim(str.substr(end))));
+  std::string why;
+  return read_size(s, why);
 }
 
 uint64_t parse_size_or_throw(std::string_view what, std::string_view s) {

@@ -37,6 +37,13 @@ void send_error(httplib::Response& res, int status, const std::string& code,
                 const std::string& message);
 void send_json(httplib::Response& res, const nlohmann::json& j, int status = 200);
 std::string quote_etag(const std::string& e);  // "\"" + e + "\""
+// The request's JSON body into `out`; false after answering 400 "invalid JSON body". With
+// `empty_is_object`, an empty body reads as {}.
+bool parse_json_body(const httplib::Request& req, httplib::Response& res, nlohmann::json& out,
+                     bool empty_is_object = false);
+// The repo a repo-create/-delete body names ({"name", "organization", "type"}), as the Hub reads
+// it; nullopt after answering 400 (not a model repo, or not a valid repo id).
+std::optional<std::string> repo_of_body(const nlohmann::json& body, httplib::Response& res);
 
 // A boolean query parameter as the Hub reads it: true/True/1 and false/False/0 (any case);
 // absent or empty: `dflt`. Anything else throws std::invalid_argument naming the parameter (the

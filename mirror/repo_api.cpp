@@ -315,11 +315,7 @@ void Mirror::Impl::create_tag(const httplib::Request& req, httplib::Response& re
   if (!check_read(req, res, t.repo)) return;
   std::string rev = common::join(t.rest, "/", 1, t.rest.size());
   json body;
-  try {
-    body = json::parse(req.body);
-  } catch (const std::exception&) {
-    return send_error(res, 400, "", "invalid JSON body");
-  }
+  if (!parse_json_body(req, res, body)) return;
   std::string tag =
       body.contains("tag") && body["tag"].is_string() ? body["tag"].get<std::string>() : "";
   if (tag.empty()) return send_error(res, 400, "", "the body needs a \"tag\" (string)");
@@ -372,19 +368,10 @@ void Mirror::Impl::delete_tag(const httplib::Request& req, httplib::Response& re
 void Mirror::Impl::delete_repo(const httplib::Request& req, httplib::Response& res) {
   if (!require_write(req, res)) return;
   json body;
-  try {
-    body = json::parse(req.body);
-  } catch (const std::exception&) {
-    return send_error(res, 400, "", "invalid JSON body");
-  }
-  auto str = [&](const char* k) {
-    return body.contains(k) && body[k].is_string() ? body[k].get<std::string>() : std::string();
-  };
-  std::string name = str("name"), org = str("organization"), type = str("type");
-  if (!type.empty() && type != "model")
-    return send_error(res, 400, "", "this mirror serves model repos only");
-  std::string repo = org.empty() || name.find('/') != std::string::npos ? name : org + "/" + name;
-  if (common::repo_id_problem(repo)) return send_error(res, 400, "", common::repo_id_error(repo));
+  if (!parse_json_body(req, res, body)) return;
+  const auto named = repo_of_body(body, res);
+  if (!named) return;
+  const std::string& repo = *named;
   std::lock_guard<std::mutex> g(lock_for(repo));
   if (!store.has_repo(repo))
     return send_error(res, 404, "RepoNotFound", "Repository Not Found: " + repo);

@@ -51,6 +51,38 @@ void send_json(httplib::Response& res, const json& j, int status) {
   res.set_content(j.dump(), kJson);
 }
 
+bool parse_json_body(const httplib::Request& req, httplib::Response& res, json& out,
+                     bool empty_is_object) {
+  if (empty_is_object && req.body.empty()) {
+    out = json::object();
+    return true;
+  }
+  try {
+    out = json::parse(req.body);
+    return true;
+  } catch (const std::exception&) {
+    send_error(res, 400, "", "invalid JSON body");
+    return false;
+  }
+}
+
+std::optional<std::string> repo_of_body(const json& body, httplib::Response& res) {
+  auto str = [&](const char* k) {
+    return body.contains(k) && body[k].is_string() ? body[k].get<std::string>() : std::string();
+  };
+  const std::string name = str("name"), org = str("organization"), type = str("type");
+  if (!type.empty() && type != "model") {
+    send_error(res, 400, "", "this mirror serves model repos only");
+    return std::nullopt;
+  }
+  std::string repo = org.empty() || name.find('/') != std::string::npos ? name : org + "/" + name;
+  if (common::repo_id_problem(repo)) {
+    send_error(res, 400, "", common::repo_id_error(repo));
+    return std::nullopt;
+  }
+  return repo;
+}
+
 std::string quote_etag(const std::string& e) {
   return "\"" + e + "\"";
 }

@@ -112,21 +112,10 @@ std::optional<std::string> parse_commit_payload(const std::string& body, json& h
 void Mirror::Impl::create_repo(const httplib::Request& req, httplib::Response& res) {
   if (!require_write(req, res)) return;
   json body;
-  try {
-    body = json::parse(req.body);
-  } catch (const std::exception&) {
-    return send_error(res, 400, "", "invalid JSON body");
-  }
-  std::string name = body.value("name", "");
-  std::string org = body.contains("organization") && body["organization"].is_string()
-                        ? body["organization"].get<std::string>()
-                        : "";
-  std::string type =
-      body.contains("type") && body["type"].is_string() ? body["type"].get<std::string>() : "model";
-  if (type != "model") return send_error(res, 400, "", "this mirror serves model repos only");
-  std::string repo = org.empty() || name.find('/') != std::string::npos ? name : org + "/" + name;
-  if (auto p = common::repo_id_problem(repo))
-    return send_error(res, 400, "", common::repo_id_error(repo));
+  if (!parse_json_body(req, res, body)) return;
+  const auto named = repo_of_body(body, res);
+  if (!named) return;
+  const std::string& repo = *named;
   std::lock_guard<std::mutex> g(lock_for(repo));
   std::string url = base_url(req) + "/" + repo;
   if (store.read_ref(repo, "main"))
@@ -164,14 +153,8 @@ void Mirror::Impl::create_branch(const httplib::Request& req, httplib::Response&
   std::string branch = common::join(t.rest, "/", 1, t.rest.size());
   if (auto p = common::revision_problem(branch))
     return send_error(res, 400, "", "invalid branch name: " + *p);
-  json body = json::object();
-  if (!req.body.empty()) {
-    try {
-      body = json::parse(req.body);
-    } catch (const std::exception&) {
-      return send_error(res, 400, "", "invalid JSON body");
-    }
-  }
+  json body;
+  if (!parse_json_body(req, res, body, /*empty_is_object=*/true)) return;
   std::lock_guard<std::mutex> g(lock_for(t.repo));
   if (store.read_ref(t.repo, branch))
     return send_error(res, 409, "", "Reference already exists: " + branch);
@@ -198,11 +181,7 @@ void Mirror::Impl::preupload(const httplib::Request& req, httplib::Response& res
   std::string rev = common::join(t.rest, "/", 1, t.rest.size());
   auto head = resolve_name(t.repo, rev);
   json body;
-  try {
-    body = json::parse(req.body);
-  } catch (const std::exception&) {
-    return send_error(res, 400, "", "invalid JSON body");
-  }
+  if (!parse_json_body(req, res, body)) return;
   std::map<std::string, st::FileEntry> existing;
   if (head) {
     auto files = store.list_snapshot(t.repo, *head);
