@@ -115,7 +115,8 @@ TEST_F(TargetsTest, Conv1DAdaptersHavePeftsOrientation) {
     if (l.tensor == w) recorded = l.loftq_error;
   EXPECT_NEAR(peft, recorded, 1e-5);
   EXPECT_GT(other, peft * 1.2);
-  for (const auto& l : loftq()["layers"]) EXPECT_EQ(l["conv1d"], true) << l["tensor"];
+  const json lj = loftq();
+  for (const auto& l : lj["layers"]) EXPECT_EQ(l["conv1d"], true) << l["tensor"];
 }
 
 // A base-class save (LlamaModel, keys without "model."): PEFT on LlamaForCausalLM expects
@@ -219,7 +220,8 @@ TEST_F(TargetsTest, LayerCountsComeFromConfigAndMustMatchTheTensors) {
   QuantizeOptions o = quick_options();
   o.settings.plan = quant::BitPlan::parse("0-1:4,2-3:2");
   quantize(model, o);
-  for (const auto& l : loftq()["layers"])
+  const json lj = loftq();
+  for (const auto& l : lj["layers"])
     EXPECT_EQ(l["bits"], l["stack"] == "encoder" ? 4 : 2) << l["tensor"];
 }
 
