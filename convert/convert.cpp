@@ -177,25 +177,19 @@ class BackboneWriter {
       throw Interrupted(model_dir_.string() + ": interrupted before tensor '" + t.name + "' (" +
                         std::to_string(targets_done_) + " of " +
                         std::to_string(tp_.by_tensor.size()) + " target tensors done)");
-    const int m = static_cast<int>(t.shape[0]), n = static_cast<int>(t.shape[1]);
     const quant::LoftqOptions lo = loftq_options(s_, tg.spec.bits);
-    LayerReport lr;
-    lr.tensor = t.name;
-    lr.layer = tg.layer;
-    lr.module = model::module_leaf(t.name);
-    lr.quant = quant::spec_name(lo.quant);
-    lr.bits = lo.quant.bits;
-    lr.out_features = m;
-    lr.in_features = n;
-    OwnedTensor a{TensorSpec{lora_a_key(t.name), t.dtype, {s_.rank, n}}, {}};
-    OwnedTensor b{TensorSpec{lora_b_key(t.name), t.dtype, {m, s_.rank}}, {}};
+    LayerReport lr = report_of(t, tg, lo);
+    const detail::FactorShape factors{s_.rank, tg.out_features, tg.in_features};
+    OwnedTensor a{TensorSpec{lora_a_key(tg.module), t.dtype, {s_.rank, tg.in_features}}, {}};
+    OwnedTensor b{TensorSpec{lora_b_key(tg.module), t.dtype, {tg.out_features, s_.rank}}, {}};
     std::string fingerprint;
     fs::path ck_path;
     std::unique_ptr<SafetensorsFile> ck;
     if (!opt_.checkpoint_dir.empty()) {
-      fingerprint = detail::tensor_fingerprint(t, lo, s_.alpha(), detail::hash_bytes(in.bytes(t)));
+      fingerprint =
+          detail::tensor_fingerprint(t, lo, s_.alpha(), detail::hash_bytes(in.bytes(t)), tg.conv1d);
       ck_path = detail::checkpoint_path(opt_.checkpoint_dir, t.name);
-      ck = detail::load_checkpoint(ck_path, fingerprint, t, s_.rank, lr);
+      ck = detail::load_checkpoint(ck_path, fingerprint, t, factors, lr);
     }
     if (ck) {
       // The exact bytes the run that computed this tensor wrote.
@@ -206,9 +200,9 @@ class BackboneWriter {
       lr.resumed = true;
       ++report_.resumed;
     } else {
-      const std::vector<std::byte> q = compute(in, t, lo, lr, a, b);
+      const std::vector<std::byte> q = compute(in, t, tg, lo, lr, a, b);
       if (!ck_path.empty())
-        detail::save_checkpoint(ck_path, fingerprint, lr, t, s_.rank, q, a.data, b.data);
+        detail::save_checkpoint(ck_path, fingerprint, lr, t, factors, q, a.data, b.data);
       if (opt_.on_tensor_done) opt_.on_tensor_done(t.name);
       w.write(t.name, q);
     }
@@ -218,13 +212,34 @@ class BackboneWriter {
     ++targets_done_;
   }
 
+  static LayerReport report_of(const TensorInfo& t, const detail::Target& tg,
+                               const quant::LoftqOptions& lo) {
+    LayerReport lr;
+    lr.tensor = t.name;
+    lr.layer = tg.layer;
+    lr.stack = tg.stack;
+    lr.stack_layer = tg.stack_layer;
+    lr.module = model::module_leaf(t.name);
+    lr.module_path = tg.module;
+    lr.conv1d = tg.conv1d;
+    lr.quant = quant::spec_name(lo.quant);
+    lr.bits = lo.quant.bits;
+    lr.out_features = static_cast<int>(tg.out_features);
+    lr.in_features = static_cast<int>(tg.in_features);
+    return lr;
+  }
+
   // LoftQ on one weight: Q in the tensor's dtype (converted once, so the backbone and the
-  // checkpoint hold the same bytes) and the factors scaled for lora_alpha (DESIGN §3.2).
+  // checkpoint hold the same bytes) and the factors scaled for lora_alpha (DESIGN §3.2). A
+  // Conv1D weight is stored (in, out): LoftQ runs on its transpose, the (out, in) matrix that
+  // PEFT's factors (A: r x in, B: out x r) and bitsandbytes (which transposes it on loading)
+  // see, and Q is stored back as (in, out).
   std::vector<std::byte> compute(const SafetensorsFile& in, const TensorInfo& t,
-                                 const quant::LoftqOptions& lo, LayerReport& lr, OwnedTensor& a,
-                                 OwnedTensor& b) {
+                                 const detail::Target& tg, const quant::LoftqOptions& lo,
+                                 LayerReport& lr, OwnedTensor& a, OwnedTensor& b) {
     const int m = lr.out_features, n = lr.in_features;
     std::vector<float> wf = in.read_f32(t);
+    if (tg.conv1d) wf = transpose(wf, static_cast<size_t>(n), static_cast<size_t>(m));
     quant::LoftqResult r;
     try {
       r = quant::loftq_with_fallback(backend_, opt_.fallback, wf.data(), m, n, lo, t.name);
@@ -232,6 +247,7 @@ class BackboneWriter {
       throw FormatError(in.path().string() + ": tensor '" + t.name + "': " + e.what());
     }
     wf = {};
+    if (tg.conv1d) r.q = transpose(r.q, static_cast<size_t>(m), static_cast<size_t>(n));
     const size_t es = model::dtype_size(t.dtype);
     std::vector<std::byte> q(r.q.size() * es);
     model::from_f32(t.dtype, r.q.data(), q.data(), r.q.size());
@@ -248,6 +264,14 @@ class BackboneWriter {
     lr.best_iter = r.best_iter;
     lr.seconds = r.seconds;
     return q;
+  }
+
+  // rows x cols row-major -> cols x rows.
+  static std::vector<float> transpose(const std::vector<float>& x, size_t rows, size_t cols) {
+    std::vector<float> y(x.size());
+    for (size_t i = 0; i < rows; ++i)
+      for (size_t j = 0; j < cols; ++j) y[j * rows + i] = x[i * cols + j];
+    return y;
   }
 
   const fs::path& model_dir_;
@@ -277,13 +301,48 @@ void swap_into_place(StagingDir& stage, const fs::path& out_dir) {
   fsync_dir(out_dir.parent_path());
 }
 
+// config.json's _name_or_path when it is a repo id: not a local path, and not the name of the
+// input or output folder (transformers records whatever path the model was loaded from).
+std::optional<std::string> source_name(const json& config, const fs::path& model_dir,
+                                       const fs::path& out_dir) {
+  auto it = config.find("_name_or_path");
+  if (it == config.end() || !it->is_string()) return std::nullopt;
+  const std::string v = it->get<std::string>();
+  if (v.empty() || common::repo_id_problem(v)) return std::nullopt;
+  for (const fs::path& d : {model_dir, out_dir})
+    if (v == fs::absolute(d).lexically_normal().filename().string()) return std::nullopt;
+  return v;
+}
+
+// base_model_name_or_path: where the layout is published; else the source's _name_or_path
+// (a repo id AutoPeftModel can resolve, but the original weights: warned); else null. Never a
+// folder name.
+std::optional<std::string> base_model_name(const QuantizeOptions& opt,
+                                           const std::optional<std::string>& src,
+                                           std::vector<std::string>& warnings) {
+  if (!opt.repo_id.empty()) return opt.repo_id;
+  if (src) {
+    warnings.push_back("base_model_name_or_path is the source's _name_or_path '" + *src +
+                       "' (no --repo-id): AutoPeftModel would load that model's original "
+                       "weights under the adapter; set it to the repo id this layout is "
+                       "published to (--repo-id, or edit loftq_init/adapter_config.json)");
+    return src;
+  }
+  warnings.push_back(
+      "base_model_name_or_path is null (no --repo-id, and config.json has no _name_or_path "
+      "that is a repo id): set it to the repo id this layout is published to (--repo-id, or "
+      "edit loftq_init/adapter_config.json) for AutoPeftModel; PeftModel.from_pretrained "
+      "works without it");
+  return std::nullopt;
+}
+
 }  // namespace
 
-std::string lora_a_key(const std::string& w) {
-  return "base_model.model." + model::module_path(w) + ".lora_A.weight";
+std::string lora_a_key(const std::string& m) {
+  return "base_model.model." + m + ".lora_A.weight";
 }
-std::string lora_b_key(const std::string& w) {
-  return "base_model.model." + model::module_path(w) + ".lora_B.weight";
+std::string lora_b_key(const std::string& m) {
+  return "base_model.model." + m + ".lora_B.weight";
 }
 
 std::vector<std::string> passthrough_files(const fs::path& model_dir) {
@@ -310,12 +369,14 @@ QuantizeReport quantize_model(const fs::path& model_dir, const fs::path& out_dir
   const fs::path out_dir = check_paths(model_dir, out_dir_in, opt.force);
 
   // 2. The checkpoint, its targets and the plan for every one of them, checked up front.
-  const std::string model_type = detail::read_model_type(model_dir);
+  const json config = detail::read_config(model_dir);
   const model::Checkpoint ckpt = model::Checkpoint::open(model_dir);
-  const detail::TargetPlan tp = detail::plan_targets(model_dir, model_type, ckpt, opt.settings);
+  const detail::TargetPlan tp = detail::plan_targets(model_dir, config, ckpt, opt.settings);
   QuantizeReport report;
   report.model_type = tp.model_type;
-  const std::string repo_id = opt.repo_id.empty() ? out_dir.filename().string() : opt.repo_id;
+  report.warnings = tp.warnings;
+  const std::optional<std::string> source = source_name(tp.config, model_dir, out_dir);
+  const std::optional<std::string> base_model = base_model_name(opt, source, report.warnings);
 
   // 3. A staging directory beside OUT_DIR (stale ones of dead runs removed), checkpoints ready.
   fs::create_directories(out_dir.parent_path());
@@ -331,7 +392,7 @@ QuantizeReport quantize_model(const fs::path& model_dir, const fs::path& out_dir
     copy_file_atomic(ckpt.index_path(), stage.path() / "model.safetensors.index.json");
   model::write_safetensors(stage.path() / "loftq_init" / "adapter_model.safetensors",
                            backbone.adapter());
-  const json acfg = detail::adapter_config(opt.settings, tp, repo_id);
+  const json acfg = detail::adapter_config(opt.settings, tp, base_model);
   write_file_atomic(stage.path() / "loftq_init" / "adapter_config.json", acfg.dump(2) + "\n");
 
   // 5. Everything else of the checkpoint, the record and the card.
@@ -340,8 +401,11 @@ QuantizeReport quantize_model(const fs::path& model_dir, const fs::path& out_dir
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   report.loftq_json = detail::loftq_record(opt, tp, acfg, report);
   write_file_atomic(stage.path() / "loftq.json", report.loftq_json.dump(2) + "\n");
-  write_file_atomic(stage.path() / "README.md",
-                    detail::model_card(report.loftq_json, acfg, repo_id));
+  detail::CardInfo card;
+  if (!opt.repo_id.empty()) card.repo_id = opt.repo_id;
+  card.license = detail::card_license(model_dir / "README.md");
+  card.base_model = opt.source.repo ? opt.source.repo : source;
+  write_file_atomic(stage.path() / "README.md", detail::model_card(report.loftq_json, acfg, card));
 
   // 6. Into place, atomically.
   swap_into_place(stage, out_dir);

@@ -21,7 +21,10 @@ struct SourceInfo {
 
 struct QuantizeOptions {
   LoftqSettings settings;  // validated (convert::check) before any work starts
-  std::string repo_id;     // adapter base_model_name_or_path; default: OUT_DIR's name
+  // Where the layout is published (the daemon's target repo, --repo-id): the adapter's
+  // base_model_name_or_path and the card's snippet. Empty: the source's config.json
+  // _name_or_path when that is a repo id (with a warning), else null; never a folder name.
+  std::string repo_id;
   SourceInfo source;
   bool force = false;  // replace a non-empty OUT_DIR
   // Called before each tensor of the backbone (done, total, tensor name).
@@ -50,9 +53,13 @@ struct QuantizeOptions {
 
 struct LayerReport {
   std::string tensor;
-  std::optional<int> layer;
-  std::string module;
-  std::string quant;  // "nf4", "uniform2", ...
+  std::optional<int> layer;  // in the bit plan's numbering (stacks one after the other)
+  std::string stack;         // the layer stack ("layers", "encoder", "decoder"; "" outside)
+  int stack_layer = -1;      // the layer within its stack
+  std::string module;        // the module's leaf ("q_proj")
+  std::string module_path;   // the module as the task class names it (PEFT's name)
+  bool conv1d = false;       // a Conv1D weight (stored (in, out))
+  std::string quant;         // "nf4", "uniform2", ...
   int bits = 0;
   int out_features = 0, in_features = 0;
   double qlora_error = 0, loftq_error = 0;
@@ -64,6 +71,9 @@ struct LayerReport {
 struct QuantizeReport {
   std::string model_type;
   std::vector<LayerReport> layers;
+  // Things the user should know: weights left out (kept in full precision), a
+  // base_model_name_or_path that is not where the layout is published.
+  std::vector<std::string> warnings;
   size_t resumed = 0;  // layers taken from checkpoints
   double seconds = 0;
   nlohmann::json loftq_json;
@@ -90,10 +100,11 @@ QuantizeReport quantize_model(const std::filesystem::path& model_dir,
                               const std::filesystem::path& out_dir, const QuantizeOptions& opt,
                               quant::Backend& backend);
 
-// Names of the adapter tensors for a target weight ("M.weight" ->
-// base_model.model.M.lora_A.weight).
-std::string lora_a_key(const std::string& weight_name);
-std::string lora_b_key(const std::string& weight_name);
+// Names of the adapter tensors of a module as the task class names it (PEFT's keys:
+// "model.layers.0.self_attn.q_proj" ->
+// base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight).
+std::string lora_a_key(const std::string& task_module);
+std::string lora_b_key(const std::string& task_module);
 
 // The summary table printed by quantize and verify (fixed-width text).
 std::string layer_table(const std::vector<LayerReport>& layers);

@@ -94,26 +94,24 @@ fs::path checkpoint_path(const fs::path& dir, const std::string& tensor) {
 // Everything that determines a target tensor's result, as canonical JSON text (keys sorted).
 // The loftqd version stands in for the algorithm: a new version recomputes.
 std::string tensor_fingerprint(const TensorInfo& t, const LoftqOptions& lo, double alpha,
-                               uint64_t input_hash) {
-  const json fp = {{"tensor", t.name},
-                   {"shape", t.shape},
-                   {"dtype", std::string(dtype_name(t.dtype))},
-                   {"method", method_name(lo.quant.method)},
-                   {"bits", lo.quant.bits},
-                   {"block_size", lo.quant.block_size},
-                   {"rank", lo.rank},
-                   {"iters", lo.iters},
-                   {"svd", svd_mode_name(lo.svd)},
-                   {"oversample", lo.oversample},
-                   {"power_iters", lo.power_iters},
-                   {"warm_power_iters", lo.warm_power_iters},
-                   {"exact_where_cheap", lo.exact_where_cheap},
-                   {"exact_max_dim", kExactMaxDim},
-                   {"exact_rank_fraction", kExactRankFraction},
-                   {"seed", lo.seed},
-                   {"lora_alpha", alpha},
-                   {"input_hash", hex64(input_hash)},
-                   {"loftqd_version", LOFTQD_VERSION}};
+                               uint64_t input_hash, bool conv1d) {
+  json fp = {{"tensor", t.name},
+             {"shape", t.shape},
+             {"dtype", std::string(dtype_name(t.dtype))},
+             {"method", method_name(lo.quant.method)},
+             {"bits", lo.quant.bits},
+             {"block_size", lo.quant.block_size},
+             {"rank", lo.rank},
+             {"iters", lo.iters},
+             {"svd", svd_mode_name(lo.svd)},
+             {"oversample", lo.oversample},
+             {"power_iters", lo.power_iters},
+             {"warm_power_iters", lo.warm_power_iters},
+             {"seed", lo.seed},
+             {"lora_alpha", alpha},
+             {"input_hash", hex64(input_hash)},
+             {"loftqd_version", LOFTQD_VERSION}};
+  if (conv1d) fp["layout"] = "conv1d";  // LoftQ ran on the transpose
   return fp.dump();
 }
 
@@ -144,9 +142,9 @@ std::string report_text(const LayerReport& lr) {
 }  // namespace
 
 void save_checkpoint(const fs::path& p, const std::string& fingerprint, const LayerReport& lr,
-                     const TensorInfo& t, int rank, std::span<const std::byte> q,
+                     const TensorInfo& t, const FactorShape& shape, std::span<const std::byte> q,
                      std::span<const std::byte> a, std::span<const std::byte> b) {
-  const int64_t m = t.shape[0], n = t.shape[1];
+  const int64_t m = shape.out_features, n = shape.in_features, rank = shape.rank;
   const std::string report = report_text(lr);
   const std::map<std::string, std::string> meta = {
       {"format", kCheckpointFormat},
@@ -155,7 +153,7 @@ void save_checkpoint(const fs::path& p, const std::string& fingerprint, const La
       {"report", report},
       {"checksum", hex64(checkpoint_checksum(fingerprint, report, q, a, b))}};
   SafetensorsWriter w(p,
-                      {TensorSpec{"q", t.dtype, {m, n}}, TensorSpec{"a", t.dtype, {rank, n}},
+                      {TensorSpec{"q", t.dtype, t.shape}, TensorSpec{"a", t.dtype, {rank, n}},
                        TensorSpec{"b", t.dtype, {m, rank}}},
                       meta);
   w.write("q", q);
@@ -165,7 +163,8 @@ void save_checkpoint(const fs::path& p, const std::string& fingerprint, const La
 }
 
 std::unique_ptr<SafetensorsFile> load_checkpoint(const fs::path& p, const std::string& fingerprint,
-                                                 const TensorInfo& t, int rank, LayerReport& lr) {
+                                                 const TensorInfo& t, const FactorShape& shape,
+                                                 LayerReport& lr) {
   std::error_code ec;
   if (!fs::is_regular_file(p, ec)) return nullptr;
   try {
@@ -180,12 +179,12 @@ std::unique_ptr<SafetensorsFile> load_checkpoint(const fs::path& p, const std::s
     if (!format || *format != kCheckpointFormat || !fp || *fp != fingerprint || !report ||
         !checksum)
       return nullptr;
-    const int64_t m = t.shape[0], n = t.shape[1];
-    auto tensor = [&](const char* name, std::vector<int64_t> shape) -> const TensorInfo* {
+    const int64_t m = shape.out_features, n = shape.in_features, rank = shape.rank;
+    auto tensor = [&](const char* name, std::vector<int64_t> want) -> const TensorInfo* {
       const TensorInfo* ti = f->find(name);
-      return ti && ti->dtype == t.dtype && ti->shape == shape ? ti : nullptr;
+      return ti && ti->dtype == t.dtype && ti->shape == want ? ti : nullptr;
     };
-    const TensorInfo *q = tensor("q", {m, n}), *a = tensor("a", {rank, n}),
+    const TensorInfo *q = tensor("q", t.shape), *a = tensor("a", {rank, n}),
                      *b = tensor("b", {m, rank});
     if (!q || !a || !b || f->tensors().size() != 3) return nullptr;
     if (*checksum !=

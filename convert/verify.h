@@ -26,9 +26,17 @@ struct VerifyReport {
   bool ok() const { return problems.empty(); }
 };
 
-// Checks keys, shapes and dtypes of backbone and adapter against the original, non-target
-// tensors and copied files byte for byte, adapter_config.json fields, every Q block against its
-// layer's code table, and each layer's effective weight error against loftq.json.
+// Checks the layout the way it will be loaded, re-deriving everything from the original's
+// config.json, the architecture registry and PEFT's/transformers'/bitsandbytes' loading rules
+// (not from the writer's code): which modules PEFT wraps (target_modules on the task class's
+// module names, a base-class save's keys prefixed; embeddings and non-Linear matches refused),
+// the adapter keys and shapes PEFT builds (Conv1D: weight (in, out), fan_in_fan_out), the
+// effective weight W' = Q + s B A (s = lora_alpha / r; transposed for Conv1D) against the
+// original and loftq.json, every Q block against its code table in bitsandbytes' orientation,
+// that every weight the loader quantizes is corrected or left out (llm_int8_skip_modules and
+// loftq.json), the layer numbering and --avg-bits average, base_model_name_or_path (null or a
+// repo id, never a folder name), adapter_config.json's fields, the model card's snippet, and
+// non-wrapped tensors and copied files byte for byte.
 VerifyReport verify_layout(const std::filesystem::path& out_dir,
                            const std::filesystem::path& original_dir, quant::Backend& backend);
 

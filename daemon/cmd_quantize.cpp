@@ -86,6 +86,7 @@ int quantize(const QuantizeArgs& a) {
   };
   auto report = convert::quantize_model(a.model, a.out, opt, *backends.primary);
   if (bar) bar->finish();
+  for (const auto& w : report.warnings) spdlog::warn("{}", w);
   std::fputs(convert::layer_table(report.layers).c_str(), stdout);
   std::printf("%zu target weights quantized in %.1f s; wrote %s\n", report.layers.size(),
               report.seconds, a.out.c_str());
@@ -117,7 +118,9 @@ Command add_quantize_command(CLI::App& app) {
       ->capture_default_str();
   quant->add_option("--block-size", qa.block_size, "quantization block size")
       ->capture_default_str();
-  quant->add_option("--target-modules", qa.targets, "modules to quantize (default: by model_type)")
+  quant
+      ->add_option("--target-modules", qa.targets,
+                   "Linear/Conv1D modules to quantize (default: the registry's, by model_type)")
       ->delimiter(',');
   quant->add_option("--svd", qa.svd, "randomized | exact")
       ->check(CLI::IsMember({"randomized", "exact"}))
@@ -131,7 +134,9 @@ Command add_quantize_command(CLI::App& app) {
                    "auto | cpu | cuda | cuda:N (auto: CUDA when built and present)")
       ->capture_default_str();
   quant->add_option("--repo-id", qa.repo_id,
-                    "repo id written as base_model_name_or_path (default: OUT_DIR name)");
+                    "the repo id this layout is published to: base_model_name_or_path and the "
+                    "card's snippet (default: config.json _name_or_path when a repo id, else "
+                    "null)");
   quant->add_flag("--force", qa.force, "replace a non-empty OUT_DIR");
   return {quant, [a] { return quantize(*a); }};
 }

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "common/strings.h"
+#include "model/registry.h"
 
 namespace loftqd::model {
 
@@ -37,22 +38,13 @@ std::string module_leaf(std::string_view name) {
 }
 
 std::vector<std::string> default_target_modules(std::string_view t) {
-  if (t == "llama" || t == "mistral" || t == "mixtral" || t == "qwen2" || t == "qwen3" ||
-      t == "qwen2_moe" || t == "gemma" || t == "gemma2" || t == "phi3")
-    return {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
-  if (t == "bart" || t == "mbart" || t == "marian" || t == "pegasus")
-    return {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"};
-  if (t == "t5" || t == "mt5") return {"q", "k", "v", "o", "wi", "wo", "wi_0", "wi_1"};
-  if (t == "bert" || t == "roberta") return {"query", "key", "value", "dense"};
-  if (t == "deberta" || t == "deberta-v2") return {"query_proj", "key_proj", "value_proj", "dense"};
-  return {};
+  const Architecture* a = find_architecture(t);
+  return a ? a->targets : std::vector<std::string>{};
 }
 
 std::string default_task_type(std::string_view t) {
-  if (t == "bart" || t == "mbart" || t == "marian" || t == "pegasus" || t == "t5" || t == "mt5")
-    return "SEQ_2_SEQ_LM";
-  if (t == "bert" || t == "roberta" || t == "deberta" || t == "deberta-v2") return "SEQ_CLS";
-  return "CAUSAL_LM";
+  const Architecture* a = find_architecture(t);
+  return a ? a->task_type : "CAUSAL_LM";
 }
 
 bool is_target_weight(std::string_view name, const std::vector<std::string>& targets) {

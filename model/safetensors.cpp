@@ -141,6 +141,36 @@ std::optional<uint64_t> as_u64(const json& v) {
   return std::nullopt;
 }
 
+// "model-00001-of-00002.safetensors" (any stem): how transformers names the shards of one
+// checkpoint. Other .safetensors files (Mistral's consolidated.safetensors) are not shards.
+bool is_shard_file_name(std::string_view name) {
+  constexpr std::string_view kExt = ".safetensors";
+  if (!name.ends_with(kExt)) return false;
+  std::string_view stem = name.substr(0, name.size() - kExt.size());
+  auto take_digits = [&stem]() {
+    size_t n = 0;
+    while (n < stem.size() && stem[stem.size() - 1 - n] >= '0' && stem[stem.size() - 1 - n] <= '9')
+      ++n;
+    stem.remove_suffix(n);
+    return n > 0;
+  };
+  if (!take_digits() || !stem.ends_with("-of-")) return false;
+  stem.remove_suffix(4);
+  return take_digits() && stem.ends_with("-") && stem.size() > 1;
+}
+
+// Shard-named files in `dir`, sorted.
+std::vector<std::string> shard_files_on_disk(const std::filesystem::path& dir) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (is_shard_file_name(name)) out.push_back(name);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
 }  // namespace
 
 size_t TensorInfo::numel() const {
@@ -643,8 +673,16 @@ Checkpoint Checkpoint::open(const std::filesystem::path& dir) {
         fail(index, t, "listed in weight_map under shard '" + s + "' but absent from it");
       }
     }
+    // A shard on disk that the index does not list would silently lose its tensors.
+    for (const auto& f : shard_files_on_disk(dir))
+      if (!names.count(f))
+        fail(index, "shard file '" + f + "' is in the directory but not in weight_map (its " +
+                        "tensors would be dropped)");
     return c;
   }
+  if (const auto stray = shard_files_on_disk(dir); !stray.empty())
+    fail(dir, "shard file '" + stray.front() + "' without model.safetensors.index.json (" +
+                  "the index that lists the shards is missing)");
   if (checkpoint_file_present(single)) {
     c.shard_names_.push_back("model.safetensors");
     c.shards_.push_back(SafetensorsFile::open(single));

@@ -105,7 +105,9 @@ void write_safetensors(const std::filesystem::path& p, const std::vector<OwnedTe
 // A model directory: model.safetensors, or shards listed in model.safetensors.index.json
 // ({"metadata":{"total_size":N},"weight_map":{tensor: shard}}). Validates that every shard in
 // the map exists and is a file name in the directory (no '/' or '..'), that each tensor of the
-// map is in its shard and no tensor is in two shards.
+// map is in its shard and no tensor is in two shards, and that every shard-named file in the
+// directory (STEM-NNNNN-of-NNNNN.safetensors) is in the map (a shard-named file without an index
+// is an error too). Other .safetensors files (e.g. consolidated.safetensors) are ignored.
 class Checkpoint {
  public:
   static Checkpoint open(const std::filesystem::path& dir);

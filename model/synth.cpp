@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <numbers>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -13,7 +14,9 @@
 #include <vector>
 
 #include "common/fs.h"
+#include "model/registry.h"
 #include "model/safetensors.h"
+#include "model/synth_internal.h"
 
 namespace loftqd::model {
 
@@ -147,23 +150,11 @@ const StudentT5& student_t5() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// What to write.
+// What to write: synth_archs.cpp.
 
-enum class Kind {
-  kLinear,       // structured weight: scaled heavy-tailed noise + low-rank part, std ~0.02
-  kEmbedding,    // heavy-tailed rows with log-normal row norms, std ~0.02
-  kNorm,         // ~1.0 + small noise
-  kBias,         // std 0.01
-  kZeros,        //
-  kPositionIds,  // I64 0..n-1
-};
-
-struct Def {
-  std::string name;
-  DType dtype;
-  std::vector<int64_t> shape;
-  Kind kind;
-};
+using synth_detail::Def;
+using synth_detail::Kind;
+using synth_detail::Vocab;
 
 size_t numel(const std::vector<int64_t>& shape) {
   size_t n = 1;
@@ -175,126 +166,32 @@ size_t nbytes(const Def& d) {
   return numel(d.shape) * dtype_size(d.dtype);
 }
 
-struct Builder {
-  DType dtype;
-  std::vector<Def> defs;
-  void linear(const std::string& name, int64_t out, int64_t in) {
-    defs.push_back({name, dtype, {out, in}, Kind::kLinear});
-  }
-  void linear_b(const std::string& prefix, int64_t out, int64_t in) {
-    linear(prefix + ".weight", out, in);
-    defs.push_back({prefix + ".bias", dtype, {out}, Kind::kBias});
-  }
-  void embedding(const std::string& name, int64_t rows, int64_t cols) {
-    defs.push_back({name, dtype, {rows, cols}, Kind::kEmbedding});
-  }
-  void rms_norm(const std::string& name, int64_t n) {
-    defs.push_back({name, dtype, {n}, Kind::kNorm});
-  }
-  void layer_norm(const std::string& prefix, int64_t n) {
-    defs.push_back({prefix + ".weight", dtype, {n}, Kind::kNorm});
-    defs.push_back({prefix + ".bias", dtype, {n}, Kind::kBias});
-  }
-};
-
-constexpr int kBartPositionOffset = 2;  // BartLearnedPositionalEmbedding keeps 2 extra rows
+constexpr int kMinVocab = 8;  // room for the tokenizer stub's special tokens
+constexpr int kLlamaMaxPositions = 2048;
 constexpr int kBartMaxPositions = 1024;
 constexpr int kBertMaxPositions = 512;
-constexpr int kLlamaMaxPositions = 2048;
-constexpr int kMinVocab = 8;  // room for the tokenizer stub's special tokens
-
-std::vector<Def> llama_defs(const SynthOptions& o) {
-  Builder b{o.dtype, {}};
-  const int64_t H = o.hidden, I = o.intermediate, V = o.vocab;
-  const int kv = o.kv_heads == 0 ? o.heads : o.kv_heads;
-  const int64_t kv_dim = static_cast<int64_t>(kv) * (H / o.heads);
-  b.embedding("model.embed_tokens.weight", V, H);
-  for (int i = 0; i < o.layers; ++i) {
-    const std::string p = "model.layers." + std::to_string(i) + ".";
-    b.linear(p + "self_attn.q_proj.weight", H, H);
-    b.linear(p + "self_attn.k_proj.weight", kv_dim, H);
-    b.linear(p + "self_attn.v_proj.weight", kv_dim, H);
-    b.linear(p + "self_attn.o_proj.weight", H, H);
-    b.linear(p + "mlp.gate_proj.weight", I, H);
-    b.linear(p + "mlp.up_proj.weight", I, H);
-    b.linear(p + "mlp.down_proj.weight", H, I);
-    b.rms_norm(p + "input_layernorm.weight", H);
-    b.rms_norm(p + "post_attention_layernorm.weight", H);
-  }
-  b.rms_norm("model.norm.weight", H);
-  b.linear("lm_head.weight", V, H);
-  return std::move(b.defs);
-}
-
-std::vector<Def> bart_defs(const SynthOptions& o) {
-  Builder b{o.dtype, {}};
-  const int64_t H = o.hidden, I = o.intermediate, V = o.vocab;
-  auto attention = [&](const std::string& p) {
-    // BartAttention declares k, v, q, out in this order.
-    b.linear_b(p + ".k_proj", H, H);
-    b.linear_b(p + ".v_proj", H, H);
-    b.linear_b(p + ".q_proj", H, H);
-    b.linear_b(p + ".out_proj", H, H);
-  };
-  b.embedding("model.shared.weight", V, H);
-  for (const char* part : {"encoder", "decoder"}) {
-    const std::string stack = std::string("model.") + part;
-    const bool decoder = std::string_view(part) == "decoder";
-    b.embedding(stack + ".embed_positions.weight", kBartMaxPositions + kBartPositionOffset, H);
-    for (int i = 0; i < o.layers; ++i) {
-      const std::string p = stack + ".layers." + std::to_string(i) + ".";
-      attention(p + "self_attn");
-      b.layer_norm(p + "self_attn_layer_norm", H);
-      if (decoder) {
-        attention(p + "encoder_attn");
-        b.layer_norm(p + "encoder_attn_layer_norm", H);
-      }
-      b.linear_b(p + "fc1", I, H);
-      b.linear_b(p + "fc2", H, I);
-      b.layer_norm(p + "final_layer_norm", H);
-    }
-    b.layer_norm(stack + ".layernorm_embedding", H);
-  }
-  b.defs.push_back({"final_logits_bias", o.dtype, {1, V}, Kind::kZeros});
-  return std::move(b.defs);
-}
-
-std::vector<Def> bert_defs(const SynthOptions& o) {
-  Builder b{o.dtype, {}};
-  const int64_t H = o.hidden, I = o.intermediate, V = o.vocab;
-  b.embedding("bert.embeddings.word_embeddings.weight", V, H);
-  b.embedding("bert.embeddings.position_embeddings.weight", kBertMaxPositions, H);
-  b.embedding("bert.embeddings.token_type_embeddings.weight", 2, H);
-  b.layer_norm("bert.embeddings.LayerNorm", H);
-  b.defs.push_back(
-      {"bert.embeddings.position_ids", DType::I64, {1, kBertMaxPositions}, Kind::kPositionIds});
-  for (int i = 0; i < o.layers; ++i) {
-    const std::string p = "bert.encoder.layer." + std::to_string(i) + ".";
-    b.linear_b(p + "attention.self.query", H, H);
-    b.linear_b(p + "attention.self.key", H, H);
-    b.linear_b(p + "attention.self.value", H, H);
-    b.linear_b(p + "attention.output.dense", H, H);
-    b.layer_norm(p + "attention.output.LayerNorm", H);
-    b.linear_b(p + "intermediate.dense", I, H);
-    b.linear_b(p + "output.dense", H, I);
-    b.layer_norm(p + "output.LayerNorm", H);
-  }
-  b.linear_b("bert.pooler.dense", H, H);
-  b.linear_b("classifier", 2, H);
-  return std::move(b.defs);
-}
 
 // ---------------------------------------------------------------------------------------------
 // Validation.
 
+std::string arch_list() {
+  std::string s;
+  for (const auto& a : synth_detail::arch_specs())
+    s += (s.empty() ? "" : ", ") + std::string(a.type);
+  return s;
+}
+
 void validate(const SynthOptions& o) {
   auto bad = [](const std::string& msg) { throw std::invalid_argument("synth: " + msg); };
-  if (o.arch != "llama" && o.arch != "bart" && o.arch != "bert")
-    bad("unknown arch '" + o.arch + "' (expected llama, bart or bert)");
+  const auto* spec = synth_detail::find_arch_spec(o.arch);
+  if (!spec) bad("unknown arch '" + o.arch + "' (expected one of " + arch_list() + ")");
   if (o.layers < 1) bad("layers must be >= 1, got " + std::to_string(o.layers));
+  if (o.decoder_layers < 0)
+    bad("decoder_layers must be >= 0, got " + std::to_string(o.decoder_layers));
   if (o.hidden <= 0) bad("hidden must be > 0, got " + std::to_string(o.hidden));
   if (o.intermediate <= 0) bad("intermediate must be > 0, got " + std::to_string(o.intermediate));
   if (o.heads <= 0) bad("heads must be > 0, got " + std::to_string(o.heads));
+  if (o.experts < 1) bad("experts must be >= 1, got " + std::to_string(o.experts));
   if (o.vocab < kMinVocab)
     bad("vocab must be >= " + std::to_string(kMinVocab) + ", got " + std::to_string(o.vocab));
   if (o.kv_heads < 0) bad("kv_heads must be >= 0, got " + std::to_string(o.kv_heads));
@@ -302,7 +199,9 @@ void validate(const SynthOptions& o) {
     bad("hidden (" + std::to_string(o.hidden) + ") must be divisible by heads (" +
         std::to_string(o.heads) + ")");
   if (o.kv_heads != 0 && o.kv_heads != o.heads) {
-    if (o.arch != "llama") bad("kv_heads (grouped-query attention) applies only to llama");
+    if (!spec->gqa)
+      bad("kv_heads (grouped-query attention) applies only to llama-like architectures, not " +
+          o.arch);
     if (o.heads % o.kv_heads != 0)
       bad("heads (" + std::to_string(o.heads) + ") must be divisible by kv_heads (" +
           std::to_string(o.kv_heads) + ")");
@@ -445,6 +344,15 @@ void gen_tensor(const Def& d, uint64_t base_seed, std::vector<float>& buf) {
       gen_linear(base_seed, tseed, static_cast<size_t>(d.shape[0]), static_cast<size_t>(d.shape[1]),
                  buf.data());
       break;
+    case Kind::kConv1D: {
+      // A linear layer's weight (out, in), stored transposed as Conv1D keeps it.
+      const size_t in = static_cast<size_t>(d.shape[0]), out = static_cast<size_t>(d.shape[1]);
+      std::vector<float> w(n);
+      gen_linear(base_seed, tseed, out, in, w.data());
+      for (size_t i = 0; i < out; ++i)
+        for (size_t j = 0; j < in; ++j) buf[j * out + i] = w[i * in + j];
+      break;
+    }
     case Kind::kEmbedding:
       gen_embedding(tseed, static_cast<size_t>(d.shape[0]), static_cast<size_t>(d.shape[1]),
                     buf.data());
@@ -507,150 +415,71 @@ std::string shard_name(int k, int n) {
   return buf;
 }
 
-std::string torch_dtype(DType t) {
-  switch (t) {
-    case DType::F16:
-      return "float16";
-    case DType::F32:
-      return "float32";
-    default:
-      return "bfloat16";
-  }
-}
-
-constexpr const char* kTransformersVersion = "4.44.2";
-
 // ---------------------------------------------------------------------------------------------
 // JSON side files.
-
-json llama_config(const SynthOptions& o) {
-  const int kv = o.kv_heads == 0 ? o.heads : o.kv_heads;
-  return json{{"architectures", {"LlamaForCausalLM"}},
-              {"attention_bias", false},
-              {"attention_dropout", 0.0},
-              {"bos_token_id", 1},
-              {"eos_token_id", 2},
-              {"head_dim", o.hidden / o.heads},
-              {"hidden_act", "silu"},
-              {"hidden_size", o.hidden},
-              {"initializer_range", 0.02},
-              {"intermediate_size", o.intermediate},
-              {"max_position_embeddings", kLlamaMaxPositions},
-              {"mlp_bias", false},
-              {"model_type", "llama"},
-              {"num_attention_heads", o.heads},
-              {"num_hidden_layers", o.layers},
-              {"num_key_value_heads", kv},
-              {"pretraining_tp", 1},
-              {"rms_norm_eps", 1e-05},
-              {"rope_scaling", nullptr},
-              {"rope_theta", 10000.0},
-              {"tie_word_embeddings", false},
-              {"torch_dtype", torch_dtype(o.dtype)},
-              {"transformers_version", kTransformersVersion},
-              {"use_cache", true},
-              {"vocab_size", o.vocab}};
-}
-
-json bart_config(const SynthOptions& o) {
-  return json{{"activation_dropout", 0.1},
-              {"activation_function", "gelu"},
-              {"add_bias_logits", false},
-              {"add_final_layer_norm", false},
-              {"architectures", {"BartForConditionalGeneration"}},
-              {"attention_dropout", 0.1},
-              {"bos_token_id", 0},
-              {"classifier_dropout", 0.0},
-              {"d_model", o.hidden},
-              {"decoder_attention_heads", o.heads},
-              {"decoder_ffn_dim", o.intermediate},
-              {"decoder_layerdrop", 0.0},
-              {"decoder_layers", o.layers},
-              {"decoder_start_token_id", 2},
-              {"dropout", 0.1},
-              {"encoder_attention_heads", o.heads},
-              {"encoder_ffn_dim", o.intermediate},
-              {"encoder_layerdrop", 0.0},
-              {"encoder_layers", o.layers},
-              {"eos_token_id", 2},
-              {"forced_bos_token_id", 0},
-              {"forced_eos_token_id", 2},
-              {"init_std", 0.02},
-              {"is_encoder_decoder", true},
-              {"max_position_embeddings", kBartMaxPositions},
-              {"model_type", "bart"},
-              {"normalize_before", false},
-              {"num_hidden_layers", o.layers},
-              {"pad_token_id", 1},
-              {"scale_embedding", false},
-              {"tie_word_embeddings", true},
-              {"torch_dtype", torch_dtype(o.dtype)},
-              {"transformers_version", kTransformersVersion},
-              {"use_cache", true},
-              {"vocab_size", o.vocab}};
-}
-
-json bert_config(const SynthOptions& o) {
-  return json{{"architectures", {"BertForSequenceClassification"}},
-              {"attention_probs_dropout_prob", 0.1},
-              {"classifier_dropout", nullptr},
-              {"hidden_act", "gelu"},
-              {"hidden_dropout_prob", 0.1},
-              {"hidden_size", o.hidden},
-              {"id2label", {{"0", "LABEL_0"}, {"1", "LABEL_1"}}},
-              {"initializer_range", 0.02},
-              {"intermediate_size", o.intermediate},
-              {"label2id", {{"LABEL_0", 0}, {"LABEL_1", 1}}},
-              {"layer_norm_eps", 1e-12},
-              {"max_position_embeddings", kBertMaxPositions},
-              {"model_type", "bert"},
-              {"num_attention_heads", o.heads},
-              {"num_hidden_layers", o.layers},
-              {"pad_token_id", 0},
-              {"position_embedding_type", "absolute"},
-              {"torch_dtype", torch_dtype(o.dtype)},
-              {"transformers_version", kTransformersVersion},
-              {"type_vocab_size", 2},
-              {"use_cache", true},
-              {"vocab_size", o.vocab}};
-}
 
 struct Specials {
   std::vector<std::string> tokens;  // id = index
   json map;                         // special_tokens_map.json
   json tokenizer_config;
+  std::string unk;
 };
 
-Specials specials(const SynthOptions& o) {
+Specials specials(Vocab v) {
   Specials s;
-  if (o.arch == "llama") {
-    s.tokens = {"<unk>", "<s>", "</s>"};
-    s.map = {{"bos_token", "<s>"}, {"eos_token", "</s>"}, {"unk_token", "<unk>"}};
-    s.tokenizer_config = {{"add_bos_token", true}, {"add_eos_token", false},
-                          {"bos_token", "<s>"},    {"clean_up_tokenization_spaces", false},
-                          {"eos_token", "</s>"},   {"model_max_length", kLlamaMaxPositions},
-                          {"pad_token", nullptr},  {"tokenizer_class", "PreTrainedTokenizerFast"},
-                          {"unk_token", "<unk>"}};
-  } else if (o.arch == "bart") {
-    s.tokens = {"<s>", "<pad>", "</s>", "<unk>", "<mask>"};
-    s.map = {{"bos_token", "<s>"},     {"cls_token", "<s>"},   {"eos_token", "</s>"},
-             {"mask_token", "<mask>"}, {"pad_token", "<pad>"}, {"sep_token", "</s>"},
-             {"unk_token", "<unk>"}};
-    s.tokenizer_config = s.map;
-    s.tokenizer_config["model_max_length"] = kBartMaxPositions;
-    s.tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast";
-  } else {
-    s.tokens = {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"};
-    s.map = {{"cls_token", "[CLS]"},
-             {"mask_token", "[MASK]"},
-             {"pad_token", "[PAD]"},
-             {"sep_token", "[SEP]"},
-             {"unk_token", "[UNK]"}};
-    s.tokenizer_config = s.map;
-    s.tokenizer_config["do_lower_case"] = true;
-    s.tokenizer_config["model_max_length"] = kBertMaxPositions;
-    s.tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast";
+  switch (v) {
+    case Vocab::Llama:
+      s.tokens = {"<unk>", "<s>", "</s>"};
+      s.map = {{"bos_token", "<s>"}, {"eos_token", "</s>"}, {"unk_token", "<unk>"}};
+      s.tokenizer_config = {{"add_bos_token", true}, {"add_eos_token", false},
+                            {"bos_token", "<s>"},    {"clean_up_tokenization_spaces", false},
+                            {"eos_token", "</s>"},   {"model_max_length", kLlamaMaxPositions},
+                            {"pad_token", nullptr},  {"tokenizer_class", "PreTrainedTokenizerFast"},
+                            {"unk_token", "<unk>"}};
+      s.unk = "<unk>";
+      return s;
+    case Vocab::Gpt2:
+      s.tokens = {"<|endoftext|>"};
+      s.map = {{"bos_token", "<|endoftext|>"},
+               {"eos_token", "<|endoftext|>"},
+               {"unk_token", "<|endoftext|>"}};
+      s.tokenizer_config = s.map;
+      s.tokenizer_config["model_max_length"] = kBartMaxPositions;
+      s.tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast";
+      s.unk = "<|endoftext|>";
+      return s;
+    case Vocab::Bart:
+      s.tokens = {"<s>", "<pad>", "</s>", "<unk>", "<mask>"};
+      s.map = {{"bos_token", "<s>"},     {"cls_token", "<s>"},   {"eos_token", "</s>"},
+               {"mask_token", "<mask>"}, {"pad_token", "<pad>"}, {"sep_token", "</s>"},
+               {"unk_token", "<unk>"}};
+      s.tokenizer_config = s.map;
+      s.tokenizer_config["model_max_length"] = kBartMaxPositions;
+      s.tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast";
+      s.unk = "<unk>";
+      return s;
+    case Vocab::T5:
+      s.tokens = {"<pad>", "</s>", "<unk>"};
+      s.map = {{"eos_token", "</s>"}, {"pad_token", "<pad>"}, {"unk_token", "<unk>"}};
+      s.tokenizer_config = s.map;
+      s.tokenizer_config["model_max_length"] = kBertMaxPositions;
+      s.tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast";
+      s.unk = "<unk>";
+      return s;
+    case Vocab::Bert:
+      break;
   }
+  s.tokens = {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"};
+  s.map = {{"cls_token", "[CLS]"},
+           {"mask_token", "[MASK]"},
+           {"pad_token", "[PAD]"},
+           {"sep_token", "[SEP]"},
+           {"unk_token", "[UNK]"}};
+  s.tokenizer_config = s.map;
+  s.tokenizer_config["do_lower_case"] = true;
+  s.tokenizer_config["model_max_length"] = kBertMaxPositions;
+  s.tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast";
+  s.unk = "[UNK]";
   return s;
 }
 
@@ -674,7 +503,6 @@ json tokenizer_json(const SynthOptions& o, const Specials& s) {
     if (id >= o.vocab) break;
     vocab[w] = id++;
   }
-  const std::string unk = o.arch == "llama" ? "<unk>" : o.arch == "bart" ? "<unk>" : "[UNK]";
   return json{{"version", "1.0"},
               {"truncation", nullptr},
               {"padding", nullptr},
@@ -683,20 +511,68 @@ json tokenizer_json(const SynthOptions& o, const Specials& s) {
               {"pre_tokenizer", {{"type", "Whitespace"}}},
               {"post_processor", nullptr},
               {"decoder", nullptr},
-              {"model", {{"type", "WordLevel"}, {"vocab", vocab}, {"unk_token", unk}}}};
+              {"model", {{"type", "WordLevel"}, {"vocab", vocab}, {"unk_token", s.unk}}}};
 }
 
 void write_json(const fs::path& p, const json& j) {
   write_file_atomic(p, j.dump(2) + "\n");
 }
 
+// A base-class save (LlamaModel, GPT2Model, ...): the task class's prefix stripped from every
+// key, its head dropped.
+std::vector<Def> as_base_class(std::vector<Def> defs, const Architecture& a) {
+  const std::string prefix = task_prefix(a);
+  std::vector<Def> out;
+  for (auto& d : defs) {
+    if (prefix.empty()) {
+      if (!d.name.starts_with("lm_head.")) out.push_back(std::move(d));
+    } else if (d.name.starts_with(prefix + ".")) {
+      d.name = d.name.substr(prefix.size() + 1);
+      out.push_back(std::move(d));
+    }
+  }
+  return out;
+}
+
+json config_json(const SynthOptions& opt, const synth_detail::ArchSpec& spec,
+                 const Architecture& a) {
+  json c = spec.config(opt);
+  if (opt.base_class) c["architectures"] = {a.base_class};
+  if (!opt.name_or_path.empty()) c["_name_or_path"] = opt.name_or_path;
+  return c;
+}
+
+// generation_config.json of the generative architectures (none for the encoders).
+std::optional<json> generation_config(const SynthOptions& opt, const Architecture& a,
+                                      const json& config) {
+  if (opt.arch == "llama")
+    return json{{"bos_token_id", 1},
+                {"eos_token_id", 2},
+                {"max_length", kLlamaMaxPositions},
+                {"transformers_version", synth_detail::kTransformersVersion}};
+  if (opt.arch == "bart")
+    return json{
+        {"bos_token_id", 0},         {"decoder_start_token_id", 2},
+        {"early_stopping", true},    {"eos_token_id", 2},
+        {"forced_bos_token_id", 0},  {"forced_eos_token_id", 2},
+        {"no_repeat_ngram_size", 3}, {"num_beams", 4},
+        {"pad_token_id", 1},         {"transformers_version", synth_detail::kTransformersVersion}};
+  if (a.task_type == "SEQ_CLS") return std::nullopt;
+  json g = {{"transformers_version", synth_detail::kTransformersVersion}};
+  for (const char* k : {"bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"})
+    if (config.contains(k)) g[k] = config[k];
+  return g;
+}
+
 }  // namespace
 
 void synth_checkpoint(const SynthOptions& opt, const fs::path& out_dir) {
   validate(opt);
-  const std::vector<Def> defs = opt.arch == "llama"  ? llama_defs(opt)
-                                : opt.arch == "bart" ? bart_defs(opt)
-                                                     : bert_defs(opt);
+  const auto& spec = *synth_detail::find_arch_spec(opt.arch);
+  const Architecture* arch = find_architecture(opt.arch);
+  if (!arch) throw std::logic_error("synth: '" + opt.arch + "' is not in the registry");
+  std::vector<Def> defs = spec.defs(opt);
+  if (opt.base_class) defs = as_base_class(std::move(defs), *arch);
   if (static_cast<size_t>(opt.shards) > defs.size())
     throw std::invalid_argument("synth: shards (" + std::to_string(opt.shards) +
                                 ") exceeds the number of tensors (" + std::to_string(defs.size()) +
@@ -740,33 +616,14 @@ void synth_checkpoint(const SynthOptions& opt, const fs::path& out_dir) {
                json{{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}});
   }
 
-  const Specials sp = specials(opt);
+  const Specials sp = specials(spec.vocab);
   write_json(out_dir / "tokenizer.json", tokenizer_json(opt, sp));
   write_json(out_dir / "tokenizer_config.json", sp.tokenizer_config);
   write_json(out_dir / "special_tokens_map.json", sp.map);
-  if (opt.arch == "llama") {
-    write_json(out_dir / "generation_config.json",
-               json{{"bos_token_id", 1},
-                    {"eos_token_id", 2},
-                    {"max_length", kLlamaMaxPositions},
-                    {"transformers_version", kTransformersVersion}});
-  } else if (opt.arch == "bart") {
-    write_json(out_dir / "generation_config.json",
-               json{{"bos_token_id", 0},
-                    {"decoder_start_token_id", 2},
-                    {"early_stopping", true},
-                    {"eos_token_id", 2},
-                    {"forced_bos_token_id", 0},
-                    {"forced_eos_token_id", 2},
-                    {"no_repeat_ngram_size", 3},
-                    {"num_beams", 4},
-                    {"pad_token_id", 1},
-                    {"transformers_version", kTransformersVersion}});
-  }
+  const json config = config_json(opt, spec, *arch);
+  if (auto g = generation_config(opt, *arch, config))
+    write_json(out_dir / "generation_config.json", *g);
   // config.json last: a directory with a config.json is complete.
-  const json config = opt.arch == "llama"  ? llama_config(opt)
-                      : opt.arch == "bart" ? bart_config(opt)
-                                           : bert_config(opt);
   write_json(out_dir / "config.json", config);
 }
 

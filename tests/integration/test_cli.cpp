@@ -9,6 +9,7 @@
 #include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "model/safetensors.h"
 #include "support/test_util.h"
@@ -137,11 +138,24 @@ TEST(Layout, PeftKeysShapesAndConfig) {
   EXPECT_EQ(a->shape, (std::vector<int64_t>{8, 128}));
   EXPECT_EQ(b->shape, (std::vector<int64_t>{128, 8}));
   EXPECT_EQ(ad->tensors().size(), 3u * 7u * 2u);
-  // 3 layers, --avg-bits 3: floor(3 * 1 / 2) = 1 layer at 4 bits.
+  // 3 equal layers, --avg-bits 3: half the parameters at 4 bits. Whole layers give 2.67 or 3.33
+  // bits, so layer 0 is 4-bit and layer 1 is split by module: q/k/v/o (4 x 128 x 128) at 4 bits
+  // is as close to half as the modules allow (gate_proj would overshoot by as much).
   const json lj = json::parse(slurp(tmp / "out" / "loftq.json"));
-  EXPECT_EQ(lj["format_version"], 1);
+  EXPECT_EQ(lj["format_version"], 2);
   EXPECT_TRUE(lj["source"]["repo"].is_null());
-  for (const auto& l : lj["layers"]) EXPECT_EQ(l["bits"], l["layer"] == 0 ? 4 : 2) << l["tensor"];
+  const std::set<std::string> attn = {"q_proj", "k_proj", "v_proj", "o_proj"};
+  double bits = 0, params = 0;
+  for (const auto& l : lj["layers"]) {
+    const bool four = l["layer"] == 0 || (l["layer"] == 1 && attn.count(l["module"]));
+    EXPECT_EQ(l["bits"], four ? 4 : 2) << l["tensor"];
+    const double n = l["shape"][0].get<double>() * l["shape"][1].get<double>();
+    bits += l["bits"].get<double>() * n;
+    params += n;
+  }
+  EXPECT_NEAR(bits / params, 3.0, 0.07);
+  EXPECT_NEAR(lj["avg_bits"]["achieved"].get<double>(), bits / params, 1e-9);
+  EXPECT_EQ(lj["bit_plan_spec"], "0:4,1-:2,q_proj+k_proj+v_proj+o_proj@1:4");
   EXPECT_EQ(lj["bnb_nf4_reload_exact"], true);
   // Non-target tensors are byte-identical; copied files too.
   auto in = model::SafetensorsFile::open(tmp / "model" / "model.safetensors");
@@ -431,4 +445,74 @@ TEST(Cli, StaleStagingDirectoriesOfDeadRunsAreRemoved) {
   ASSERT_EQ(q.exit_code, 0) << q.out;
   EXPECT_FALSE(fs::exists(tmp / ".out.staging-99999999"));
   EXPECT_FALSE(leftovers(tmp.path()));
+}
+
+// Registry architectures end to end through the binary: synth (with the flags for fused, MoE,
+// Conv1D, encoder-decoder and base-class saves) -> quantize with the default targets -> verify.
+struct ArchCase {
+  std::string name;
+  std::vector<std::string> synth_flags;
+};
+
+class ArchRoundTrip : public ::testing::TestWithParam<ArchCase> {};
+
+TEST_P(ArchRoundTrip, DefaultTargetsQuantizeAndVerify) {
+  TempDir tmp;
+  std::vector<std::string> s = {"synth", "--layers", "2", "--hidden", "64", "--intermediate",
+                                "128",   "--heads",  "4", "--vocab",  "64", "--dtype",
+                                "f32"};
+  s.insert(s.end(), GetParam().synth_flags.begin(), GetParam().synth_flags.end());
+  s.push_back((tmp / "model").string());
+  auto r = run_loftqd(s);
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  auto q = run_loftqd(quantize_args(tmp / "model", tmp / "out", {"--repo-id", "org/x"}));
+  ASSERT_EQ(q.exit_code, 0) << q.out;
+  auto v = run_loftqd({"verify", (tmp / "out").string(), "--original", (tmp / "model").string()});
+  EXPECT_EQ(v.exit_code, 0) << v.out;
+  EXPECT_THAT(v.out, HasSubstr("valid LoftQ layout"));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Registry, ArchRoundTrip,
+    ::testing::Values(ArchCase{"phi3", {"--arch", "phi3", "--kv-heads", "2"}},
+                      ArchCase{"mixtral", {"--arch", "mixtral", "--experts", "2"}},
+                      ArchCase{"qwen2_moe", {"--arch", "qwen2_moe", "--experts", "2"}},
+                      ArchCase{"gpt2", {"--arch", "gpt2"}},
+                      ArchCase{"gpt2_base", {"--arch", "gpt2", "--base-class"}},
+                      ArchCase{"llama_base", {"--arch", "llama", "--base-class"}},
+                      ArchCase{"t5", {"--arch", "t5", "--decoder-layers", "3"}},
+                      ArchCase{"distilbart", {"--arch", "bart", "--decoder-layers", "1"}},
+                      ArchCase{"deberta_v2", {"--arch", "deberta-v2"}},
+                      ArchCase{"falcon", {"--arch", "falcon"}}),
+    [](const ::testing::TestParamInfo<ArchCase>& i) { return i.param.name; });
+
+TEST(Cli, RegistryErrorsAndWarnings) {
+  TempDir tmp;
+  auto r = run_loftqd({"synth", "--arch", "mixtral", "--layers", "2", "--hidden", "64",
+                       "--intermediate", "128", "--heads", "4", "--vocab", "64", "--experts", "2",
+                       (tmp / "moe").string()});
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  // The routers are left out, and the run says so.
+  auto q = run_loftqd(quantize_args(tmp / "moe", tmp / "out", {"--repo-id", "org/x"}));
+  ASSERT_EQ(q.exit_code, 0) << q.out;
+  EXPECT_THAT(q.out, HasSubstr("weight(s) 'gate'"));
+  EXPECT_THAT(q.out, HasSubstr("20 target weights quantized"));
+  // Non-Linear targets: exit 2 naming the module.
+  q = run_loftqd(
+      quantize_args(tmp / "moe", tmp / "o2", {"--target-modules", "q_proj,embed_tokens"}));
+  EXPECT_EQ(q.exit_code, 2) << q.out;
+  EXPECT_THAT(q.out, HasSubstr("'embed_tokens' matches 'model.embed_tokens'"));
+  q = run_loftqd(quantize_args(tmp / "moe", tmp / "o2", {"--target-modules", "gate"}));
+  EXPECT_EQ(q.exit_code, 2) << q.out;
+  EXPECT_THAT(q.out, HasSubstr("router"));
+  // An unknown model_type: exit 2, the candidates and the flag.
+  json cfg = json::parse(slurp(tmp / "moe" / "config.json"));
+  cfg["model_type"] = "mystery";
+  spit(tmp / "moe" / "config.json", cfg.dump());
+  q = run_loftqd(quantize_args(tmp / "moe", tmp / "o3", {}));
+  EXPECT_EQ(q.exit_code, 2) << q.out;
+  EXPECT_THAT(q.out, HasSubstr("pass --target-modules"));
+  EXPECT_THAT(q.out, HasSubstr("w1 (4 x [128, 64])"));
+  EXPECT_FALSE(fs::exists(tmp / "o2"));
+  EXPECT_FALSE(fs::exists(tmp / "o3"));
 }

@@ -704,6 +704,45 @@ TEST(Checkpoint, TensorMappedToTheWrongShard) {
   expect_checkpoint_rejected(dir, {"tensor 'a'", "absent"});
 }
 
+TEST(Checkpoint, ShardOnDiskButNotInTheIndex) {
+  // The index lists two shards, a third one lies beside them: its tensors would vanish.
+  TempDir dir;
+  write_u8_shard(dir / "model-00001-of-00003.safetensors", {"a"});
+  write_u8_shard(dir / "model-00002-of-00003.safetensors", {"b"});
+  write_u8_shard(dir / "model-00003-of-00003.safetensors", {"layers.3.w"});
+  spit(dir / "model.safetensors.index.json",
+       index_json(
+           {{"a", "model-00001-of-00003.safetensors"}, {"b", "model-00002-of-00003.safetensors"}}));
+  expect_checkpoint_rejected(
+      dir,
+      {"model.safetensors.index.json: ", "model-00003-of-00003.safetensors", "not in weight_map"});
+}
+
+TEST(Checkpoint, ShardFilesWithoutAnIndex) {
+  TempDir dir;
+  write_u8_shard(dir / kShard1, {"a"});
+  write_u8_shard(dir / kShard2, {"b"});
+  expect_checkpoint_rejected(dir, {kShard1, "without model.safetensors.index.json"});
+  write_u8_shard(dir / "model.safetensors", {"a", "b"});  // still ambiguous
+  expect_checkpoint_rejected(dir, {kShard1, "without model.safetensors.index.json"});
+}
+
+TEST(Checkpoint, UnrelatedSafetensorsFilesAreIgnored) {
+  // Mistral's repos carry consolidated.safetensors (the reference implementation's format)
+  // beside the transformers checkpoint.
+  TempDir dir;
+  write_u8_shard(dir / kShard1, {"a"});
+  write_u8_shard(dir / kShard2, {"b"});
+  write_u8_shard(dir / "consolidated.safetensors", {"tok_embeddings.weight"});
+  write_u8_shard(dir / "adapter-of-x.safetensors", {"z"});
+  spit(dir / "model.safetensors.index.json", index_json({{"a", kShard1}, {"b", kShard2}}));
+  EXPECT_EQ(Checkpoint::open(dir.path()).all_tensors().size(), 2u);
+  TempDir single;
+  write_u8_shard(single / "model.safetensors", {"a"});
+  write_u8_shard(single / "consolidated.safetensors", {"tok_embeddings.weight"});
+  EXPECT_EQ(Checkpoint::open(single.path()).all_tensors().size(), 1u);
+}
+
 TEST(Checkpoint, ShardTensorNotInWeightMap) {
   TempDir dir;
   write_u8_shard(dir / kShard1, {"a", "extra"});

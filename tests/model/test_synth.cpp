@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -13,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "model/naming.h"
+#include "model/registry.h"
 #include "model/safetensors.h"
 #include "support/test_util.h"
 
@@ -535,7 +538,7 @@ TEST(SynthOptionsCheck, BadOptionsThrowWithClearMessages) {
                           o.arch = "bert";
                           o.kv_heads = 2;
                         }),
-                        "only to llama");
+                        "grouped-query");
   expect_throw_with<IA>(with([](SynthOptions& o) { o.shards = 0; }), "shards must be >= 1");
   expect_throw_with<IA>(with([](SynthOptions& o) { o.shards = 1000; }), "number of tensors");
   expect_throw_with<IA>(with([](SynthOptions& o) { o.dtype = DType::I32; }), "dtype");
@@ -559,6 +562,194 @@ TEST(SynthOptionsCheck, OutputDirectoryMustBeEmpty) {
   EXPECT_TRUE(fs::exists(tmp / "empty" / "config.json"));
   EXPECT_NO_THROW(synth_checkpoint(o, tmp / "a" / "b" / "c"));
   EXPECT_TRUE(fs::exists(tmp / "a" / "b" / "c" / "model.safetensors"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every registry architecture, with transformers' key names and config.json fields.
+
+SynthOptions tiny(const std::string& arch) {
+  SynthOptions o;
+  o.arch = arch;
+  o.layers = 2;
+  o.hidden = 64;
+  o.intermediate = 96;
+  o.heads = 4;
+  o.vocab = 64;
+  o.experts = 3;
+  o.dtype = DType::F32;
+  return o;
+}
+
+class SynthEveryArch : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(SynthEveryArch, OpensWithTheTaskClassNamesAndConsistentDepths) {
+  TempDir tmp;
+  const SynthOptions o = tiny(GetParam());
+  synth_checkpoint(o, tmp / "m");
+  const auto ck = Checkpoint::open(tmp / "m");
+  const json c = read_json(tmp / "m" / "config.json");
+  const Architecture& a = *find_architecture(o.arch);
+  EXPECT_EQ(c["model_type"], o.arch);
+  EXPECT_EQ(c["architectures"], json::array({a.task_class}));
+  EXPECT_EQ(c["torch_dtype"], "float32");
+  std::vector<std::string> names;
+  for (const auto& [shard, t] : ck.all_tensors()) names.push_back(t->name);
+  EXPECT_FALSE(is_base_class_save(a, names));
+  // Every stack holds o.layers layers, as config.json says; every 2-D weight inside the blocks
+  // is a default target or a router: the defaults leave nothing the loader quantizes behind.
+  std::vector<std::set<int>> seen(a.stacks.size());
+  size_t targets = 0;
+  for (const auto& n : names) {
+    const std::string module = module_path(n);
+    const auto pos = locate_layer(a, module);
+    if (pos) seen[pos->stack].insert(pos->layer);
+    if (is_target_weight(n, a.targets)) ++targets;
+    const auto& t = *ck.shard(0).find(n);
+    if (pos && n.ends_with(".weight") && t.shape.size() == 2 && !is_target_weight(n, a.targets)) {
+      const NeverTarget* never = never_target(a, module);
+      EXPECT_TRUE(never && never->kind != NeverKind::Head) << o.arch << ": " << n;
+    }
+  }
+  EXPECT_GT(targets, 0u);
+  for (size_t i = 0; i < a.stacks.size(); ++i) {
+    EXPECT_EQ(config_depth(a.stacks[i], c), 2) << o.arch << " " << a.stacks[i].name;
+    EXPECT_EQ(seen[i], (std::set<int>{0, 1})) << o.arch << " " << a.stacks[i].path;
+  }
+  const json t = read_json(tmp / "m" / "tokenizer.json");
+  for (const auto& [tok, id] : t["model"]["vocab"].items()) EXPECT_LT(id.get<int>(), o.vocab);
+}
+
+INSTANTIATE_TEST_SUITE_P(Registry, SynthEveryArch, ::testing::ValuesIn([] {
+                           std::vector<std::string> v;
+                           for (const auto& a : architectures()) v.push_back(a.model_type);
+                           return v;
+                         }()),
+                         [](const ::testing::TestParamInfo<std::string>& i) {
+                           std::string n = i.param;
+                           for (char& ch : n)
+                             if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+                           return n;
+                         });
+
+TEST(SynthArchs, FusedMoeAndConv1DShapes) {
+  TempDir tmp;
+  SynthOptions o = tiny("phi3");
+  o.kv_heads = 2;  // head_dim 16: qkv_proj = 64 + 2 * 32 rows
+  synth_checkpoint(o, tmp / "phi3");
+  auto m = listing(Checkpoint::open(tmp / "phi3"));
+  expect_shape(m, "model.layers.1.self_attn.qkv_proj.weight", {128, 64});
+  expect_shape(m, "model.layers.1.mlp.gate_up_proj.weight", {192, 64});
+  expect_shape(m, "model.layers.1.mlp.down_proj.weight", {64, 96});
+
+  synth_checkpoint(tiny("mixtral"), tmp / "mixtral");
+  m = listing(Checkpoint::open(tmp / "mixtral"));
+  expect_shape(m, "model.layers.0.block_sparse_moe.gate.weight", {3, 64});
+  expect_shape(m, "model.layers.0.block_sparse_moe.experts.2.w1.weight", {96, 64});
+  expect_shape(m, "model.layers.0.block_sparse_moe.experts.2.w2.weight", {64, 96});
+  EXPECT_EQ(m.count("model.layers.0.block_sparse_moe.experts.3.w1.weight"), 0u);
+  EXPECT_EQ(read_json(tmp / "mixtral" / "config.json")["num_local_experts"], 3);
+
+  synth_checkpoint(tiny("qwen2_moe"), tmp / "qmoe");
+  m = listing(Checkpoint::open(tmp / "qmoe"));
+  expect_shape(m, "model.layers.0.mlp.shared_expert_gate.weight", {1, 64});
+  expect_shape(m, "model.layers.0.mlp.shared_expert.up_proj.weight", {192, 64});
+  expect_shape(m, "model.layers.0.mlp.experts.0.down_proj.weight", {64, 96});
+  expect_shape(m, "model.layers.0.self_attn.q_proj.bias", {64});
+
+  // GPT-2's Conv1D weights are stored (in, out).
+  synth_checkpoint(tiny("gpt2"), tmp / "gpt2");
+  m = listing(Checkpoint::open(tmp / "gpt2"));
+  expect_shape(m, "transformer.h.0.attn.c_attn.weight", {64, 192});
+  expect_shape(m, "transformer.h.0.attn.c_attn.bias", {192});
+  expect_shape(m, "transformer.h.0.mlp.c_fc.weight", {64, 96});
+  expect_shape(m, "transformer.h.0.mlp.c_proj.weight", {96, 64});
+  EXPECT_EQ(m.count("lm_head.weight"), 0u);  // tied to wte
+  const json g = read_json(tmp / "gpt2" / "config.json");
+  EXPECT_EQ(g["n_layer"], 2);
+  EXPECT_EQ(g["n_embd"], 64);
+
+  synth_checkpoint(tiny("falcon"), tmp / "falcon");
+  m = listing(Checkpoint::open(tmp / "falcon"));
+  expect_shape(m, "transformer.h.0.self_attention.query_key_value.weight", {96, 64});  // MQA
+}
+
+TEST(SynthArchs, EncoderDecoderDepthsAndT5Layout) {
+  TempDir tmp;
+  SynthOptions o = tiny("bart");
+  o.layers = 4;
+  o.decoder_layers = 2;  // distilBART-like: deeper encoder
+  synth_checkpoint(o, tmp / "bart");
+  const json c = read_json(tmp / "bart" / "config.json");
+  EXPECT_EQ(c["encoder_layers"], 4);
+  EXPECT_EQ(c["decoder_layers"], 2);
+  auto m = listing(Checkpoint::open(tmp / "bart"));
+  EXPECT_EQ(m.count("model.encoder.layers.3.fc1.weight"), 1u);
+  EXPECT_EQ(m.count("model.decoder.layers.2.fc1.weight"), 0u);
+
+  o = tiny("t5");
+  o.decoder_layers = 3;
+  synth_checkpoint(o, tmp / "t5");
+  const json t = read_json(tmp / "t5" / "config.json");
+  EXPECT_EQ(t["num_layers"], 2);
+  EXPECT_EQ(t["num_decoder_layers"], 3);
+  EXPECT_EQ(t["feed_forward_proj"], "gated-gelu");
+  m = listing(Checkpoint::open(tmp / "t5"));
+  expect_shape(m, "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", {32, 4});
+  EXPECT_EQ(m.count("encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight"), 0u);
+  expect_shape(m, "decoder.block.2.layer.1.EncDecAttention.o.weight", {64, 64});
+  expect_shape(m, "decoder.block.2.layer.2.DenseReluDense.wi_1.weight", {96, 64});
+  expect_shape(m, "encoder.block.1.layer.1.DenseReluDense.wo.weight", {64, 96});
+
+  synth_checkpoint(tiny("mbart"), tmp / "mbart");
+  m = listing(Checkpoint::open(tmp / "mbart"));
+  EXPECT_EQ(m.count("model.encoder.layer_norm.weight"), 1u);
+  EXPECT_EQ(m.count("model.decoder.layer_norm.bias"), 1u);
+}
+
+TEST(SynthArchs, BaseClassSavesDropThePrefixAndTheHead) {
+  TempDir tmp;
+  SynthOptions o = tiny("llama");
+  o.base_class = true;
+  o.name_or_path = "meta-llama/Llama-2-7b-hf";
+  synth_checkpoint(o, tmp / "llama");
+  const json c = read_json(tmp / "llama" / "config.json");
+  EXPECT_EQ(c["architectures"], json::array({"LlamaModel"}));
+  EXPECT_EQ(c["_name_or_path"], "meta-llama/Llama-2-7b-hf");
+  auto m = listing(Checkpoint::open(tmp / "llama"));
+  EXPECT_EQ(m.count("layers.0.self_attn.q_proj.weight"), 1u);
+  EXPECT_EQ(m.count("embed_tokens.weight"), 1u);
+  EXPECT_EQ(m.count("lm_head.weight"), 0u);
+  for (const auto& [name, e] : m) EXPECT_FALSE(name.starts_with("model.")) << name;
+
+  o = tiny("gpt2");
+  o.base_class = true;
+  synth_checkpoint(o, tmp / "gpt2");
+  m = listing(Checkpoint::open(tmp / "gpt2"));
+  EXPECT_EQ(m.count("h.1.attn.c_attn.weight"), 1u);
+  EXPECT_EQ(m.count("wte.weight"), 1u);
+
+  o = tiny("t5");  // no prefix: the head goes, the names stay
+  o.base_class = true;
+  synth_checkpoint(o, tmp / "t5");
+  m = listing(Checkpoint::open(tmp / "t5"));
+  EXPECT_EQ(m.count("lm_head.weight"), 0u);
+  EXPECT_EQ(m.count("encoder.block.0.layer.0.SelfAttention.q.weight"), 1u);
+}
+
+TEST(SynthArchs, Conv1DWeightsAreTransposedLinearWeights) {
+  // The (in, out) weight read transposed has the row structure of a linear weight (out, in):
+  // a row scale per output, column outliers per input channel.
+  TempDir tmp;
+  SynthOptions o = tiny("gpt2");
+  o.hidden = 128;
+  o.intermediate = 256;
+  synth_checkpoint(o, tmp / "m");
+  const auto ck = Checkpoint::open(tmp / "m");
+  const auto w = read_tensor(ck, "transformer.h.0.mlp.c_fc.weight");  // (128, 256)
+  ASSERT_EQ(w.size(), 128u * 256u);
+  const Moments mo = moments(w);
+  EXPECT_NEAR(mo.std, 0.02, 0.012);
+  EXPECT_GT(mo.kurtosis, 3.5);
 }
 
 }  // namespace
