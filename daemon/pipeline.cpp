@@ -320,10 +320,14 @@ bool Pipeline::quantize(const JobContext& ctx, const config::RepoConfig& rc,
     opt_.metrics->step_finished("quantize", qr.seconds);
     opt_.metrics->job_progress(0, 0);
   }
+  // What the user must know (weights left out in full precision, ...): at warn, with the job.
+  for (const auto& w : qr.warnings)
+    log(ctx.tag + " step=quantize warning=\"" + w + "\"", spdlog::level::warn);
   // qr.layers holds one entry per quantized target tensor.
   log(ctx.tag + " step=quantize done tensors=" + std::to_string(qr.layers.size()) +
-      " tensors_resumed=" + std::to_string(qr.resumed) + " device=\"" + chosen +
-      "\" seconds=" + std::to_string(qr.seconds));
+      " tensors_resumed=" + std::to_string(qr.resumed) + " left_out=" +
+      std::to_string(qr.loftq_json.value("left_out", nlohmann::json::array()).size()) +
+      " device=\"" + chosen + "\" seconds=" + std::to_string(qr.seconds));
   return true;
 }
 

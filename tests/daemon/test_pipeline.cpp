@@ -37,7 +37,8 @@ constexpr const char* kWriteToken = "pipeline-test-write-token";
 
 class PipelineTest : public ::testing::Test {
  protected:
-  PipelineTest() : up_(tmp_.path()) {
+  explicit PipelineTest(loftqd::model::SynthOptions so = Upstream::small())
+      : up_(tmp_.path(), 0, so) {
     loftqd::mirror::MirrorOptions mo;
     mo.store = tmp_ / "store";
     mo.port = 0;
@@ -86,7 +87,32 @@ class PipelineTest : public ::testing::Test {
   std::string problems_;  // the lines logged at warn or above
 };
 
+// An upstream Mixtral: its routers are left out (kept in full precision), which the job says.
+class PipelineMixtralTest : public PipelineTest {
+ protected:
+  PipelineMixtralTest() : PipelineTest(mixtral()) {}
+  static loftqd::model::SynthOptions mixtral() {
+    auto so = Upstream::small();
+    so.arch = "mixtral";
+    so.experts = 2;
+    return so;
+  }
+};
+
 }  // namespace
+
+// The weights a job leaves out are logged at warn with the job, and counted in its done line.
+TEST_F(PipelineMixtralTest, LeftOutWeightsAreWarnedAboutWithTheJob) {
+  const auto cfg = config();
+  Pipeline p(cfg, *db_, options(cfg));
+  const SyncReport r = p.sync_once();
+  ASSERT_TRUE(r.ok()) << ::testing::PrintToString(r.errors) << log_;
+  EXPECT_EQ(r.jobs_done, 1);
+  EXPECT_THAT(problems_, HasSubstr("step=quantize warning="));
+  EXPECT_THAT(problems_, HasSubstr("'gate'"));
+  EXPECT_THAT(problems_, HasSubstr("llm_int8_skip_modules"));
+  EXPECT_THAT(log_, HasSubstr(" left_out=2 "));  // one router per layer, 2 layers
+}
 
 TEST_F(PipelineTest, CheckRepoEnqueuesOncePerCommitAndConfigHash) {
   const auto cfg = config();
@@ -174,6 +200,7 @@ TEST_F(PipelineTest, AJobRunsThroughItsStepsToDoneAndFreesItsWorkDir) {
   EXPECT_TRUE(fs::exists(tmp_ / "store" / "models--me--tiny-loftq" / "snapshots" /
                          job.published_commit / "loftq.json"));
   EXPECT_EQ(problems_, "");  // nothing at warn or above for a clean run
+  EXPECT_THAT(log_, HasSubstr(" left_out=0 "));
   // A second pass finds nothing new.
   const SyncReport again = p.sync_once();
   EXPECT_EQ(again.jobs_enqueued + again.jobs_done + again.jobs_failed, 0);
