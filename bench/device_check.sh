@@ -4,17 +4,26 @@
 #   1. PEFT reference check (bench/peft_check.py): a small synthetic llama quantized by loftqd
 #      (T=1 and T=5, exact SVD, 4/2-bit plan) compared with PEFT's NFQuantizer, SVD and
 #      loftq_init; PeftModel loads the layout, also from loftqd's mirror through HF_ENDPOINT;
-#   2. bench/gpu_check.sh --prebuilt: CUDA parity tests, per-matrix CUDA vs CPU timings, and the
-#      7B-shaped model end to end (skipped with --skip-model).
-# Logs go to $OUT (device_check.log, gpu_check.log, peft_check.json). Exit 1 if a step failed.
-# Usage: bench/device_check.sh [--skip-model] [--bundle .device/bundle.tar.xz]
+#   2. PEFT architecture sweep (bench/peft_arch_check.py, at most 200 s): every registry
+#      architecture (`loftqd synth --help` lists them) plus a base-class llama save and a bart with
+#      fewer decoder than encoder layers, each small, quantized by loftqd on the CPU (rank 8, T=2)
+#      and loaded with the real transformers + PEFT (+ bitsandbytes NF4): keys, effective weights,
+#      one forward pass; the table for docs/compatibility.md goes to $OUT/compatibility_table.md;
+#   3. bench/gpu_check.sh --prebuilt, with the time left of the 540 s: CUDA parity tests,
+#      per-matrix CUDA vs CPU timings, and the 7B-shaped model end to end (skipped with
+#      --skip-model).
+# Logs go to $OUT (device_check.log, gpu_check.log, peft_check.json, peft_arch_check.jsonl,
+# compatibility_table.md). Exit 1 if a step failed.
+# Usage: bench/device_check.sh [--skip-model] [--skip-arch-sweep] [--bundle .device/bundle.tar.xz]
 set -uo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 bundle="$repo/.device/bundle.tar.xz"
 gpu_args=()
+skip_sweep=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --skip-model) gpu_args+=(--skip-model); shift ;;
+    --skip-arch-sweep) skip_sweep=1; shift ;;
     --bundle) bundle="$2"; shift 2 ;;
     *) echo "device_check.sh: unknown option '$1'" >&2; exit 2 ;;
   esac
@@ -62,9 +71,59 @@ else
   echo "FAILED: synth/quantize for the PEFT check"; cat "$p"/*.log 2>/dev/null | tail -20; status=1
 fi
 
+echo "=== [$(( $(date +%s) - t0 )) s] PEFT architecture sweep"
+# At most 200 s, and never the last 60 s of the budget (gpu_check needs them to say anything).
+sweep_limit=$(( 540 - 60 - ($(date +%s) - t0) ))
+[ "$sweep_limit" -gt 200 ] && sweep_limit=200
+if [ "$skip_sweep" = 1 ]; then
+  echo "(skipped: --skip-arch-sweep)"
+elif [ "$sweep_limit" -lt 30 ]; then
+  echo "FAILED: no time left for the architecture sweep (${sweep_limit} s)"; status=1
+else
+  a="$work/arch"
+  mkdir -p "$a"
+  rm -f "$out/peft_arch_check.jsonl"
+  archs=$("$L" synth --help 2>/dev/null | sed -n 's/.*--arch TEXT:{\([^}]*\)}.*/\1/p' | tr ',' ' ')
+  [ -n "$archs" ] || archs="bart bert deberta-v2 falcon gemma gemma2 gpt2 gpt_neox llama mbart mistral mixtral mt5 opt phi phi3 qwen2 qwen2_moe qwen3 roberta starcoder2 t5"
+  small=(--hidden 128 --intermediate 256 --heads 4 --vocab 512 --seed 1)
+  cases=()
+  labels=()
+  # add_case LABEL ARCH LAYERS [synth options]: a failed synth/quantize is logged here and
+  # reported by the script as missing files, so the table still has its row.
+  add_case() {
+    local label="$1" arch="$2" layers="$3"; shift 3
+    if ! "$L" synth --arch "$arch" --layers "$layers" "${small[@]}" "$@" "$a/$label-in" >"$a/$label.synth.log" 2>&1; then
+      echo "FAILED: synth --arch $arch ($label): $(tail -1 "$a/$label.synth.log")"
+    elif ! "$L" quantize --device cpu --rank 8 --iters 2 "$a/$label-in" "$a/$label-out" >"$a/$label.quantize.log" 2>&1; then
+      echo "FAILED: quantize $label: $(tail -1 "$a/$label.quantize.log")"
+    fi
+    cases+=(--case "$label" "$arch" "$a/$label-in" "$a/$label-out")
+    labels+=("$label")
+  }
+  for arch in $archs; do
+    case "$arch" in
+      mixtral|qwen2_moe) add_case "$arch" "$arch" 2 --experts 4 ;;
+      *) add_case "$arch" "$arch" 2 ;;
+    esac
+  done
+  add_case llama-base-class llama 2 --base-class
+  add_case bart-3+1-layers bart 3 --decoder-layers 1
+  echo "(${#labels[@]} cases written in $(( $(date +%s) - t0 )) s; the sweep gets ${sweep_limit} s)"
+  PYTHONUNBUFFERED=1 timeout "$sweep_limit" python3 "$repo/bench/peft_arch_check.py" "${cases[@]}" \
+    --json-out "$out/peft_arch_check.jsonl" || status=1
+  machine=$(nvidia-smi -L 2>/dev/null | sed 's/ (UUID[^)]*)//' | paste -sd ';' -)
+  python3 "$repo/bench/peft_arch_check.py" --table "$out/peft_arch_check.jsonl" --expect "${labels[@]}" \
+    --machine "${machine:-no nvidia-smi}" >"$out/compatibility_table.md" || status=1
+  cat "$out/compatibility_table.md"
+fi
+
 echo "=== [$(( $(date +%s) - t0 )) s] GPU check"
 left=$(( 540 - ($(date +%s) - t0) ))
 echo "(gpu_check gets ${left} s)"
-OUT="$out" timeout "$left" bash "$repo/bench/gpu_check.sh" --prebuilt "$b" --workdir "$work/gpu" "${gpu_args[@]}" || status=1
+if [ "$left" -lt 30 ]; then
+  echo "FAILED: no time left for gpu_check (${left} s)"; status=1
+else
+  OUT="$out" timeout "$left" bash "$repo/bench/gpu_check.sh" --prebuilt "$b" --workdir "$work/gpu" "${gpu_args[@]}" || status=1
+fi
 echo "=== device_check done in $(( $(date +%s) - t0 )) s; status $status"
 exit $status
