@@ -10,6 +10,7 @@
 #include <functional>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "quant/cuda_backend.h"
@@ -172,3 +173,31 @@ TEST(Device, MakeBackendsAddsACpuFallbackOnlyOffTheCpu) {
     EXPECT_EQ(any.fallback()->name(), "cpu");
   }
 }
+
+namespace loftqd::quant {
+namespace {
+
+// How many matrices at once: the request (0 = one per core), bounded by memory, at least one.
+TEST(CpuJobs, RequestCoresAndMemoryBound) {
+  const unsigned hc = std::thread::hardware_concurrency();
+  const int cores = hc == 0 ? 1 : static_cast<int>(hc);
+  EXPECT_EQ(cpu_jobs(0, 0, 0), cores);
+  EXPECT_EQ(cpu_jobs(4, 0, 0), 4);             // no working-set estimate: the request
+  EXPECT_EQ(cpu_jobs(4, 100, 250), 2);         // memory holds two
+  EXPECT_EQ(cpu_jobs(3, 100, 50), 1);          // not even one: still one
+  EXPECT_EQ(cpu_jobs(2, 100, 1000), 2);        // the request when memory allows more
+  EXPECT_EQ(cpu_jobs(0, 100, 100000), cores);  // one per core
+}
+
+TEST(CpuJobs, WorkersAreSeparateCpuBackends) {
+  CpuWorkers w(3);
+  const auto b = w.backends();
+  ASSERT_EQ(b.size(), 3u);
+  EXPECT_NE(b[0], b[1]);
+  EXPECT_NE(b[1], b[2]);
+  for (auto* be : b) EXPECT_EQ(be->name(), "cpu");
+  EXPECT_EQ(CpuWorkers(0).backends().size(), 1u);
+}
+
+}  // namespace
+}  // namespace loftqd::quant
