@@ -7,6 +7,7 @@
 
 #include "support/test_util.h"
 
+#include <cmath>
 #include <functional>
 #include <stdexcept>
 #include <string>
@@ -197,6 +198,35 @@ TEST(CpuJobs, WorkersAreSeparateCpuBackends) {
   EXPECT_NE(b[1], b[2]);
   for (auto* be : b) EXPECT_EQ(be->name(), "cpu");
   EXPECT_EQ(CpuWorkers(0).backends().size(), 1u);
+}
+
+}  // namespace
+}  // namespace loftqd::quant
+
+namespace loftqd::quant {
+namespace {
+
+// The CPU backend hands freed arrays out again; a reused array carries no state into the next
+// computation (LoftQ twice on one backend gives the same result as on a fresh one), and a
+// buffer may outlive its backend.
+TEST(CpuBuffers, ReusedArraysChangeNoResultAndMayOutliveTheBackend) {
+  const int m = 96, n = 64;
+  std::vector<float> w(size_t(m) * n);
+  for (size_t i = 0; i < w.size(); ++i) w[i] = std::sin(0.37f * float(i)) + 0.01f * float(i % 7);
+  LoftqOptions o;
+  o.rank = 8;
+  o.iters = 3;
+  auto be = make_cpu_backend(1);
+  const LoftqResult first = loftq(*be, w.data(), m, n, o);
+  const LoftqResult again = loftq(*be, w.data(), m, n, o);  // on reused arrays
+  const LoftqResult fresh = loftq(*make_cpu_backend(1), w.data(), m, n, o);
+  EXPECT_EQ(again.q, first.q);
+  EXPECT_EQ(again.a, first.a);
+  EXPECT_EQ(fresh.b, first.b);
+  EXPECT_EQ(again.iter_errors, first.iter_errors);
+  auto buf = be->alloc(1000);
+  be.reset();
+  buf.reset();  // no use of the destroyed backend (ASan would say)
 }
 
 }  // namespace
