@@ -11,9 +11,13 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <memory>
+#include <optional>
 
 #include "common/fs.h"
 #include "common/ids.h"
+#include "common/ordered_work.h"
+#include "common/sysinfo.h"
 #include "convert/internal.h"
 #include "model/dtype.h"
 #include "model/naming.h"
@@ -145,71 +149,125 @@ class BackboneWriter {
 
   void write(const model::Checkpoint& ckpt, const fs::path& stage) {
     for (size_t i = 0; i < ckpt.num_shards(); ++i) total_ += ckpt.shard(i).tensors().size();
+    std::unique_ptr<quant::CpuWorkers> workers = make_workers(ckpt);
     for (size_t i = 0; i < ckpt.num_shards(); ++i)
-      write_shard(ckpt.shard(i), stage / ckpt.shard_names()[i]);
+      write_shard(ckpt.shard(i), stage / ckpt.shard_names()[i], workers.get());
     if (opt_.progress) opt_.progress(total_, total_, "");
   }
   std::vector<OwnedTensor>& adapter() { return adapter_; }
 
  private:
-  void write_shard(const SafetensorsFile& in, const fs::path& out_path) {
+  // One target tensor's result, computed or taken from its checkpoint.
+  struct Computed {
+    LayerReport lr;
+    std::vector<std::byte> q;  // in the tensor's dtype
+    OwnedTensor a, b;          // lora_A, lora_B
+  };
+  using Ahead = common::OrderedWork<Computed, quant::Backend>;
+
+  // The CPU workers for tensor_jobs (null: one tensor at a time on backend_). Each holds about
+  // kWorkingSetCopies copies of the largest target in float32 (W, the residual, Q and the best Q
+  // of the LoftQ loop, the float32 input and result, the exact SVD's buffers on small matrices).
+  std::unique_ptr<quant::CpuWorkers> make_workers(const model::Checkpoint& ckpt) {
+    report_.tensor_jobs = 1;
+    if (opt_.tensor_jobs == 1 || backend_.name() != "cpu") return nullptr;
+    size_t largest = 0;
+    for (size_t i = 0; i < ckpt.num_shards(); ++i)
+      for (const auto& t : ckpt.shard(i).tensors())
+        if (tp_.by_tensor.count(t.name)) largest = std::max(largest, t.numel());
+    constexpr size_t kWorkingSetCopies = 8;
+    const int jobs = quant::cpu_jobs(opt_.tensor_jobs, largest * sizeof(float) * kWorkingSetCopies,
+                                     common::available_memory_bytes());
+    if (jobs <= 1) return nullptr;
+    report_.tensor_jobs = jobs;
+    return std::make_unique<quant::CpuWorkers>(jobs);
+  }
+
+  void write_shard(const SafetensorsFile& in, const fs::path& out_path,
+                   quant::CpuWorkers* workers) {
     std::vector<TensorSpec> specs;
-    for (const auto& t : in.tensors()) specs.push_back(TensorSpec{t.name, t.dtype, t.shape});
+    std::vector<const TensorInfo*> targets;
+    for (const auto& t : in.tensors()) {
+      specs.push_back(TensorSpec{t.name, t.dtype, t.shape});
+      if (tp_.by_tensor.count(t.name)) targets.push_back(&t);
+    }
+    // The targets of this shard, computed on the workers in file order, a few ahead of the
+    // writer (reading the next tensors and writing the last one overlap the compute).
+    std::optional<Ahead> ahead;
+    if (workers)
+      ahead.emplace(workers->backends(), targets.size(), 2 * workers->backends().size(),
+                    [&](size_t k, quant::Backend& be) {
+                      return result_of(in, *targets[k], tp_.by_tensor.at(targets[k]->name), be,
+                                       nullptr);
+                    });
     model::SafetensorsWriter w(out_path, specs, in.metadata());
+    size_t k = 0;
     for (const auto& t : in.tensors()) {
       if (opt_.progress) opt_.progress(done_, total_, t.name);
       auto it = tp_.by_tensor.find(t.name);
       if (it == tp_.by_tensor.end())
         w.write(t.name, in.bytes(t));  // byte-identical
       else
-        write_target(in, t, it->second, w);
+        write_target(in, t, it->second, w, ahead ? &*ahead : nullptr, k++);
       in.release(t);
       ++done_;
     }
     w.commit();
   }
 
-  // One target weight. Unwinding on a stop request removes the staging directory (and the
-  // shard's temp file); the checkpoints of the tensors finished so far stay for the next run.
+  // One target weight, the k-th of its shard. Unwinding on a stop request removes the staging
+  // directory (and the shard's temp file); the checkpoints of the tensors finished so far stay
+  // for the next run.
   void write_target(const SafetensorsFile& in, const TensorInfo& t, const detail::Target& tg,
-                    model::SafetensorsWriter& w) {
+                    model::SafetensorsWriter& w, Ahead* ahead, size_t k) {
     if (opt_.should_stop && opt_.should_stop())
       throw Interrupted(model_dir_.string() + ": interrupted before tensor '" + t.name + "' (" +
                         std::to_string(targets_done_) + " of " +
                         std::to_string(tp_.by_tensor.size()) + " target tensors done)");
+    Computed c = ahead ? ahead->take(k) : result_of(in, t, tg, backend_, opt_.fallback);
+    if (c.lr.resumed)
+      ++report_.resumed;
+    else if (opt_.on_tensor_done)
+      opt_.on_tensor_done(t.name);
+    w.write(t.name, c.q);
+    adapter_.push_back(std::move(c.a));
+    adapter_.push_back(std::move(c.b));
+    report_.layers.push_back(c.lr);
+    ++targets_done_;
+  }
+
+  // A target's result: from its checkpoint when one matches (the exact bytes the run that
+  // computed it wrote), else computed on `be` and, with checkpoint_dir, saved durably first.
+  // Safe to run for several tensors at once (each on its own backend).
+  Computed result_of(const SafetensorsFile& in, const TensorInfo& t, const detail::Target& tg,
+                     quant::Backend& be, quant::Backend* fallback) const {
     const quant::LoftqOptions lo = loftq_options(s_, tg.spec.bits);
-    LayerReport lr = report_of(t, tg, lo);
+    Computed c{
+        report_of(t, tg, lo),
+        {},
+        OwnedTensor{TensorSpec{lora_a_key(tg.module), t.dtype, {s_.rank, tg.in_features}}, {}},
+        OwnedTensor{TensorSpec{lora_b_key(tg.module), t.dtype, {tg.out_features, s_.rank}}, {}}};
     const detail::FactorShape factors{s_.rank, tg.out_features, tg.in_features};
-    OwnedTensor a{TensorSpec{lora_a_key(tg.module), t.dtype, {s_.rank, tg.in_features}}, {}};
-    OwnedTensor b{TensorSpec{lora_b_key(tg.module), t.dtype, {tg.out_features, s_.rank}}, {}};
     std::string fingerprint;
     fs::path ck_path;
-    std::unique_ptr<SafetensorsFile> ck;
     if (!opt_.checkpoint_dir.empty()) {
       fingerprint =
           detail::tensor_fingerprint(t, lo, s_.alpha(), detail::hash_bytes(in.bytes(t)), tg.conv1d);
       ck_path = detail::checkpoint_path(opt_.checkpoint_dir, t.name);
-      ck = detail::load_checkpoint(ck_path, fingerprint, t, factors, lr);
+      if (auto ck = detail::load_checkpoint(ck_path, fingerprint, t, factors, c.lr)) {
+        const auto qb = ck->bytes(*ck->find("q")), ab = ck->bytes(*ck->find("a")),
+                   bb = ck->bytes(*ck->find("b"));
+        c.q.assign(qb.begin(), qb.end());
+        c.a.data.assign(ab.begin(), ab.end());
+        c.b.data.assign(bb.begin(), bb.end());
+        c.lr.resumed = true;
+        return c;
+      }
     }
-    if (ck) {
-      // The exact bytes the run that computed this tensor wrote.
-      w.write(t.name, ck->bytes(*ck->find("q")));
-      const auto ab = ck->bytes(*ck->find("a")), bb = ck->bytes(*ck->find("b"));
-      a.data.assign(ab.begin(), ab.end());
-      b.data.assign(bb.begin(), bb.end());
-      lr.resumed = true;
-      ++report_.resumed;
-    } else {
-      const std::vector<std::byte> q = compute(in, t, tg, lo, lr, a, b);
-      if (!ck_path.empty())
-        detail::save_checkpoint(ck_path, fingerprint, lr, t, factors, q, a.data, b.data);
-      if (opt_.on_tensor_done) opt_.on_tensor_done(t.name);
-      w.write(t.name, q);
-    }
-    adapter_.push_back(std::move(a));
-    adapter_.push_back(std::move(b));
-    report_.layers.push_back(lr);
-    ++targets_done_;
+    c.q = compute(in, t, tg, lo, be, fallback, c.lr, c.a, c.b);
+    if (!ck_path.empty())
+      detail::save_checkpoint(ck_path, fingerprint, c.lr, t, factors, c.q, c.a.data, c.b.data);
+    return c;
   }
 
   static LayerReport report_of(const TensorInfo& t, const detail::Target& tg,
@@ -236,13 +294,14 @@ class BackboneWriter {
   // see, and Q is stored back as (in, out).
   std::vector<std::byte> compute(const SafetensorsFile& in, const TensorInfo& t,
                                  const detail::Target& tg, const quant::LoftqOptions& lo,
-                                 LayerReport& lr, OwnedTensor& a, OwnedTensor& b) {
+                                 quant::Backend& be, quant::Backend* fallback, LayerReport& lr,
+                                 OwnedTensor& a, OwnedTensor& b) const {
     const int m = lr.out_features, n = lr.in_features;
     std::vector<float> wf = in.read_f32(t);
     if (tg.conv1d) wf = transpose(wf, static_cast<size_t>(n), static_cast<size_t>(m));
     quant::LoftqResult r;
     try {
-      r = quant::loftq_with_fallback(backend_, opt_.fallback, wf.data(), m, n, lo, t.name);
+      r = quant::loftq_with_fallback(be, fallback, wf.data(), m, n, lo, t.name);
     } catch (const std::invalid_argument& e) {
       throw FormatError(in.path().string() + ": tensor '" + t.name + "': " + e.what());
     }

@@ -49,6 +49,12 @@ struct QuantizeOptions {
   std::function<void(const std::string&)> on_tensor_done;
   // Polled before each target tensor; when it returns true quantize_model throws Interrupted.
   std::function<bool()> should_stop;
+  // Target tensors computed at once when the backend is the CPU (0 = one per core; fewer when
+  // the available memory does not hold that many of the largest target's working set): each on
+  // its own thread with a one-thread BLAS, ahead of the writer, which keeps the file order. The
+  // files are byte-identical to those of tensor_jobs = 1 on a one-thread CPU backend. With 1, or
+  // on another backend, tensors are computed one after the other on `backend`.
+  int tensor_jobs = 1;
 };
 
 struct LayerReport {
@@ -74,7 +80,8 @@ struct QuantizeReport {
   // Things the user should know: weights left out (kept in full precision), a
   // base_model_name_or_path that is not where the layout is published.
   std::vector<std::string> warnings;
-  size_t resumed = 0;  // layers taken from checkpoints
+  size_t resumed = 0;   // layers taken from checkpoints
+  int tensor_jobs = 1;  // target tensors computed at once
   double seconds = 0;
   nlohmann::json loftq_json;
 };

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "common/sysinfo.h"
 #include "convert/convert.h"
 #include "daemon/commands.h"
 #include "daemon/progress.h"
@@ -21,6 +22,7 @@ namespace {
 struct QuantizeArgs {
   std::string model, out;
   int rank = 64, iters = 5, block_size = q::kDefaultBlockSize, threads = 0;
+  std::optional<int> tensor_jobs;
   std::optional<int> bits;
   std::string bit_plan;
   std::optional<double> avg_bits;
@@ -77,6 +79,7 @@ int quantize(const QuantizeArgs& a) {
   std::string chosen;
   auto backends = q::make_backends(opt.settings.device, a.threads, &chosen);
   opt.fallback = backends.fallback();  // a layer that does not fit on the device runs there
+  opt.tensor_jobs = a.tensor_jobs.value_or(a.threads);  // 0: one per core
   spdlog::info("quantize {} -> {}: rank {}, {} iterations, {} {}, svd {}, device {}", a.model,
                a.out, a.rank, a.iters, a.quant, opt.settings.plan.to_string(), a.svd, chosen);
   std::optional<Progress> bar;
@@ -88,8 +91,9 @@ int quantize(const QuantizeArgs& a) {
   if (bar) bar->finish();
   for (const auto& w : report.warnings) spdlog::warn("{}", w);
   std::fputs(convert::layer_table(report.layers).c_str(), stdout);
-  std::printf("%zu target weights quantized in %.1f s; wrote %s\n", report.layers.size(),
-              report.seconds, a.out.c_str());
+  std::printf("%zu target weights quantized in %.1f s (%d at a time, peak RSS %s); wrote %s\n",
+              report.layers.size(), report.seconds, report.tensor_jobs,
+              common::human_bytes(common::peak_rss_bytes()).c_str(), a.out.c_str());
   return kExitOk;
 }
 
@@ -129,6 +133,11 @@ Command add_quantize_command(CLI::App& app) {
   quant->add_option("--lora-dropout", qa.lora_dropout, "adapter lora_dropout")
       ->capture_default_str();
   quant->add_option("--threads", qa.threads, "CPU threads (0 = all cores)")->capture_default_str();
+  quant
+      ->add_option("--tensor-jobs", qa.tensor_jobs,
+                   "CPU: target tensors computed at once, one BLAS thread each (default: "
+                   "--threads, fewer when memory is short; 1: one at a time on --threads)")
+      ->check(CLI::NonNegativeNumber);
   quant
       ->add_option("--device", qa.device,
                    "auto | cpu | cuda | cuda:N (auto: CUDA when built and present)")

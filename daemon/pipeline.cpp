@@ -270,6 +270,7 @@ bool Pipeline::quantize(const JobContext& ctx, const config::RepoConfig& rc,
   std::string chosen;
   auto backends = quant::make_backends(rc.loftq.device, opt_.threads, &chosen);
   qo.fallback = backends.fallback();
+  qo.tensor_jobs = opt_.threads;  // on the CPU: one tensor per thread (0: per core)
   fs::create_directories(ctx.work);
   // Finished tensors are checkpointed under the work dir; a job killed or stopped mid-way takes
   // the ones whose checkpoint matches when it runs again (the checkpoint files are the one
@@ -325,7 +326,8 @@ bool Pipeline::quantize(const JobContext& ctx, const config::RepoConfig& rc,
     log(ctx.tag + " step=quantize warning=\"" + w + "\"", spdlog::level::warn);
   // qr.layers holds one entry per quantized target tensor.
   log(ctx.tag + " step=quantize done tensors=" + std::to_string(qr.layers.size()) +
-      " tensors_resumed=" + std::to_string(qr.resumed) + " left_out=" +
+      " tensors_resumed=" + std::to_string(qr.resumed) +
+      " tensor_jobs=" + std::to_string(qr.tensor_jobs) + " left_out=" +
       std::to_string(qr.loftq_json.value("left_out", nlohmann::json::array()).size()) +
       " device=\"" + chosen + "\" seconds=" + std::to_string(qr.seconds));
   return true;

@@ -57,4 +57,23 @@ class Backend {
 // OpenBLAS/LAPACKE backend. `threads` sets the BLAS and quantizer threads (0 = all cores).
 std::unique_ptr<Backend> make_cpu_backend(int threads = 0);
 
+// `n` CPU backends of one thread each, for computing n matrices at once, one per thread (the
+// BLAS runs on the calling thread). The BLAS thread count is process-wide: it is 1 while any
+// CpuWorkers lives, and back to what it was when the last one goes.
+class CpuWorkers {
+ public:
+  explicit CpuWorkers(int n);
+  ~CpuWorkers();
+  CpuWorkers(const CpuWorkers&) = delete;
+  CpuWorkers& operator=(const CpuWorkers&) = delete;
+  std::vector<Backend*> backends() const;
+
+ private:
+  std::vector<std::unique_ptr<Backend>> backends_;
+};
+
+// How many matrices to compute at once on the CPU: `requested` (0 = one per core), and no more
+// than `available_bytes` / `bytes_per_job` (at least 1).
+int cpu_jobs(int requested, size_t bytes_per_job, size_t available_bytes);
+
 }  // namespace loftqd::quant

@@ -5,9 +5,11 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "quant/backend.h"
 
@@ -20,14 +22,62 @@ namespace {
 // only cost a pass over memory. (Transparent huge pages for the matrix-sized buffers were
 // tried: fewer page faults, but slower first touches of 180 MB buffers on the benchmark VM;
 // see docs/performance.md.)
-class CpuBuffer final : public Buffer {
+//
+// Freed arrays go back to the backend's pool and are handed out again: matrix-sized arrays are
+// above malloc's mmap threshold, so without it every tensor would map fresh pages and fault
+// each one in again (a page-fault storm per tensor).
+class BufferPool {
  public:
-  explicit CpuBuffer(size_t n) : Buffer(n), v_(std::make_unique_for_overwrite<float[]>(n)) {}
-  float* data() { return v_.get(); }
-  const float* data() const { return v_.get(); }
+  struct Array {
+    std::unique_ptr<float[]> p;
+    size_t capacity = 0;
+  };
+  // An array of at least n floats: the smallest free one that is not more than twice as large,
+  // else a new one.
+  Array take(size_t n) {
+    std::lock_guard g(mu_);
+    auto best = free_.end();
+    for (auto it = free_.begin(); it != free_.end(); ++it)
+      if (it->capacity >= n && it->capacity <= 2 * n &&
+          (best == free_.end() || it->capacity < best->capacity))
+        best = it;
+    if (best == free_.end()) return Array{std::make_unique_for_overwrite<float[]>(n), n};
+    Array a = std::move(*best);
+    free_.erase(best);
+    held_ -= a.capacity;
+    return a;
+  }
+  // Keeps `a` for reuse, dropping the oldest arrays beyond kMaxHeld floats.
+  void give(Array a) {
+    std::lock_guard g(mu_);
+    held_ += a.capacity;
+    free_.push_back(std::move(a));
+    while (held_ > kMaxHeld && !free_.empty()) {
+      held_ -= free_.front().capacity;
+      free_.erase(free_.begin());
+    }
+  }
 
  private:
-  std::unique_ptr<float[]> v_;
+  static constexpr size_t kMaxHeld = size_t(1) << 30;  // 4 GiB of float32
+  std::mutex mu_;
+  std::vector<Array> free_;
+  size_t held_ = 0;
+};
+
+class CpuBuffer final : public Buffer {
+ public:
+  CpuBuffer(size_t n, std::shared_ptr<BufferPool> pool)
+      : Buffer(n), pool_(std::move(pool)), a_(pool_->take(n)) {}
+  ~CpuBuffer() override { pool_->give(std::move(a_)); }
+  CpuBuffer(const CpuBuffer&) = delete;
+  CpuBuffer& operator=(const CpuBuffer&) = delete;
+  float* data() { return a_.p.get(); }
+  const float* data() const { return a_.p.get(); }
+
+ private:
+  std::shared_ptr<BufferPool> pool_;  // outlives the backend when a buffer does
+  BufferPool::Array a_;
 };
 
 CpuBuffer& cb(Buffer& b) {
@@ -75,7 +125,7 @@ class CpuBackend final : public Backend {
   }
   std::string name() const override { return "cpu"; }
 
-  std::unique_ptr<Buffer> alloc(size_t n) override { return std::make_unique<CpuBuffer>(n); }
+  std::unique_ptr<Buffer> alloc(size_t n) override { return std::make_unique<CpuBuffer>(n, pool_); }
   void upload(Buffer& dst, const float* src, size_t n) override {
     check_size(dst, n, "upload");
     std::copy(src, src + n, cb(dst).data());
@@ -169,6 +219,7 @@ class CpuBackend final : public Backend {
     return hc == 0 ? 1 : static_cast<int>(hc);
   }
   int threads_;
+  std::shared_ptr<BufferPool> pool_ = std::make_shared<BufferPool>();
 };
 
 }  // namespace

@@ -318,5 +318,54 @@ TEST_F(ResumeTest, MismatchedCheckpointsAreRecomputed) {
   EXPECT_EQ(ro.resumed, 0u);
 }
 
+// Several tensors at once (tensor_jobs): the same bytes as one at a time on a one-thread
+// backend, across both shards, and more jobs than a shard has targets are fine.
+TEST_F(ResumeTest, TensorsComputedAtOnceGiveTheSameBytes) {
+  const auto one = run(tmp_ / "one", base_options());
+  EXPECT_EQ(one.tensor_jobs, 1);
+  for (int jobs : {2, 3, 16}) {
+    QuantizeOptions o = base_options();
+    o.tensor_jobs = jobs;
+    std::vector<std::string> computed;
+    const fs::path out = tmp_ / ("jobs" + std::to_string(jobs));
+    const auto r = run(out, o, &computed);
+    EXPECT_EQ(r.tensor_jobs, jobs);
+    ASSERT_EQ(r.layers.size(), kTargets);
+    for (size_t i = 0; i < kTargets; ++i) {  // reported and announced in file order
+      EXPECT_EQ(r.layers[i].tensor, one.layers[i].tensor);
+      EXPECT_EQ(computed.at(i), one.layers[i].tensor);
+      EXPECT_EQ(r.layers[i].loftq_error, one.layers[i].loftq_error);
+    }
+    expect_same_output(tmp_ / "one", out);
+  }
+  // 0 = one per core; on a backend that is not "cpu"-named it would stay 1.
+  QuantizeOptions o = base_options();
+  o.tensor_jobs = 0;
+  const auto r = run(tmp_ / "auto", o);
+  EXPECT_GE(r.tensor_jobs, 1);
+  expect_same_output(tmp_ / "one", tmp_ / "auto");
+}
+
+// Stopped while the workers are ahead of the writer: what they finished is checkpointed, only
+// written tensors are announced, and the resumed run gives the uninterrupted bytes.
+TEST_F(ResumeTest, InterruptedWhileComputingAheadResumes) {
+  run(tmp_ / "clean", base_options());
+  QuantizeOptions o = base_options();
+  o.checkpoint_dir = ck_;
+  o.tensor_jobs = 2;
+  const size_t k = 4;
+  const auto first = run_interrupted(tmp_ / "out", o, k);
+  EXPECT_EQ(first.size(), k);
+  const size_t saved = checkpoints(ck_).size();
+  EXPECT_GE(saved, k);
+  EXPECT_LE(saved, k + 4);  // at most the window (2 per worker) ahead
+  EXPECT_FALSE(fs::exists(tmp_ / "out"));
+  std::vector<std::string> second;
+  const auto r = run(tmp_ / "out", o, &second);
+  EXPECT_EQ(r.resumed, saved);
+  EXPECT_EQ(second.size(), kTargets - saved);
+  expect_same_output(tmp_ / "clean", tmp_ / "out");
+}
+
 }  // namespace
 }  // namespace loftqd::convert

@@ -7,9 +7,11 @@
 
 #include "support/test_util.h"
 
+#include <cmath>
 #include <functional>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "quant/cuda_backend.h"
@@ -172,3 +174,60 @@ TEST(Device, MakeBackendsAddsACpuFallbackOnlyOffTheCpu) {
     EXPECT_EQ(any.fallback()->name(), "cpu");
   }
 }
+
+namespace loftqd::quant {
+namespace {
+
+// How many matrices at once: the request (0 = one per core), bounded by memory, at least one.
+TEST(CpuJobs, RequestCoresAndMemoryBound) {
+  const unsigned hc = std::thread::hardware_concurrency();
+  const int cores = hc == 0 ? 1 : static_cast<int>(hc);
+  EXPECT_EQ(cpu_jobs(0, 0, 0), cores);
+  EXPECT_EQ(cpu_jobs(4, 0, 0), 4);             // no working-set estimate: the request
+  EXPECT_EQ(cpu_jobs(4, 100, 250), 2);         // memory holds two
+  EXPECT_EQ(cpu_jobs(3, 100, 50), 1);          // not even one: still one
+  EXPECT_EQ(cpu_jobs(2, 100, 1000), 2);        // the request when memory allows more
+  EXPECT_EQ(cpu_jobs(0, 100, 100000), cores);  // one per core
+}
+
+TEST(CpuJobs, WorkersAreSeparateCpuBackends) {
+  CpuWorkers w(3);
+  const auto b = w.backends();
+  ASSERT_EQ(b.size(), 3u);
+  EXPECT_NE(b[0], b[1]);
+  EXPECT_NE(b[1], b[2]);
+  for (auto* be : b) EXPECT_EQ(be->name(), "cpu");
+  EXPECT_EQ(CpuWorkers(0).backends().size(), 1u);
+}
+
+}  // namespace
+}  // namespace loftqd::quant
+
+namespace loftqd::quant {
+namespace {
+
+// The CPU backend hands freed arrays out again; a reused array carries no state into the next
+// computation (LoftQ twice on one backend gives the same result as on a fresh one), and a
+// buffer may outlive its backend.
+TEST(CpuBuffers, ReusedArraysChangeNoResultAndMayOutliveTheBackend) {
+  const int m = 96, n = 64;
+  std::vector<float> w(size_t(m) * n);
+  for (size_t i = 0; i < w.size(); ++i) w[i] = std::sin(0.37f * float(i)) + 0.01f * float(i % 7);
+  LoftqOptions o;
+  o.rank = 8;
+  o.iters = 3;
+  auto be = make_cpu_backend(1);
+  const LoftqResult first = loftq(*be, w.data(), m, n, o);
+  const LoftqResult again = loftq(*be, w.data(), m, n, o);  // on reused arrays
+  const LoftqResult fresh = loftq(*make_cpu_backend(1), w.data(), m, n, o);
+  EXPECT_EQ(again.q, first.q);
+  EXPECT_EQ(again.a, first.a);
+  EXPECT_EQ(fresh.b, first.b);
+  EXPECT_EQ(again.iter_errors, first.iter_errors);
+  auto buf = be->alloc(1000);
+  be.reset();
+  buf.reset();  // no use of the destroyed backend (ASan would say)
+}
+
+}  // namespace
+}  // namespace loftqd::quant
