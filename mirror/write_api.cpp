@@ -2,6 +2,7 @@
 // regular) and the NDJSON commit.
 #include <spdlog/spdlog.h>
 
+#include <fstream>
 #include <sstream>
 
 #include "common/ids.h"
@@ -30,7 +31,7 @@ bool lfs_by_name(std::string_view path) {
 }
 
 // send_error(), then false: for the steps that answer a refused request.
-bool refuse(httplib::Response& res, int status, const std::string& code,
+bool refuse(Response& res, int status, const std::string& code,
             const std::string& message) {
   send_error(res, status, code, message);
   return false;
@@ -87,6 +88,11 @@ std::optional<std::string> operation_problem(const json& op, size_t line) {
 std::optional<std::string> parse_commit_payload(const std::string& body, json& header,
                                                 std::vector<json>& ops) {
   std::istringstream in(body);
+  return parse_commit_payload(in, header, ops);
+}
+
+std::optional<std::string> parse_commit_payload(std::istream& in, json& header,
+                                                std::vector<json>& ops) {
   std::string line;
   bool have_header = false;
   for (size_t n = 1; std::getline(in, line); ++n) {
@@ -109,7 +115,7 @@ std::optional<std::string> parse_commit_payload(const std::string& body, json& h
   return std::nullopt;
 }
 
-void Mirror::Impl::create_repo(const httplib::Request& req, httplib::Response& res) {
+void Mirror::Impl::create_repo(const Request& req, Response& res) {
   if (!require_write(req, res)) return;
   json body;
   if (!parse_json_body(req, res, body)) return;
@@ -146,7 +152,7 @@ void Mirror::Impl::create_repo(const httplib::Request& req, httplib::Response& r
   send_json(res, {{"url", url}, {"name", repo}, {"id", repo}});
 }
 
-void Mirror::Impl::create_branch(const httplib::Request& req, httplib::Response& res,
+void Mirror::Impl::create_branch(const Request& req, Response& res,
                                  const Target& t) {
   if (!require_write(req, res)) return;
   if (!check_read(req, res, t.repo)) return;
@@ -175,7 +181,7 @@ void Mirror::Impl::create_branch(const httplib::Request& req, httplib::Response&
   send_json(res, json::object());
 }
 
-void Mirror::Impl::preupload(const httplib::Request& req, httplib::Response& res, const Target& t) {
+void Mirror::Impl::preupload(const Request& req, Response& res, const Target& t) {
   if (!require_write(req, res)) return;
   if (!check_read(req, res, t.repo)) return;
   std::string rev = common::join(t.rest, "/", 1, t.rest.size());
@@ -204,7 +210,7 @@ void Mirror::Impl::preupload(const httplib::Request& req, httplib::Response& res
   send_json(res, {{"files", out}, {"commitOid", head.value_or("")}});
 }
 
-bool Mirror::Impl::apply_commit_op(httplib::Response& res, const std::string& repo, const json& op,
+bool Mirror::Impl::apply_commit_op(Response& res, const std::string& repo, const json& op,
                                    std::map<std::string, std::string>& files) {
   std::string key = op.value("key", "");
   json v = op.value("value", json::object());
@@ -266,7 +272,7 @@ size_t Mirror::Impl::delete_paths(std::map<std::string, std::string>& files,
   return n;
 }
 
-void Mirror::Impl::commit(const httplib::Request& req, httplib::Response& res, const Target& t) {
+void Mirror::Impl::commit(const Request& req, Response& res, const Target& t) {
   if (!require_write(req, res)) return;
   if (!check_read(req, res, t.repo)) return;
   std::string branch = common::join(t.rest, "/", 1, t.rest.size());
@@ -276,8 +282,16 @@ void Mirror::Impl::commit(const httplib::Request& req, httplib::Response& res, c
   std::vector<json> ops;
   // Everything is parsed and validated before anything is applied: a refused payload commits
   // nothing.
-  if (auto p = parse_commit_payload(req.body, header, ops))
-    return send_error(res, 400, "", "invalid commit payload: " + *p);
+  // The body was streamed to a temp file (commit_plan); it is read from there line by line.
+  std::optional<std::string> problem;
+  if (req.body_file.empty()) {
+    problem = parse_commit_payload(req.body, header, ops);
+  } else {
+    std::ifstream in(req.body_file, std::ios::binary);
+    if (!in) return send_error(res, 500, "", "cannot read the received commit body");
+    problem = parse_commit_payload(in, header, ops);
+  }
+  if (problem) return send_error(res, 400, "", "invalid commit payload: " + *problem);
   std::lock_guard<std::mutex> g(lock_for(t.repo));
   auto head = store.read_ref(t.repo, branch);
   if (!head) return revision_not_found(res, t.repo, branch);
