@@ -87,13 +87,13 @@ struct BodyPlan {
 };
 
 struct ServerOptions {
-  int worker_threads = 8;                // handlers run here, once a request is complete
-  int poll_threads = 2;                  // event loops (epoll) reading and sending
-  unsigned max_connections = 1024;       // in total; more are refused at accept
-  unsigned max_connections_per_ip = 256; // from one client address
-  unsigned idle_timeout_s = 30;          // no byte in either direction for this long: closed
-  unsigned header_timeout_s = 10;        // a request's headers must be complete within this
-  unsigned keep_alive_timeout_s = 5;     // extra time a kept-alive connection has for the next
+  int worker_threads = 8;                 // handlers run here, once a request is complete
+  int poll_threads = 2;                   // event loops (epoll) reading and sending
+  unsigned max_connections = 1024;        // in total; more are refused at accept
+  unsigned max_connections_per_ip = 256;  // from one client address
+  unsigned idle_timeout_s = 30;           // no byte in either direction for this long: closed
+  unsigned header_timeout_s = 10;         // a request's headers must be complete within this
+  unsigned keep_alive_timeout_s = 5;      // extra time a kept-alive connection has for the next
 };
 
 // The server core: libmicrohttpd's epoll loops (MHD_USE_INTERNAL_POLLING_THREAD), limits on

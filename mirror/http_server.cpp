@@ -12,8 +12,8 @@
 
 #include <algorithm>
 #include <atomic>
-#include <charconv>
 #include <cerrno>
+#include <charconv>
 #include <chrono>
 #include <condition_variable>
 #include <cstdarg>
@@ -227,8 +227,8 @@ struct HttpServer::Impl {
   std::thread timer;
 
   void timer_loop();
-  MHD_Result on_access(MHD_Connection* con, const char* url, const char* method,
-                       const char* upload, size_t* upload_size, void** ctx);
+  MHD_Result on_access(MHD_Connection* con, const char* url, const char* method, const char* upload,
+                       size_t* upload_size, void** ctx);
   MHD_Result first_call(MHD_Connection* con, const char* url, const char* method, void** ctx);
   MHD_Result receive(Exchange& ex, const char* data, size_t n);
   MHD_Result dispatch(MHD_Connection* con, Exchange& ex);
@@ -281,8 +281,10 @@ MHD_Result HttpServer::Impl::queue(MHD_Connection* con, const Request& req, Resp
           ::close(b->fd);
           delete b;
         });
-    if (r) res.fd = -1;
-    else delete rb;
+    if (r)
+      res.fd = -1;
+    else
+      delete rb;
   } else if (res.fd >= 0) {
     r = MHD_create_response_from_fd_at_offset64(res.length, res.fd, res.offset);
     if (r) res.fd = -1;  // MHD closes it
@@ -291,7 +293,8 @@ MHD_Result HttpServer::Impl::queue(MHD_Connection* con, const Request& req, Resp
   }
   if (!r) return MHD_NO;
   for (const auto& [k, v] : res.headers)
-    if (strcasecmp(k.c_str(), "Content-Length") != 0) MHD_add_response_header(r, k.c_str(), v.c_str());
+    if (strcasecmp(k.c_str(), "Content-Length") != 0)
+      MHD_add_response_header(r, k.c_str(), v.c_str());
   MHD_Result ok = MHD_queue_response(con, static_cast<unsigned>(res.status), r);
   MHD_destroy_response(r);
   if (log) log(req, res);
@@ -385,8 +388,8 @@ MHD_Result HttpServer::Impl::first_call(MHD_Connection* con, const char* url, co
 MHD_Result HttpServer::Impl::receive(Exchange& ex, const char* data, size_t n) {
   // A body over the limit without an announced length: the connection is dropped.
   if (ex.req.body_size + n > ex.plan.limit) {
-    spdlog::warn("mirror: {} {}: body over {} bytes, connection closed", ex.req.method,
-                 ex.req.path, ex.plan.limit);
+    spdlog::warn("mirror: {} {}: body over {} bytes, connection closed", ex.req.method, ex.req.path,
+                 ex.plan.limit);
     return MHD_NO;
   }
   if (ex.plan.kind == BodyPlan::Memory) {
@@ -509,8 +512,8 @@ void HttpServer::start() {
   i.timer_quit = false;
   i.pool = std::make_unique<WorkerPool>(i.opt.worker_threads);
   i.timer = std::thread([&i] { i.timer_loop(); });
-  auto access = [](void* cls, MHD_Connection* con, const char* url, const char* method,
-                   const char*, const char* upload, size_t* upload_size, void** ctx) {
+  auto access = [](void* cls, MHD_Connection* con, const char* url, const char* method, const char*,
+                   const char* upload, size_t* upload_size, void** ctx) {
     return static_cast<Impl*>(cls)->on_access(con, url, method, upload, upload_size, ctx);
   };
   auto notify = [](void* cls, MHD_Connection* con, void**, MHD_ConnectionNotificationCode code) {
@@ -533,8 +536,8 @@ void HttpServer::start() {
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) return;
     std::lock_guard<std::mutex> g(s.conns_mu);
     if (auto it = s.conns.find(con); it != s.conns.end())
-      it->second.deadline = Clock::now() + std::chrono::seconds(s.opt.header_timeout_s +
-                                                                s.opt.keep_alive_timeout_s);
+      it->second.deadline =
+          Clock::now() + std::chrono::seconds(s.opt.header_timeout_s + s.opt.keep_alive_timeout_s);
   };
   unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
                    MHD_USE_ITC | MHD_USE_ERROR_LOG;
@@ -544,9 +547,8 @@ void HttpServer::start() {
       MHD_OPTION_CONNECTION_LIMIT, i.opt.max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
       i.opt.max_connections_per_ip, MHD_OPTION_CONNECTION_TIMEOUT, i.opt.idle_timeout_s,
       MHD_OPTION_CONNECTION_MEMORY_LIMIT, static_cast<size_t>(128 * 1024),
-      MHD_OPTION_NOTIFY_COMPLETED, +completed,
-      &i, MHD_OPTION_NOTIFY_CONNECTION, +notify, &i, MHD_OPTION_EXTERNAL_LOGGER, log_mhd, nullptr,
-      MHD_OPTION_END);
+      MHD_OPTION_NOTIFY_COMPLETED, +completed, &i, MHD_OPTION_NOTIFY_CONNECTION, +notify, &i,
+      MHD_OPTION_EXTERNAL_LOGGER, log_mhd, nullptr, MHD_OPTION_END);
   if (!i.daemon) {
     i.timer_quit = true;
     i.timer_cv.notify_all();

@@ -10,8 +10,8 @@
 
 #include <chrono>
 #include <condition_variable>
-#include <istream>
 #include <cstdint>
+#include <istream>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -33,8 +33,7 @@ inline constexpr const char* kJson = "application/json";
 
 // An error as the Hub sends it: X-Error-Code (when `code` is set), X-Error-Message and a JSON
 // body {"error": message}.
-void send_error(Response& res, int status, const std::string& code,
-                const std::string& message);
+void send_error(Response& res, int status, const std::string& code, const std::string& message);
 void send_json(Response& res, const nlohmann::json& j, int status = 200);
 std::string quote_etag(const std::string& e);  // "\"" + e + "\""
 // The request's JSON body into `out`; false after answering 400 "invalid JSON body". With
@@ -149,8 +148,7 @@ struct Mirror::Impl {
   // refs/convert/X; a branch with slashes is matched shortest-first).
   std::optional<Rev> resolve_rev(const std::string& repo, const std::vector<std::string>& segs,
                                  bool greedy_path) const;
-  void revision_not_found(Response& res, const std::string& repo,
-                          const std::string& rev) const;
+  void revision_not_found(Response& res, const std::string& repo, const std::string& rev) const;
 
   // ---- dispatch (server.cpp) ----
 
@@ -177,8 +175,7 @@ struct Mirror::Impl {
   void refs(const Request& req, Response& res, const Target& t);
   // GET/HEAD /{repo}/resolve/{rev}/{path}; `raw` (/{repo}/raw/...): the same bytes without the
   // X-Linked-* headers of an LFS file.
-  void resolve_file(const Request& req, Response& res, const Target& t,
-                    bool raw = false);
+  void resolve_file(const Request& req, Response& res, const Target& t, bool raw = false);
   void paths_info(const Request& req, Response& res, const Target& t);
   // The card (README front matter) of a snapshot; empty when it has no README or no front
   // matter, nullopt when the front matter cannot be read (logged).
@@ -228,14 +225,13 @@ struct Mirror::Impl {
   std::string ticket(const std::string& repo, const std::string& oid, uint64_t size) const;
   void lfs_batch(const Request& req, Response& res, const std::string& repo);
   // Upload URLs carry a signed ticket instead of the token (like a presigned URL).
-  bool check_ticket(const Request& req, Response& res, const std::string& oid,
-                    std::string& repo, uint64_t& size) const;
+  bool check_ticket(const Request& req, Response& res, const std::string& oid, std::string& repo,
+                    uint64_t& size) const;
   // The body plan of an LFS PUT (basic: a fresh upload temp hashed on the way; part: its range
   // of {oid}.multipart), or its refusal (bad ticket, bad part).
   BodyPlan lfs_put_plan(const Request& req, const std::vector<std::string>& segs);
   void lfs_put(const Request& req, Response& res, const std::vector<std::string>& segs);
-  void lfs_post(const Request& req, Response& res,
-                const std::vector<std::string>& segs);
+  void lfs_post(const Request& req, Response& res, const std::vector<std::string>& segs);
 };
 
 }  // namespace loftqd::mirror

@@ -40,8 +40,7 @@ std::string Mirror::Impl::ticket(const std::string& repo, const std::string& oid
   return hmac_hex(secret, repo + "\n" + oid + "\n" + std::to_string(size));
 }
 
-void Mirror::Impl::lfs_batch(const Request& req, Response& res,
-                             const std::string& repo) {
+void Mirror::Impl::lfs_batch(const Request& req, Response& res, const std::string& repo) {
   if (!require_write(req, res)) return;
   if (!check_read(req, res, repo)) return;
   json body;
@@ -104,8 +103,8 @@ void Mirror::Impl::lfs_batch(const Request& req, Response& res,
                   "application/vnd.git-lfs+json");
 }
 
-bool Mirror::Impl::check_ticket(const Request& req, Response& res,
-                                const std::string& oid, std::string& repo, uint64_t& size) const {
+bool Mirror::Impl::check_ticket(const Request& req, Response& res, const std::string& oid,
+                                std::string& repo, uint64_t& size) const {
   repo = req.get_param_value("repo");
   try {
     size = std::stoull(req.get_param_value("size"));

@@ -45,7 +45,7 @@ struct MirrorOptions {
   unsigned max_connections_per_ip = 256;
   unsigned header_timeout_s = 10;
   unsigned idle_timeout_s = 30;
-  size_t tree_page_size = 1000;            // entries per tree page (Link: rel="next")
+  size_t tree_page_size = 1000;  // entries per tree page (Link: rel="next")
   // LFS objects at least this large are offered the multipart transfer, in parts of
   // multipart_chunk bytes, when the client lists "multipart".
   uint64_t multipart_threshold = uint64_t{256} << 20;

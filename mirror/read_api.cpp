@@ -113,8 +113,7 @@ namespace {
 
 // Answers a GET/HEAD of a `size`-byte blob with its Range plan: 200 whole, 206 with
 // Content-Range, or 416 with Content-Range "bytes */SIZE" and no body.
-void send_ranged_blob(const Request& req, Response& res, int fd, uint64_t size,
-                      uint64_t rate) {
+void send_ranged_blob(const Request& req, Response& res, int fd, uint64_t size, uint64_t rate) {
   RangePlan plan = req.has_header("Range") ? plan_range(req.get_header_value("Range"), size)
                                            : RangePlan{RangePlan::Whole, 0, size};
   if (plan.kind == RangePlan::Unsatisfiable) {
@@ -241,8 +240,7 @@ void Mirror::Impl::refs(const Request& req, Response& res, const Target& t) {
   send_json(res, {{"branches", branches}, {"tags", tags}, {"converts", json::array()}});
 }
 
-void Mirror::Impl::resolve_file(const Request& req, Response& res,
-                                const Target& t, bool raw) {
+void Mirror::Impl::resolve_file(const Request& req, Response& res, const Target& t, bool raw) {
   if (!check_read(req, res, t.repo)) return;
   std::vector<std::string> segs(t.rest.begin() + 1, t.rest.end());
   if (segs.size() < 2) return send_error(res, 404, "EntryNotFound", "no file in " + req.path);
@@ -288,8 +286,7 @@ void Mirror::Impl::resolve_file(const Request& req, Response& res,
 }
 
 // POST /api/models/{repo}/paths-info/{rev} {paths:[...]}: the entries that exist.
-void Mirror::Impl::paths_info(const Request& req, Response& res,
-                              const Target& t) {
+void Mirror::Impl::paths_info(const Request& req, Response& res, const Target& t) {
   if (!check_read(req, res, t.repo)) return;
   std::string rev = common::join(t.rest, "/", 1, t.rest.size());
   auto commit = resolve_name(t.repo, rev);

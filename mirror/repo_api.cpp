@@ -230,8 +230,7 @@ std::optional<CommitRecord> Mirror::Impl::read_commit(const std::string& repo,
 }
 
 // GET /api/models/{repo}/commits/{rev}?limit=&p=: newest first, pages linked by Link rel=next.
-void Mirror::Impl::list_commits(const Request& req, Response& res,
-                                const Target& t) {
+void Mirror::Impl::list_commits(const Request& req, Response& res, const Target& t) {
   if (!check_read(req, res, t.repo)) return;
   std::string rev = t.rest.size() >= 2 ? common::join(t.rest, "/", 1, t.rest.size()) : "main";
   auto head = resolve_name(t.repo, rev);
@@ -273,8 +272,7 @@ void Mirror::Impl::list_commits(const Request& req, Response& res,
 }
 
 // GET /{repo}/commit/{sha}: what commitUrl points at.
-void Mirror::Impl::commit_page(const Request& req, Response& res,
-                               const Target& t) {
+void Mirror::Impl::commit_page(const Request& req, Response& res, const Target& t) {
   if (!check_read(req, res, t.repo)) return;
   const std::string& id = t.rest[1];
   auto c = common::is_sha1_hex(id) ? store.resolve(t.repo, id) : std::nullopt;
@@ -309,8 +307,7 @@ std::set<std::string> Mirror::Impl::tags_of(const std::string& repo) const {
 }
 
 // POST /api/models/{repo}/tag/{rev} {"tag": NAME, "message": ...}
-void Mirror::Impl::create_tag(const Request& req, Response& res,
-                              const Target& t) {
+void Mirror::Impl::create_tag(const Request& req, Response& res, const Target& t) {
   if (!require_write(req, res)) return;
   if (!check_read(req, res, t.repo)) return;
   std::string rev = common::join(t.rest, "/", 1, t.rest.size());
@@ -342,8 +339,7 @@ void Mirror::Impl::create_tag(const Request& req, Response& res,
 }
 
 // DELETE /api/models/{repo}/tag/{tag}
-void Mirror::Impl::delete_tag(const Request& req, Response& res,
-                              const Target& t) {
+void Mirror::Impl::delete_tag(const Request& req, Response& res, const Target& t) {
   if (!require_write(req, res)) return;
   if (!check_read(req, res, t.repo)) return;
   std::string tag = common::join(t.rest, "/", 1, t.rest.size());
@@ -433,8 +429,8 @@ void Mirror::Impl::list_models(const Request& req, Response& res) {
     q.emplace("cursor", st::base64_encode(std::to_string(cursor + limit)));
     std::string query;
     for (const auto& [k, v] : q)
-      query += (query.empty() ? "" : "&") + common::escape_segment(k) + "=" +
-               common::escape_segment(v);
+      query +=
+          (query.empty() ? "" : "&") + common::escape_segment(k) + "=" + common::escape_segment(v);
     res.set_header("Link", "<" + base_url(req) + "/api/models?" + query + ">; rel=\"next\"");
   }
   send_json(res, page);

@@ -38,8 +38,7 @@ std::string bearer_of(const Request& req) {
 
 }  // namespace
 
-void send_error(Response& res, int status, const std::string& code,
-                const std::string& message) {
+void send_error(Response& res, int status, const std::string& code, const std::string& message) {
   res.status = status;
   if (!code.empty()) res.set_header("X-Error-Code", code);
   res.set_header("X-Error-Message", message);
@@ -51,8 +50,7 @@ void send_json(Response& res, const json& j, int status) {
   res.set_content(j.dump(), kJson);
 }
 
-bool parse_json_body(const Request& req, Response& res, json& out,
-                     bool empty_is_object) {
+bool parse_json_body(const Request& req, Response& res, json& out, bool empty_is_object) {
   if (empty_is_object && req.body.empty()) {
     out = json::object();
     return true;
@@ -182,8 +180,8 @@ Target Mirror::Impl::parse_repo(const std::vector<std::string>& segs,
   return t;
 }
 
-bool Mirror::Impl::check_read(const Request& req, Response& res,
-                              const std::string& repo, st::RepoMeta* meta_out) const {
+bool Mirror::Impl::check_read(const Request& req, Response& res, const std::string& repo,
+                              st::RepoMeta* meta_out) const {
   bool authed = has_write_token(req);
   if (common::repo_id_problem(repo) || !store.has_repo(repo) ||
       (!store.read_ref(repo, "main").has_value() && store.list_refs(repo).empty())) {
@@ -348,8 +346,7 @@ BodyPlan Mirror::Impl::admit(const Request& head) {
   const bool routed = t.rest.size() >= 2;
   if (m == "POST" && routed && t.rest[0] == "paths-info") return memory;  // a read
   // Every other write route needs the token, checked before a byte of the body is read.
-  if (!has_write_token(head))
-    return refused([&](Response& r) { require_write(head, r); });
+  if (!has_write_token(head)) return refused([&](Response& r) { require_write(head, r); });
   if (m == "POST" && routed && t.rest[0] == "commit") return commit_plan(head, t.repo);
   return memory;
 }

@@ -31,8 +31,7 @@ bool lfs_by_name(std::string_view path) {
 }
 
 // send_error(), then false: for the steps that answer a refused request.
-bool refuse(Response& res, int status, const std::string& code,
-            const std::string& message) {
+bool refuse(Response& res, int status, const std::string& code, const std::string& message) {
   send_error(res, status, code, message);
   return false;
 }
@@ -152,8 +151,7 @@ void Mirror::Impl::create_repo(const Request& req, Response& res) {
   send_json(res, {{"url", url}, {"name", repo}, {"id", repo}});
 }
 
-void Mirror::Impl::create_branch(const Request& req, Response& res,
-                                 const Target& t) {
+void Mirror::Impl::create_branch(const Request& req, Response& res, const Target& t) {
   if (!require_write(req, res)) return;
   if (!check_read(req, res, t.repo)) return;
   std::string branch = common::join(t.rest, "/", 1, t.rest.size());

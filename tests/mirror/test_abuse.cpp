@@ -54,8 +54,8 @@ std::string raw_exchange(int port, const std::string& head, size_t bytes) {
   }
   std::string answer;
   char buf[4096];
-  for (ssize_t n; answer.find("\r\n") == std::string::npos &&
-                  (n = ::recv(s, buf, sizeof buf, 0)) > 0;)
+  for (ssize_t n;
+       answer.find("\r\n") == std::string::npos && (n = ::recv(s, buf, sizeof buf, 0)) > 0;)
     answer.append(buf, static_cast<size_t>(n));
   ::close(s);
   return answer.substr(0, answer.find("\r\n"));
@@ -146,8 +146,8 @@ TEST_F(MirrorAbuse, AHugeUnauthenticatedBodyIsRefusedWithoutReadingIt) {
   start();
   ASSERT_EQ(http().Get("/api/models/org/m")->status, 200);  // warm: threads and buffers exist
   const long before = rss_kb();
-  for (const char* path : {"/api/repos/create", "/api/models/org/m/commit/main",
-                           "/api/models/org/m/preupload/main"}) {
+  for (const char* path :
+       {"/api/repos/create", "/api/models/org/m/commit/main", "/api/models/org/m/preupload/main"}) {
     const std::string head = std::string("POST ") + path +
                              " HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                              "Content-Length: 1073741824\r\n\r\n";
@@ -165,11 +165,12 @@ TEST_F(MirrorAbuse, BodiesOverTheirCapsAre413) {
   seed();
   start();
   const std::string auth = "Authorization: Bearer " + std::string(mirror_test::kWriteToken);
-  EXPECT_EQ(raw_exchange(mirror->port(),
-                         "POST /api/repos/create HTTP/1.1\r\nHost: x\r\n" + auth +
-                             "\r\nContent-Type: application/json\r\nContent-Length: 2000000\r\n\r\n",
-                         0),
-            "HTTP/1.1 413 Content Too Large");
+  EXPECT_EQ(
+      raw_exchange(mirror->port(),
+                   "POST /api/repos/create HTTP/1.1\r\nHost: x\r\n" + auth +
+                       "\r\nContent-Type: application/json\r\nContent-Length: 2000000\r\n\r\n",
+                   0),
+      "HTTP/1.1 413 Content Too Large");
   // Read routes cap their bodies the same way.
   EXPECT_EQ(raw_exchange(mirror->port(),
                          "POST /api/models/org/m/paths-info/main HTTP/1.1\r\nHost: x\r\n"
