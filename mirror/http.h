@@ -92,7 +92,7 @@ struct ServerOptions {
   unsigned max_connections = 1024;        // in total; more are refused at accept
   unsigned max_connections_per_ip = 256;  // from one client address
   unsigned idle_timeout_s = 30;           // no byte in either direction for this long: closed
-  unsigned header_timeout_s = 10;         // a request's headers must be complete within this
+  unsigned header_timeout_s = 5;          // a request's headers must be complete within this
   unsigned keep_alive_timeout_s = 5;      // extra time a kept-alive connection has for the next
 };
 

@@ -173,7 +173,6 @@ struct RateBody {
   uint64_t offset, length, rate;
   Clock::time_point t0;
   MHD_Connection* con = nullptr;
-  HttpServer* srv = nullptr;
   void* impl = nullptr;
 };
 

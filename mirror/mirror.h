@@ -43,7 +43,7 @@ struct MirrorOptions {
   // headers, and how long a connection may go without a byte in either direction.
   unsigned max_connections = 1024;
   unsigned max_connections_per_ip = 256;
-  unsigned header_timeout_s = 10;
+  unsigned header_timeout_s = 5;
   unsigned idle_timeout_s = 30;
   size_t tree_page_size = 1000;  // entries per tree page (Link: rel="next")
   // LFS objects at least this large are offered the multipart transfer, in parts of

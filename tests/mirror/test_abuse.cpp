@@ -6,7 +6,9 @@
 #include <httplib.h>
 
 #include <chrono>
+#include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
 
@@ -20,6 +22,7 @@ using loftqd::testing::connect_loopback;
 using loftqd::testing::SlowClients;
 using mirror_test::bearer;
 using MirrorAbuse = mirror_test::MirrorFixture;
+namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
@@ -178,4 +181,46 @@ TEST_F(MirrorAbuse, BodiesOverTheirCapsAre413) {
                          0),
             "HTTP/1.1 413 Content Too Large");
   EXPECT_FALSE(store.has_repo("org/x"));
+}
+
+// Streamed bodies leave nothing behind: a commit (accepted or refused) removes its body temp,
+// an LFS upload whose bytes do not match its oid is refused (400) and its upload temp removed,
+// and one that matches becomes the blob (hashed on the way in).
+TEST_F(MirrorAbuse, StreamedBodiesLeaveNoTemps) {
+  seed();
+  start();
+  auto cli = http();
+  const std::string header = R"({"key":"header","value":{"summary":"s"}})";
+  const std::string file =
+      R"({"key":"file","value":{"path":"a.txt","content":"aGk=","encoding":"base64"}})";
+  EXPECT_EQ(cli.Post("/api/models/org/m/commit/main", bearer(), header + "\n" + file + "\n",
+                     "application/x-ndjson")
+                ->status,
+            200);
+  EXPECT_EQ(cli.Post("/api/models/org/m/commit/main", bearer(), header + "\n{\"key\":5}\n",
+                     "application/x-ndjson")
+                ->status,
+            400);
+  const std::string content = "lfs object content";
+  const std::string oid = loftqd::storage::sha256_hex(content);
+  const std::string batch = R"({"operation":"upload","transfers":["basic"],"objects":[{"oid":")" +
+                            oid + R"(","size":)" + std::to_string(content.size()) + "}]}";
+  auto b = cli.Post("/org/m.git/info/lfs/objects/batch", bearer(), batch,
+                    "application/vnd.git-lfs+json");
+  ASSERT_TRUE(b);
+  ASSERT_EQ(b->status, 200) << b->body;
+  const std::string href =
+      nlohmann::json::parse(b->body)["objects"][0]["actions"]["upload"]["href"];
+  const std::string path = href.substr(href.find("/api/"));
+  std::string wrong = content;
+  wrong[0] = 'L';
+  EXPECT_EQ(cli.Put(path, wrong, "application/octet-stream")->status, 400);
+  EXPECT_FALSE(store.has_blob("org/m", oid));
+  EXPECT_EQ(cli.Put(path, content, "application/octet-stream")->status, 200);
+  EXPECT_TRUE(store.has_blob("org/m", oid));
+  for (auto& e : fs::directory_iterator(store.repo_dir("org/m") / "blobs")) {
+    const std::string name = e.path().filename().string();
+    EXPECT_EQ(name.find(".commit-body"), std::string::npos) << name;
+    EXPECT_EQ(name.find(".upload-"), std::string::npos) << name;
+  }
 }
