@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -223,4 +224,40 @@ TEST_F(MirrorAbuse, StreamedBodiesLeaveNoTemps) {
     EXPECT_EQ(name.find(".commit-body"), std::string::npos) << name;
     EXPECT_EQ(name.find(".upload-"), std::string::npos) << name;
   }
+}
+
+// A rate-capped download is sent in slices with its connection suspended between them (no thread
+// held): the cap holds, other requests are answered meanwhile, and stop() during it returns at
+// once (the suspended connection is woken and ended).
+TEST_F(MirrorAbuse, RateCappedDownloadsHoldNoThreadAndStopPromptly) {
+  seed();
+  MirrorOptions o;
+  o.max_bytes_per_s = 20000;  // the 70000-byte file takes 3.5 s
+  o.threads = 1;
+  start(o);
+  std::atomic<size_t> got{0};
+  std::thread slow_download([&] {
+    auto cli = http();
+    cli.set_read_timeout(10, 0);
+    (void)cli.Get("/org/m/resolve/main/model.safetensors", [&](const char*, size_t n) {
+      got += n;
+      return true;
+    });
+  });
+  std::this_thread::sleep_for(1000ms);
+  const size_t after_1s = got.load();
+  EXPECT_GT(after_1s, 0u);
+  EXPECT_LT(after_1s, 45000u);  // about 20000 (+ a slice) after 1 s, not the whole file
+  auto cli = http();
+  cli.set_read_timeout(2, 0);
+  const auto t0 = Clock::now();
+  auto r = cli.Get("/api/models/org/m");  // the only worker is free: the download holds none
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  EXPECT_LT(seconds_since(t0), 1.0);
+  const auto t1 = Clock::now();
+  mirror->stop();
+  EXPECT_LT(seconds_since(t1), 1.5);
+  slow_download.join();
+  EXPECT_LT(got.load(), 70000u);
 }
