@@ -261,3 +261,25 @@ TEST_F(MirrorAbuse, RateCappedDownloadsHoldNoThreadAndStopPromptly) {
   slow_download.join();
   EXPECT_LT(got.load(), 70000u);
 }
+
+// A request refused on its head is answered with Connection: close and the connection ends: its
+// unread body is never taken for a next request (here, a whoami with the token inside the body).
+TEST_F(MirrorAbuse, AnEarlyRefusalClosesTheConnection) {
+  seed();
+  start();
+  const std::string inner = "GET /api/whoami-v2 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                            std::string(mirror_test::kWriteToken) + "\r\n\r\n";
+  const std::string req = "POST /api/repos/create HTTP/1.1\r\nHost: x\r\nContent-Length: " +
+                          std::to_string(inner.size()) + "\r\n\r\n" + inner;
+  int s = connect_loopback(mirror->port());
+  timeval tv{2, 0};
+  ::setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  ASSERT_EQ(::send(s, req.data(), req.size(), MSG_NOSIGNAL), static_cast<ssize_t>(req.size()));
+  std::string answer;
+  char buf[4096];
+  for (ssize_t n; (n = ::recv(s, buf, sizeof buf, 0)) > 0;) answer.append(buf, n);
+  ::close(s);
+  EXPECT_EQ(answer.rfind("HTTP/1.1 401", 0), 0u) << answer;
+  EXPECT_NE(answer.find("Connection: close"), std::string::npos) << answer;
+  EXPECT_EQ(answer.find("HTTP/1.1", 1), std::string::npos) << "a second answer: " << answer;
+}
