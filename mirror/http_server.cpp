@@ -539,7 +539,7 @@ void HttpServer::start() {
           Clock::now() + std::chrono::seconds(s.opt.header_timeout_s + s.opt.keep_alive_timeout_s);
   };
   unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
-                   MHD_USE_ITC | MHD_USE_ERROR_LOG;
+                   MHD_USE_ERROR_LOG;
   i.daemon = MHD_start_daemon(
       flags, 0, nullptr, nullptr, +access, &i, MHD_OPTION_LISTEN_SOCKET, i.listen_fd,
       MHD_OPTION_THREAD_POOL_SIZE, static_cast<unsigned>(std::max(1, i.opt.poll_threads)),
@@ -560,8 +560,9 @@ void HttpServer::start() {
 void HttpServer::stop() {
   auto& i = *impl_;
   if (i.daemon) {
-    // No new connections; answers in progress finish; rate-capped bodies are woken and end.
-    int fd = MHD_quiesce_daemon(i.daemon);
+    // New requests are answered 503 from here on and never dispatched; answers in progress
+    // finish; rate-capped bodies are woken and end. (No MHD_quiesce_daemon: in 0.9.75 it races
+    // the epoll loops' own removal of the listening socket at the connection limit and panics.)
     i.stopping = true;
     i.timer_cv.notify_all();
     i.pool->drain();
@@ -571,10 +572,10 @@ void HttpServer::stop() {
     }
     i.timer_cv.notify_all();
     i.timer.join();
-    MHD_stop_daemon(i.daemon);
+    MHD_stop_daemon(i.daemon);  // closes every connection and the listening socket
     i.daemon = nullptr;
+    i.listen_fd = -1;
     i.pool.reset();
-    if (fd >= 0 && fd != i.listen_fd) ::close(fd);
   }
   if (i.listen_fd >= 0) {
     ::close(i.listen_fd);

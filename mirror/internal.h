@@ -11,6 +11,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <istream>
 #include <map>
 #include <memory>
@@ -93,6 +94,10 @@ RangePlan plan_range(std::string_view header, uint64_t size);
 // is applied; the first problem found, naming its line, or nullopt.
 std::optional<std::string> parse_commit_payload(std::istream& body, nlohmann::json& header,
                                                 std::vector<nlohmann::json>& ops);
+// The same, handing each validated operation to `on_op` as it is read (nothing is kept); a false
+// from on_op stops the scan (nullopt).
+std::optional<std::string> scan_commit_payload(std::istream& body, nlohmann::json& header,
+                                               const std::function<bool(nlohmann::json&)>& on_op);
 std::optional<std::string> parse_commit_payload(const std::string& body, nlohmann::json& header,
                                                 std::vector<nlohmann::json>& ops);
 

@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <fstream>
+#include <functional>
 #include <sstream>
 
 #include "common/ids.h"
@@ -92,6 +93,14 @@ std::optional<std::string> parse_commit_payload(const std::string& body, json& h
 
 std::optional<std::string> parse_commit_payload(std::istream& in, json& header,
                                                 std::vector<json>& ops) {
+  return scan_commit_payload(in, header, [&ops](json& op) {
+    ops.push_back(std::move(op));
+    return true;
+  });
+}
+
+std::optional<std::string> scan_commit_payload(std::istream& in, json& header,
+                                               const std::function<bool(json&)>& on_op) {
   std::string line;
   bool have_header = false;
   for (size_t n = 1; std::getline(in, line); ++n) {
@@ -108,7 +117,7 @@ std::optional<std::string> parse_commit_payload(std::istream& in, json& header,
       continue;
     }
     if (auto p = operation_problem(j, n)) return p;
-    ops.push_back(std::move(j));
+    if (!on_op(j)) return std::nullopt;
   }
   if (!have_header) return std::string("commit payload has no header line");
   return std::nullopt;
@@ -276,20 +285,22 @@ void Mirror::Impl::commit(const Request& req, Response& res, const Target& t) {
   std::string branch = common::join(t.rest, "/", 1, t.rest.size());
   if (query_flag(req, "create_pr"))
     return send_error(res, 400, "", "pull requests are not supported by this mirror");
-  json header;
-  std::vector<json> ops;
-  // Everything is parsed and validated before anything is applied: a refused payload commits
-  // nothing.
-  // The body was streamed to a temp file (commit_plan); it is read from there line by line.
-  std::optional<std::string> problem;
-  if (req.body_file.empty()) {
-    problem = parse_commit_payload(req.body, header, ops);
-  } else {
+  // The body was streamed to a temp file (commit_plan) and is read from there twice, a line at
+  // a time: every line is validated first, so a refused payload commits nothing; then applied.
+  // Only one line is in memory at a time.
+  auto scan = [&req](json& header, const std::function<bool(json&)>& on_op) {
+    if (req.body_file.empty()) {
+      std::istringstream in(req.body);
+      return scan_commit_payload(in, header, on_op);
+    }
     std::ifstream in(req.body_file, std::ios::binary);
-    if (!in) return send_error(res, 500, "", "cannot read the received commit body");
-    problem = parse_commit_payload(in, header, ops);
-  }
-  if (problem) return send_error(res, 400, "", "invalid commit payload: " + *problem);
+    if (!in) return std::optional<std::string>("cannot read the received commit body");
+    return scan_commit_payload(in, header, on_op);
+  };
+  json header;
+  size_t n_ops = 0;
+  if (auto problem = scan(header, [&n_ops](json&) { return ++n_ops > 0; }))
+    return send_error(res, 400, "", "invalid commit payload: " + *problem);
   std::lock_guard<std::mutex> g(lock_for(t.repo));
   auto head = store.read_ref(t.repo, branch);
   if (!head) return revision_not_found(res, t.repo, branch);
@@ -302,8 +313,14 @@ void Mirror::Impl::commit(const Request& req, Response& res, const Target& t) {
   auto listed = store.list_snapshot(t.repo, *head);
   if (!listed) return send_error(res, 500, "", listed.error().message);
   for (auto& f : listed.value()) files[f.path] = f.etag;
-  for (const auto& op : ops)
-    if (!apply_commit_op(res, t.repo, op, files)) return;
+  bool refused = false;
+  json again;
+  auto applied = scan(again, [&](json& op) {
+    refused = !apply_commit_op(res, t.repo, op, files);
+    return !refused;
+  });
+  if (refused) return;
+  if (applied) return send_error(res, 500, "", "commit body changed while read: " + *applied);
   auto c = store.commit_snapshot(t.repo, branch, files, *head);
   if (!c) return send_error(res, 500, "", c.error().message);
   record_commit(t.repo, c.value(), *head, json_text(header, "summary"),
@@ -312,7 +329,7 @@ void Mirror::Impl::commit(const Request& req, Response& res, const Target& t) {
   meta.last_modified = st::iso8601_now();
   if (meta.created_at.empty()) meta.created_at = meta.last_modified;
   (void)store.write_meta(t.repo, meta);
-  spdlog::info("mirror: commit {} on {}@{} ({} operations)", c.value(), t.repo, branch, ops.size());
+  spdlog::info("mirror: commit {} on {}@{} ({} operations)", c.value(), t.repo, branch, n_ops);
   send_json(res, {{"success", true},
                   {"commitOid", c.value()},
                   {"commitUrl", base_url(req) + "/" + t.repo + "/commit/" + c.value()},

@@ -283,3 +283,29 @@ TEST_F(MirrorAbuse, AnEarlyRefusalClosesTheConnection) {
   EXPECT_NE(answer.find("Connection: close"), std::string::npos) << answer;
   EXPECT_EQ(answer.find("HTTP/1.1", 1), std::string::npos) << "a second answer: " << answer;
 }
+
+// stop() releases the port and every descriptor the server held (listening socket, epoll,
+// connections): a new mirror binds the same port, and start/stop cycles leak no descriptor.
+TEST_F(MirrorAbuse, StopReleasesThePortAndItsDescriptors) {
+  seed();
+  auto open_fds = [] {
+    return std::distance(fs::directory_iterator("/proc/self/fd"), fs::directory_iterator());
+  };
+  start();
+  (void)http().Get("/api/models/org/m");
+  const int port = mirror->port();
+  mirror->stop();
+  const auto before = open_fds();
+  for (int i = 0; i < 3; ++i) {
+    MirrorOptions o;
+    o.store = tmp / "store";
+    o.host = "127.0.0.1";
+    o.port = port;
+    mirror = std::make_unique<loftqd::mirror::Mirror>(o);
+    ASSERT_EQ(mirror->start(), port);
+    auto cli = http();
+    EXPECT_EQ(cli.Get("/api/models/org/m")->status, 200);
+    mirror->stop();
+  }
+  EXPECT_EQ(open_fds(), before);
+}
