@@ -318,7 +318,7 @@ void Daemon::mirror() {
       write_token_ ? write_token_ : std::optional<std::string>(common::random_hex(32));
   mo_.port = 0;
   if (cfg_.mirror.enabled) std::tie(mo_.host, mo_.port) = mirror::parse_listen(cfg_.mirror.listen);
-  // HEAD gets the same answer without the body (httplib drops it).
+  // HEAD gets the same answer without the body (the server core drops it).
   for (const char* method : {"GET", "HEAD"}) {
     mo_.extra_routes[std::string(method) + " /healthz"] = [this](mirror::HttpExchange& ex) {
       health(ex);

@@ -8,11 +8,11 @@
 //                  page, Xet token routes, README front matter (cardData)
 #pragma once
 
-#include <httplib.h>
-
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
+#include <istream>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -24,6 +24,7 @@
 #include <thread>
 #include <vector>
 
+#include "mirror/http.h"
 #include "mirror/mirror.h"
 #include "storage/store.h"
 
@@ -33,24 +34,23 @@ inline constexpr const char* kJson = "application/json";
 
 // An error as the Hub sends it: X-Error-Code (when `code` is set), X-Error-Message and a JSON
 // body {"error": message}.
-void send_error(httplib::Response& res, int status, const std::string& code,
-                const std::string& message);
-void send_json(httplib::Response& res, const nlohmann::json& j, int status = 200);
+void send_error(Response& res, int status, const std::string& code, const std::string& message);
+void send_json(Response& res, const nlohmann::json& j, int status = 200);
 std::string quote_etag(const std::string& e);  // "\"" + e + "\""
 // The request's JSON body into `out`; false after answering 400 "invalid JSON body". With
 // `empty_is_object`, an empty body reads as {}.
-bool parse_json_body(const httplib::Request& req, httplib::Response& res, nlohmann::json& out,
+bool parse_json_body(const Request& req, Response& res, nlohmann::json& out,
                      bool empty_is_object = false);
 // The repo a repo-create/-delete body names ({"name", "organization", "type"}), as the Hub reads
 // it; nullopt after answering 400 (not a model repo, or not a valid repo id).
-std::optional<std::string> repo_of_body(const nlohmann::json& body, httplib::Response& res);
+std::optional<std::string> repo_of_body(const nlohmann::json& body, Response& res);
 
 // A boolean query parameter as the Hub reads it: true/True/1 and false/False/0 (any case);
 // absent or empty: `dflt`. Anything else throws std::invalid_argument naming the parameter (the
 // dispatch answers 400 with that message).
-bool query_flag(const httplib::Request& req, const std::string& name, bool dflt = false);
+bool query_flag(const Request& req, const std::string& name, bool dflt = false);
 // The page size of a paginated listing: `limit` clamped to [1, max], else `dflt`.
-size_t query_limit(const httplib::Request& req, size_t dflt, size_t max);
+size_t query_limit(const Request& req, size_t dflt, size_t max);
 
 // The README front matter (between the leading "---" lines) as JSON, for a subset of YAML:
 // `key: scalar`, `key: [a, b]`, `key:` followed by `- item` lines or by indented `sub: value`
@@ -92,16 +92,31 @@ RangePlan plan_range(std::string_view header, uint64_t size);
 // Parses an NDJSON commit body into its header value and operation lines, validating every line
 // (types of header and operation members, known operation kinds, exactly one header) before any
 // is applied; the first problem found, naming its line, or nullopt.
+std::optional<std::string> parse_commit_payload(std::istream& body, nlohmann::json& header,
+                                                std::vector<nlohmann::json>& ops);
+// The same, handing each validated operation to `on_op` as it is read (nothing is kept); a false
+// from on_op stops the scan (nullopt).
+std::optional<std::string> scan_commit_payload(std::istream& body, nlohmann::json& header,
+                                               const std::function<bool(nlohmann::json&)>& on_op);
 std::optional<std::string> parse_commit_payload(const std::string& body, nlohmann::json& header,
                                                 std::vector<nlohmann::json>& ops);
+
+// Body caps (docs/hub.md, "Limits"): JSON bodies and the extra routes' bodies, NDJSON commit
+// bodies (streamed to a temp file, never held whole in memory).
+inline constexpr uint64_t kJsonBodyCap = uint64_t{1} << 20;
+inline constexpr uint64_t kCommitBodyCap = uint64_t{512} << 20;
 
 struct Mirror::Impl {
   MirrorOptions opt;
   storage::Store store;
-  httplib::Server svr;
+  std::unique_ptr<HttpServer> http;
   std::string secret;  // signs LFS upload URLs (never the write token)
-  std::thread thread;
   int port = -1;
+  // serve() waits here until stop().
+  std::mutex serve_mu;
+  std::condition_variable serve_cv;
+  bool serving = false, served = false, stop_requested = false;
+  std::thread thread;
   // Removes the store's stale temps (storage::kStaleTempAge) at start-up and every
   // kTempSweepInterval until stop.
   static constexpr std::chrono::minutes kTempSweepInterval{30};
@@ -122,60 +137,64 @@ struct Mirror::Impl {
   std::optional<std::string> resolve_name(const std::string& repo, const std::string& rev) const;
   // Serializes the writes to one repo.
   std::mutex& lock_for(const std::string& repo);
-  std::string base_url(const httplib::Request& req) const;  // http://{Host}
-  bool has_write_token(const httplib::Request& req) const;
+  std::string base_url(const Request& req) const;  // http://{Host}
+  bool has_write_token(const Request& req) const;
   // Write endpoints: 401 unless the write token is configured and presented.
-  bool require_write(const httplib::Request& req, httplib::Response& res) const;
+  bool require_write(const Request& req, Response& res) const;
   // Splits "org/name/rest..." (or "name/rest...") into a repo id and the rest, knowing which
   // keywords follow a repo id in the API.
   Target parse_repo(const std::vector<std::string>& segs,
                     const std::set<std::string>& keywords) const;
   // Read access: 401 (anonymous) / 404 (with the token) RepoNotFound for a missing repo; private
   // and gated repos need the token.
-  bool check_read(const httplib::Request& req, httplib::Response& res, const std::string& repo,
+  bool check_read(const Request& req, Response& res, const std::string& repo,
                   storage::RepoMeta* meta_out = nullptr) const;
   // Resolves the revision at the front of `segs` (one segment, or three for refs/pr/N and
   // refs/convert/X; a branch with slashes is matched shortest-first).
   std::optional<Rev> resolve_rev(const std::string& repo, const std::vector<std::string>& segs,
                                  bool greedy_path) const;
-  void revision_not_found(httplib::Response& res, const std::string& repo,
-                          const std::string& rev) const;
+  void revision_not_found(Response& res, const std::string& repo, const std::string& rev) const;
 
   // ---- dispatch (server.cpp) ----
 
-  void routes();
-  void on_get(const httplib::Request& req, httplib::Response& res);
-  void on_post(const httplib::Request& req, httplib::Response& res);
-  void on_put(const httplib::Request& req, httplib::Response& res,
-              const httplib::ContentReader& reader);
-  void on_delete(const httplib::Request& req, httplib::Response& res);
+  // Decides, from a request's head on the server's event loop, what happens to its body: the
+  // write routes check the token (or the LFS ticket) here and refuse before a byte is read;
+  // commits and LFS uploads stream to a file; everything else is read into memory up to
+  // kJsonBodyCap.
+  BodyPlan admit(const Request& head);
+  BodyPlan commit_plan(const Request& head, const std::string& repo);
+  // Answers a complete request (on a worker): extra routes, then the Hub API.
+  void handle(Request& req, Response& res);
+  void on_get(const Request& req, Response& res);
+  void on_post(const Request& req, Response& res);
+  void on_put(const Request& req, Response& res);
+  void on_delete(const Request& req, Response& res);
   // Runs an extra route when one matches; true when it answered.
-  bool extra(const httplib::Request& req, httplib::Response& res);
+  bool extra(const Request& req, Response& res);
 
   // ---- read API (read_api.cpp) ----
 
-  void whoami(const httplib::Request& req, httplib::Response& res) const;
-  void repo_info(const httplib::Request& req, httplib::Response& res, const Target& t);
-  void tree(const httplib::Request& req, httplib::Response& res, const Target& t);
-  void refs(const httplib::Request& req, httplib::Response& res, const Target& t);
+  void whoami(const Request& req, Response& res) const;
+  void repo_info(const Request& req, Response& res, const Target& t);
+  void tree(const Request& req, Response& res, const Target& t);
+  void refs(const Request& req, Response& res, const Target& t);
   // GET/HEAD /{repo}/resolve/{rev}/{path}; `raw` (/{repo}/raw/...): the same bytes without the
   // X-Linked-* headers of an LFS file.
-  void resolve_file(const httplib::Request& req, httplib::Response& res, const Target& t,
-                    bool raw = false);
-  void paths_info(const httplib::Request& req, httplib::Response& res, const Target& t);
+  void resolve_file(const Request& req, Response& res, const Target& t, bool raw = false);
+  void paths_info(const Request& req, Response& res, const Target& t);
   // The card (README front matter) of a snapshot; empty when it has no README or no front
   // matter, nullopt when the front matter cannot be read (logged).
   std::optional<nlohmann::json> card_of(const std::string& repo, const std::string& commit) const;
 
   // ---- write API (write_api.cpp) ----
 
-  void create_repo(const httplib::Request& req, httplib::Response& res);
-  void create_branch(const httplib::Request& req, httplib::Response& res, const Target& t);
-  void preupload(const httplib::Request& req, httplib::Response& res, const Target& t);
-  void commit(const httplib::Request& req, httplib::Response& res, const Target& t);
+  void create_repo(const Request& req, Response& res);
+  void create_branch(const Request& req, Response& res, const Target& t);
+  void preupload(const Request& req, Response& res, const Target& t);
+  void commit(const Request& req, Response& res, const Target& t);
   // Applies one NDJSON operation (file, lfsFile, deletedFile, deletedFolder) to `files` (path ->
   // etag); answers the request and returns false when it is refused.
-  bool apply_commit_op(httplib::Response& res, const std::string& repo, const nlohmann::json& op,
+  bool apply_commit_op(Response& res, const std::string& repo, const nlohmann::json& op,
                        std::map<std::string, std::string>& files);
 
   // A deleted path as the clients send it: "dir/" (trailing slash, from deletedFile or
@@ -197,29 +216,27 @@ struct Mirror::Impl {
   // cardData from the README, ...).
   nlohmann::json model_summary(const std::string& repo, const std::string& commit,
                                const storage::RepoMeta& meta) const;
-  void list_commits(const httplib::Request& req, httplib::Response& res, const Target& t);
-  void create_tag(const httplib::Request& req, httplib::Response& res, const Target& t);
-  void delete_tag(const httplib::Request& req, httplib::Response& res, const Target& t);
-  void delete_repo(const httplib::Request& req, httplib::Response& res);
-  void list_models(const httplib::Request& req, httplib::Response& res);
-  void commit_page(const httplib::Request& req, httplib::Response& res, const Target& t);
-  void root_page(const httplib::Request& req, httplib::Response& res) const;
-  void xet_token(const httplib::Request& req, httplib::Response& res) const;
+  void list_commits(const Request& req, Response& res, const Target& t);
+  void create_tag(const Request& req, Response& res, const Target& t);
+  void delete_tag(const Request& req, Response& res, const Target& t);
+  void delete_repo(const Request& req, Response& res);
+  void list_models(const Request& req, Response& res);
+  void commit_page(const Request& req, Response& res, const Target& t);
+  void root_page(const Request& req, Response& res) const;
+  void xet_token(const Request& req, Response& res) const;
 
   // ---- LFS (lfs.cpp) ----
 
   std::string ticket(const std::string& repo, const std::string& oid, uint64_t size) const;
-  void lfs_batch(const httplib::Request& req, httplib::Response& res, const std::string& repo);
+  void lfs_batch(const Request& req, Response& res, const std::string& repo);
   // Upload URLs carry a signed ticket instead of the token (like a presigned URL).
-  bool check_ticket(const httplib::Request& req, httplib::Response& res, const std::string& oid,
-                    std::string& repo, uint64_t& size) const;
-  void lfs_put(const httplib::Request& req, httplib::Response& res,
-               const httplib::ContentReader& reader, const std::vector<std::string>& segs);
-  void lfs_put_part(const httplib::Request& req, httplib::Response& res,
-                    const httplib::ContentReader& reader, const std::string& repo,
-                    const std::string& oid, uint64_t size, const std::string& part_segment);
-  void lfs_post(const httplib::Request& req, httplib::Response& res,
-                const std::vector<std::string>& segs);
+  bool check_ticket(const Request& req, Response& res, const std::string& oid, std::string& repo,
+                    uint64_t& size) const;
+  // The body plan of an LFS PUT (basic: a fresh upload temp hashed on the way; part: its range
+  // of {oid}.multipart), or its refusal (bad ticket, bad part).
+  BodyPlan lfs_put_plan(const Request& req, const std::vector<std::string>& segs);
+  void lfs_put(const Request& req, Response& res, const std::vector<std::string>& segs);
+  void lfs_post(const Request& req, Response& res, const std::vector<std::string>& segs);
 };
 
 }  // namespace loftqd::mirror

@@ -33,25 +33,6 @@ std::string hmac_hex(const std::string& key, const std::string& data) {
   return s;
 }
 
-// Streams a request body into `fd` at `offset`; returns bytes written or -1.
-int64_t receive_to(const httplib::ContentReader& reader, int fd, uint64_t offset,
-                   uint64_t max_bytes) {
-  uint64_t pos = offset, n_total = 0;
-  bool ok = reader([&](const char* data, size_t len) {
-    if (n_total + len > max_bytes) return false;
-    while (len > 0) {
-      ssize_t w = ::pwrite(fd, data, len, static_cast<off_t>(pos));
-      if (w <= 0) return false;
-      data += w;
-      len -= static_cast<size_t>(w);
-      pos += static_cast<uint64_t>(w);
-      n_total += static_cast<uint64_t>(w);
-    }
-    return true;
-  });
-  return ok ? static_cast<int64_t>(n_total) : -1;
-}
-
 }  // namespace
 
 std::string Mirror::Impl::ticket(const std::string& repo, const std::string& oid,
@@ -59,8 +40,7 @@ std::string Mirror::Impl::ticket(const std::string& repo, const std::string& oid
   return hmac_hex(secret, repo + "\n" + oid + "\n" + std::to_string(size));
 }
 
-void Mirror::Impl::lfs_batch(const httplib::Request& req, httplib::Response& res,
-                             const std::string& repo) {
+void Mirror::Impl::lfs_batch(const Request& req, Response& res, const std::string& repo) {
   if (!require_write(req, res)) return;
   if (!check_read(req, res, repo)) return;
   json body;
@@ -123,8 +103,8 @@ void Mirror::Impl::lfs_batch(const httplib::Request& req, httplib::Response& res
                   "application/vnd.git-lfs+json");
 }
 
-bool Mirror::Impl::check_ticket(const httplib::Request& req, httplib::Response& res,
-                                const std::string& oid, std::string& repo, uint64_t& size) const {
+bool Mirror::Impl::check_ticket(const Request& req, Response& res, const std::string& oid,
+                                std::string& repo, uint64_t& size) const {
   repo = req.get_param_value("repo");
   try {
     size = std::stoull(req.get_param_value("size"));
@@ -141,63 +121,76 @@ bool Mirror::Impl::check_ticket(const httplib::Request& req, httplib::Response& 
   return true;
 }
 
-void Mirror::Impl::lfs_put(const httplib::Request& req, httplib::Response& res,
-                           const httplib::ContentReader& reader,
-                           const std::vector<std::string>& segs) {
+BodyPlan Mirror::Impl::lfs_put_plan(const Request& req, const std::vector<std::string>& segs) {
   // segs: api loftqd lfs {oid} [part {n}]
+  BodyPlan plan;
+  plan.kind = BodyPlan::Refuse;
+  plan.refusal = std::make_shared<Response>();
+  Response& res = *plan.refusal;
+  std::string oid = segs[3], repo;
+  uint64_t size = 0;
+  if (!check_ticket(req, res, oid, repo, size)) return plan;
+  std::error_code ec;
+  fs::create_directories(store.repo_dir(repo) / "blobs", ec);
+  if (segs.size() == 4) {  // basic: a fresh temp, hashed on the way
+    plan = BodyPlan::to_file(store.blob_path(repo, oid), size);
+    plan.file += ".upload-" + common::random_hex(12);
+    plan.hash = true;
+    return plan;
+  }
+  if (segs.size() != 6 || segs[4] != "part") {
+    send_error(res, 404, "", "Not found");
+    return plan;
+  }
+  // PUT .../part/{n}?chunk=C: bytes [(n-1)*C, n*C) of the object into {oid}.multipart.
+  uint64_t part = 0, chunk = 0;
+  try {
+    part = std::stoull(segs[5]);
+    chunk = std::stoull(req.get_param_value("chunk"));
+  } catch (const std::exception&) {
+    send_error(res, 400, "", "bad part number");
+    return plan;
+  }
+  if (part == 0 || chunk == 0 || (part - 1) * chunk >= size) {
+    send_error(res, 400, "", "part number out of range");
+    return plan;
+  }
+  plan = BodyPlan::to_file(store.blob_path(repo, oid), std::min(chunk, size - (part - 1) * chunk));
+  plan.file += ".multipart";
+  plan.file_offset = (part - 1) * chunk;
+  plan.truncate = plan.remove_after = false;
+  return plan;
+}
+
+void Mirror::Impl::lfs_put(const Request& req, Response& res,
+                           const std::vector<std::string>& segs) {
   std::string oid = segs[3], repo;
   uint64_t size = 0;
   if (!check_ticket(req, res, oid, repo, size)) return;
-  fs::create_directories(store.repo_dir(repo) / "blobs");
-  if (segs.size() == 4) {  // basic
-    auto tmp = store.blob_path(repo, oid);
-    tmp += ".upload-" + common::random_hex(12);
-    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) return send_error(res, 500, "", "cannot create upload file");
-    int64_t n = receive_to(reader, fd, 0, size);
-    ::close(fd);
-    if (n < 0) {
-      fs::remove(tmp);
-      return send_error(res, 400, "", "upload body larger than announced or interrupted");
+  if (req.body_file.empty()) return send_error(res, 500, "", "upload body was not received");
+  if (segs.size() == 4) {
+    // Hashed while it arrived: a match is installed as it is; anything else goes through the
+    // store's verification, which says what differed and removes it.
+    if (req.body_size == size && req.body_sha256 == oid) {
+      auto c = store.install_blob(repo, req.body_file, oid);
+      if (!c) return send_error(res, 500, "", "upload not stored: " + c.error().message);
+    } else {
+      auto c = store.commit_blob(repo, req.body_file, st::Digest::lfs(oid, size));
+      if (!c) return send_error(res, 400, "", "upload rejected: " + c.error().message);
     }
-    auto c = store.commit_blob(repo, tmp, st::Digest::lfs(oid, size));
-    if (!c) return send_error(res, 400, "", "upload rejected: " + c.error().message);
     res.status = 200;
     return;
   }
-  if (segs.size() == 6 && segs[4] == "part")
-    return lfs_put_part(req, res, reader, repo, oid, size, segs[5]);
-  send_error(res, 404, "", "Not found");
-}
-
-// PUT .../part/{n}?chunk=C: bytes [(n-1)*C, n*C) of the object into {oid}.multipart.
-void Mirror::Impl::lfs_put_part(const httplib::Request& req, httplib::Response& res,
-                                const httplib::ContentReader& reader, const std::string& repo,
-                                const std::string& oid, uint64_t size,
-                                const std::string& part_segment) {
-  uint64_t part = 0, chunk = 0;
-  try {
-    part = std::stoull(part_segment);
-    chunk = std::stoull(req.get_param_value("chunk"));
-  } catch (const std::exception&) {
-    return send_error(res, 400, "", "bad part number");
-  }
-  if (part == 0 || chunk == 0 || (part - 1) * chunk >= size)
-    return send_error(res, 400, "", "part number out of range");
-  auto mp = store.blob_path(repo, oid);
-  mp += ".multipart";
-  int fd = ::open(mp.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0) return send_error(res, 500, "", "cannot create upload file");
-  uint64_t expect = std::min(chunk, size - (part - 1) * chunk);
-  int64_t n = receive_to(reader, fd, (part - 1) * chunk, expect);
-  ::close(fd);
-  if (n != static_cast<int64_t>(expect))
+  const uint64_t part = std::stoull(segs[5]);
+  const uint64_t chunk = std::stoull(req.get_param_value("chunk"));
+  const uint64_t expect = std::min(chunk, size - (part - 1) * chunk);
+  if (req.body_size != expect)
     return send_error(res, 400, "", "part " + std::to_string(part) + " has the wrong size");
   res.set_header("ETag", quote_etag(st::sha1_hex(oid + ":" + std::to_string(part))));
   res.status = 200;
 }
 
-void Mirror::Impl::lfs_post(const httplib::Request& req, httplib::Response& res,
+void Mirror::Impl::lfs_post(const Request& req, Response& res,
                             const std::vector<std::string>& segs) {
   // segs: api loftqd lfs {oid} complete|verify
   std::string oid = segs[3], repo;

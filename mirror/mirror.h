@@ -36,9 +36,16 @@ struct MirrorOptions {
   std::string host = "127.0.0.1";
   int port = 8080;                         // 0: any free port (see Mirror::port())
   std::optional<std::string> write_token;  // write API enabled only when set
-  int threads = 8;                         // worker threads
+  int threads = 8;                         // worker threads (handlers; never reading sockets)
   int keep_alive_timeout_s = 5;            // idle keep-alive connections close after this
-  size_t tree_page_size = 1000;            // entries per tree page (Link: rel="next")
+  // The server core's limits (docs/hub.md, "The server core"): connections in total and from
+  // one client address (more are refused at accept), the time a request has to complete its
+  // headers, and how long a connection may go without a byte in either direction.
+  unsigned max_connections = 1024;
+  unsigned max_connections_per_ip = 256;
+  unsigned header_timeout_s = 5;
+  unsigned idle_timeout_s = 30;
+  size_t tree_page_size = 1000;  // entries per tree page (Link: rel="next")
   // LFS objects at least this large are offered the multipart transfer, in parts of
   // multipart_chunk bytes, when the client lists "multipart".
   uint64_t multipart_threshold = uint64_t{256} << 20;
@@ -46,7 +53,7 @@ struct MirrorOptions {
   // Called once per request after it is answered (method, path, status); for logs.
   std::function<void(const std::string&, const std::string&, int)> on_request;
   // Endpoints served on the same listener ahead of the Hub API, keyed "METHOD /path" (exact
-  // path, query ignored): the daemon's /healthz, /metrics and /webhook.
+  // path, query ignored): the daemon's /healthz, /metrics and /webhook. Bodies up to 1 MiB.
   std::map<std::string, std::function<void(HttpExchange&)>> extra_routes;
   // Caps each file body's send rate (bytes per second; 0 = no cap). For operators sharing a
   // link, and for tests that need a download to last long enough to interrupt it.

@@ -5,8 +5,6 @@
 
 #include <algorithm>
 #include <charconv>
-#include <chrono>
-#include <thread>
 
 #include "common/ids.h"
 #include "common/strings.h"
@@ -69,34 +67,6 @@ std::map<std::string, json> tree_entries(const std::vector<st::FileEntry>& files
   return entries;
 }
 
-// Sends `total` bytes of the open blob `fd` from `base` (closed when the response is done)
-// and, with `rate` > 0, caps the send rate.
-void send_blob(httplib::Response& res, int fd, uint64_t base, uint64_t total, uint64_t rate) {
-  auto holder = std::make_shared<int>(fd);
-  res.set_content_provider(
-      total, "application/octet-stream",
-      [holder, base, rate](size_t offset, size_t length, httplib::DataSink& sink) {
-        // With a rate cap, send in chunks of about 1/20 s worth and sleep between them.
-        const size_t chunk = rate ? std::clamp<size_t>(rate / 20, 4096, 1 << 20) : (1 << 20);
-        std::vector<char> buf(std::min<size_t>(length, chunk));
-        const auto t0 = std::chrono::steady_clock::now();
-        uint64_t sent = 0;
-        while (length > 0) {
-          ssize_t n = ::pread(*holder, buf.data(), std::min(length, buf.size()),
-                              static_cast<off_t>(base + offset));
-          if (n <= 0) return false;
-          if (!sink.write(buf.data(), static_cast<size_t>(n))) return false;
-          offset += static_cast<size_t>(n);
-          length -= static_cast<size_t>(n);
-          sent += static_cast<uint64_t>(n);
-          if (rate)
-            std::this_thread::sleep_until(t0 + std::chrono::microseconds(sent * 1000000 / rate));
-        }
-        return true;
-      },
-      [holder](bool) { ::close(*holder); });
-}
-
 // A decimal number of a Range header; false when it is not one, `huge` set when it exceeds
 // 2^64 - 1.
 bool range_number(std::string_view s, uint64_t& v, bool& huge) {
@@ -143,12 +113,7 @@ namespace {
 
 // Answers a GET/HEAD of a `size`-byte blob with its Range plan: 200 whole, 206 with
 // Content-Range, or 416 with Content-Range "bytes */SIZE" and no body.
-void send_ranged_blob(const httplib::Request& req, httplib::Response& res, int fd, uint64_t size,
-                      uint64_t rate) {
-  // httplib 0.11 would slice the response again by the ranges it parsed, without checking them
-  // against the size (a past-the-end start hangs the connection): the plan below replaces them.
-  // The handler's Request is the server's own mutable object, passed as const.
-  const_cast<httplib::Request&>(req).ranges.clear();
+void send_ranged_blob(const Request& req, Response& res, int fd, uint64_t size, uint64_t rate) {
   RangePlan plan = req.has_header("Range") ? plan_range(req.get_header_value("Range"), size)
                                            : RangePlan{RangePlan::Whole, 0, size};
   if (plan.kind == RangePlan::Unsatisfiable) {
@@ -165,12 +130,13 @@ void send_ranged_blob(const httplib::Request& req, httplib::Response& res, int f
   } else {
     res.status = 200;
   }
-  send_blob(res, fd, plan.offset, plan.length, rate);
+  // Sent from the file by the server core (sendfile), capped at `rate` when set.
+  res.set_file(fd, plan.offset, plan.length, "application/octet-stream", rate);
 }
 
 }  // namespace
 
-void Mirror::Impl::whoami(const httplib::Request& req, httplib::Response& res) const {
+void Mirror::Impl::whoami(const Request& req, Response& res) const {
   if (!has_write_token(req)) return send_error(res, 401, "", "Invalid credentials");
   send_json(res, {{"type", "user"},
                   {"id", "loftqd"},
@@ -183,7 +149,7 @@ void Mirror::Impl::whoami(const httplib::Request& req, httplib::Response& res) c
                     {"accessToken", {{"displayName", "mirror"}, {"role", "write"}}}}}});
 }
 
-void Mirror::Impl::repo_info(const httplib::Request& req, httplib::Response& res, const Target& t) {
+void Mirror::Impl::repo_info(const Request& req, Response& res, const Target& t) {
   st::RepoMeta meta;
   if (!check_read(req, res, t.repo, &meta)) return;
   std::string rev = "main";
@@ -215,7 +181,7 @@ void Mirror::Impl::repo_info(const httplib::Request& req, httplib::Response& res
   send_json(res, j);
 }
 
-void Mirror::Impl::tree(const httplib::Request& req, httplib::Response& res, const Target& t) {
+void Mirror::Impl::tree(const Request& req, Response& res, const Target& t) {
   if (!check_read(req, res, t.repo)) return;
   // rest = tree / {rev...} / {path...}
   std::vector<std::string> segs(t.rest.begin() + 1, t.rest.end());
@@ -258,7 +224,7 @@ void Mirror::Impl::tree(const httplib::Request& req, httplib::Response& res, con
   send_json(res, page);
 }
 
-void Mirror::Impl::refs(const httplib::Request& req, httplib::Response& res, const Target& t) {
+void Mirror::Impl::refs(const Request& req, Response& res, const Target& t) {
   if (!check_read(req, res, t.repo)) return;
   json branches = json::array(), tags = json::array();
   const auto tag_names = tags_of(t.repo);
@@ -274,8 +240,7 @@ void Mirror::Impl::refs(const httplib::Request& req, httplib::Response& res, con
   send_json(res, {{"branches", branches}, {"tags", tags}, {"converts", json::array()}});
 }
 
-void Mirror::Impl::resolve_file(const httplib::Request& req, httplib::Response& res,
-                                const Target& t, bool raw) {
+void Mirror::Impl::resolve_file(const Request& req, Response& res, const Target& t, bool raw) {
   if (!check_read(req, res, t.repo)) return;
   std::vector<std::string> segs(t.rest.begin() + 1, t.rest.end());
   if (segs.size() < 2) return send_error(res, 404, "EntryNotFound", "no file in " + req.path);
@@ -312,7 +277,6 @@ void Mirror::Impl::resolve_file(const httplib::Request& req, httplib::Response& 
   res.set_header("Content-Disposition",
                  "inline; filename=\"" + fs::path(path).filename().string() + "\"");
   if (size == 0) {
-    const_cast<httplib::Request&>(req).ranges.clear();  // see send_ranged_blob
     res.set_content("", "application/octet-stream");
     return;
   }
@@ -322,8 +286,7 @@ void Mirror::Impl::resolve_file(const httplib::Request& req, httplib::Response& 
 }
 
 // POST /api/models/{repo}/paths-info/{rev} {paths:[...]}: the entries that exist.
-void Mirror::Impl::paths_info(const httplib::Request& req, httplib::Response& res,
-                              const Target& t) {
+void Mirror::Impl::paths_info(const Request& req, Response& res, const Target& t) {
   if (!check_read(req, res, t.repo)) return;
   std::string rev = common::join(t.rest, "/", 1, t.rest.size());
   auto commit = resolve_name(t.repo, rev);

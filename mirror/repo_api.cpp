@@ -230,8 +230,7 @@ std::optional<CommitRecord> Mirror::Impl::read_commit(const std::string& repo,
 }
 
 // GET /api/models/{repo}/commits/{rev}?limit=&p=: newest first, pages linked by Link rel=next.
-void Mirror::Impl::list_commits(const httplib::Request& req, httplib::Response& res,
-                                const Target& t) {
+void Mirror::Impl::list_commits(const Request& req, Response& res, const Target& t) {
   if (!check_read(req, res, t.repo)) return;
   std::string rev = t.rest.size() >= 2 ? common::join(t.rest, "/", 1, t.rest.size()) : "main";
   auto head = resolve_name(t.repo, rev);
@@ -273,8 +272,7 @@ void Mirror::Impl::list_commits(const httplib::Request& req, httplib::Response& 
 }
 
 // GET /{repo}/commit/{sha}: what commitUrl points at.
-void Mirror::Impl::commit_page(const httplib::Request& req, httplib::Response& res,
-                               const Target& t) {
+void Mirror::Impl::commit_page(const Request& req, Response& res, const Target& t) {
   if (!check_read(req, res, t.repo)) return;
   const std::string& id = t.rest[1];
   auto c = common::is_sha1_hex(id) ? store.resolve(t.repo, id) : std::nullopt;
@@ -309,8 +307,7 @@ std::set<std::string> Mirror::Impl::tags_of(const std::string& repo) const {
 }
 
 // POST /api/models/{repo}/tag/{rev} {"tag": NAME, "message": ...}
-void Mirror::Impl::create_tag(const httplib::Request& req, httplib::Response& res,
-                              const Target& t) {
+void Mirror::Impl::create_tag(const Request& req, Response& res, const Target& t) {
   if (!require_write(req, res)) return;
   if (!check_read(req, res, t.repo)) return;
   std::string rev = common::join(t.rest, "/", 1, t.rest.size());
@@ -342,8 +339,7 @@ void Mirror::Impl::create_tag(const httplib::Request& req, httplib::Response& re
 }
 
 // DELETE /api/models/{repo}/tag/{tag}
-void Mirror::Impl::delete_tag(const httplib::Request& req, httplib::Response& res,
-                              const Target& t) {
+void Mirror::Impl::delete_tag(const Request& req, Response& res, const Target& t) {
   if (!require_write(req, res)) return;
   if (!check_read(req, res, t.repo)) return;
   std::string tag = common::join(t.rest, "/", 1, t.rest.size());
@@ -365,7 +361,7 @@ void Mirror::Impl::delete_tag(const httplib::Request& req, httplib::Response& re
 // ---- repos ----
 
 // DELETE /api/repos/delete {"name", "organization", "type"}
-void Mirror::Impl::delete_repo(const httplib::Request& req, httplib::Response& res) {
+void Mirror::Impl::delete_repo(const Request& req, Response& res) {
   if (!require_write(req, res)) return;
   json body;
   if (!parse_json_body(req, res, body)) return;
@@ -393,7 +389,7 @@ void Mirror::Impl::delete_repo(const httplib::Request& req, httplib::Response& r
 }
 
 // GET /api/models?author=&search=&filter=&limit=&cursor=: the repos with a main branch, by id.
-void Mirror::Impl::list_models(const httplib::Request& req, httplib::Response& res) {
+void Mirror::Impl::list_models(const Request& req, Response& res) {
   const bool authed = has_write_token(req);
   const std::string author = req.get_param_value("author");
   const std::string search = common::lower(req.get_param_value("search"));
@@ -428,18 +424,21 @@ void Mirror::Impl::list_models(const httplib::Request& req, httplib::Response& r
   json page = json::array();
   for (size_t i = cursor; i < all.size() && i < cursor + limit; ++i) page.push_back(all[i]);
   if (cursor + limit < all.size()) {
-    httplib::Params q = req.params;
+    Params q = req.params;
     q.erase("cursor");
     q.emplace("cursor", st::base64_encode(std::to_string(cursor + limit)));
-    res.set_header("Link", "<" + base_url(req) + "/api/models?" +
-                               httplib::detail::params_to_query_str(q) + ">; rel=\"next\"");
+    std::string query;
+    for (const auto& [k, v] : q)
+      query +=
+          (query.empty() ? "" : "&") + common::escape_segment(k) + "=" + common::escape_segment(v);
+    res.set_header("Link", "<" + base_url(req) + "/api/models?" + query + ">; rel=\"next\"");
   }
   send_json(res, page);
 }
 
 // ---- pages and refusals ----
 
-void Mirror::Impl::root_page(const httplib::Request& req, httplib::Response& res) const {
+void Mirror::Impl::root_page(const Request& req, Response& res) const {
   const std::string url = base_url(req);
   res.set_content(
       "<!doctype html><html><head><meta charset=\"utf-8\"><title>loftqd mirror</title></head>"
@@ -452,7 +451,7 @@ void Mirror::Impl::root_page(const httplib::Request& req, httplib::Response& res
       "text/html; charset=utf-8");
 }
 
-void Mirror::Impl::xet_token(const httplib::Request&, httplib::Response& res) const {
+void Mirror::Impl::xet_token(const Request&, Response& res) const {
   send_error(res, 501, "",
              "This mirror (loftqd) does not speak the Xet protocol: set HF_HUB_DISABLE_XET=1 so "
              "the client uses plain HTTP and LFS");

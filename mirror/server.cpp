@@ -2,7 +2,7 @@
 // authentication and the checks and error answers every handler shares.
 #include <spdlog/spdlog.h>
 
-#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -23,7 +23,7 @@ namespace loftqd::mirror {
 
 namespace {
 
-std::string bearer_of(const httplib::Request& req) {
+std::string bearer_of(const Request& req) {
   std::string h = req.get_header_value("Authorization");
   if (h.rfind("Bearer ", 0) == 0) return h.substr(7);
   if (h.rfind("Basic ", 0) == 0) {  // git-lfs style: user:token
@@ -38,21 +38,19 @@ std::string bearer_of(const httplib::Request& req) {
 
 }  // namespace
 
-void send_error(httplib::Response& res, int status, const std::string& code,
-                const std::string& message) {
+void send_error(Response& res, int status, const std::string& code, const std::string& message) {
   res.status = status;
   if (!code.empty()) res.set_header("X-Error-Code", code);
   res.set_header("X-Error-Message", message);
   res.set_content(json{{"error", message}}.dump(), kJson);
 }
 
-void send_json(httplib::Response& res, const json& j, int status) {
+void send_json(Response& res, const json& j, int status) {
   res.status = status;
   res.set_content(j.dump(), kJson);
 }
 
-bool parse_json_body(const httplib::Request& req, httplib::Response& res, json& out,
-                     bool empty_is_object) {
+bool parse_json_body(const Request& req, Response& res, json& out, bool empty_is_object) {
   if (empty_is_object && req.body.empty()) {
     out = json::object();
     return true;
@@ -66,7 +64,7 @@ bool parse_json_body(const httplib::Request& req, httplib::Response& res, json& 
   }
 }
 
-std::optional<std::string> repo_of_body(const json& body, httplib::Response& res) {
+std::optional<std::string> repo_of_body(const json& body, Response& res) {
   auto str = [&](const char* k) {
     return body.contains(k) && body[k].is_string() ? body[k].get<std::string>() : std::string();
   };
@@ -87,7 +85,7 @@ std::string quote_etag(const std::string& e) {
   return "\"" + e + "\"";
 }
 
-bool query_flag(const httplib::Request& req, const std::string& name, bool dflt) {
+bool query_flag(const Request& req, const std::string& name, bool dflt) {
   if (!req.has_param(name)) return dflt;
   std::string v = common::lower(req.get_param_value(name));
   if (v.empty()) return dflt;
@@ -97,7 +95,7 @@ bool query_flag(const httplib::Request& req, const std::string& name, bool dflt)
                               req.get_param_value(name) + "')");
 }
 
-size_t query_limit(const httplib::Request& req, size_t dflt, size_t max) {
+size_t query_limit(const Request& req, size_t dflt, size_t max) {
   if (!req.has_param("limit")) return std::clamp<size_t>(dflt, 1, max);
   const std::string v = req.get_param_value("limit");
   size_t idx = 0;
@@ -115,14 +113,20 @@ size_t query_limit(const httplib::Request& req, size_t dflt, size_t max) {
 
 Mirror::Impl::Impl(MirrorOptions o)
     : opt(std::move(o)), store(opt.store), secret(common::random_hex(64)) {
-  int threads = std::max(1, opt.threads);
-  svr.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-  svr.set_keep_alive_max_count(1000);
-  svr.set_keep_alive_timeout(opt.keep_alive_timeout_s);
-  svr.set_read_timeout(60);
-  svr.set_write_timeout(60);
-  svr.set_payload_max_length(std::numeric_limits<size_t>::max());
-  routes();
+  ServerOptions so;
+  so.worker_threads = std::max(1, opt.threads);
+  so.max_connections = opt.max_connections;
+  so.max_connections_per_ip = opt.max_connections_per_ip;
+  so.header_timeout_s = opt.header_timeout_s;
+  so.idle_timeout_s = opt.idle_timeout_s;
+  so.keep_alive_timeout_s = static_cast<unsigned>(std::max(0, opt.keep_alive_timeout_s));
+  http = std::make_unique<HttpServer>(
+      so, [this](const Request& head) { return admit(head); },
+      [this](Request& req, Response& res) { handle(req, res); },
+      [this](const Request& req, const Response& res) {
+        if (opt.on_request) opt.on_request(req.method, req.path, res.status);
+        spdlog::debug("mirror: {} {} -> {}", req.method, req.path, res.status);
+      });
 }
 
 // ---- shared checks ----
@@ -139,19 +143,19 @@ std::mutex& Mirror::Impl::lock_for(const std::string& repo) {
   return *m;
 }
 
-std::string Mirror::Impl::base_url(const httplib::Request& req) const {
+std::string Mirror::Impl::base_url(const Request& req) const {
   std::string host = req.get_header_value("Host");
   if (host.empty()) host = opt.host + ":" + std::to_string(port);
   return "http://" + host;
 }
 
-bool Mirror::Impl::has_write_token(const httplib::Request& req) const {
+bool Mirror::Impl::has_write_token(const Request& req) const {
   if (!opt.write_token) return false;
   std::string b = bearer_of(req);
   return !b.empty() && st::secure_equal(b, *opt.write_token);
 }
 
-bool Mirror::Impl::require_write(const httplib::Request& req, httplib::Response& res) const {
+bool Mirror::Impl::require_write(const Request& req, Response& res) const {
   if (has_write_token(req)) return true;
   send_error(res, 401, "",
              opt.write_token ? "Invalid or missing credentials in the Authorization header"
@@ -176,8 +180,8 @@ Target Mirror::Impl::parse_repo(const std::vector<std::string>& segs,
   return t;
 }
 
-bool Mirror::Impl::check_read(const httplib::Request& req, httplib::Response& res,
-                              const std::string& repo, st::RepoMeta* meta_out) const {
+bool Mirror::Impl::check_read(const Request& req, Response& res, const std::string& repo,
+                              st::RepoMeta* meta_out) const {
   bool authed = has_write_token(req);
   if (common::repo_id_problem(repo) || !store.has_repo(repo) ||
       (!store.read_ref(repo, "main").has_value() && store.list_refs(repo).empty())) {
@@ -219,14 +223,14 @@ std::optional<Rev> Mirror::Impl::resolve_rev(const std::string& repo,
   return std::nullopt;
 }
 
-void Mirror::Impl::revision_not_found(httplib::Response& res, const std::string& repo,
+void Mirror::Impl::revision_not_found(Response& res, const std::string& repo,
                                       const std::string& rev) const {
   send_error(res, 404, "RevisionNotFound", "Invalid rev id: " + rev + " (repo " + repo + ")");
 }
 
 // ---- dispatch ----
 
-void Mirror::Impl::on_get(const httplib::Request& req, httplib::Response& res) {
+void Mirror::Impl::on_get(const Request& req, Response& res) {
   auto segs = common::split(std::string_view(req.path).substr(1), '/');
   if (req.path == "/") return root_page(req, res);
   if (req.path == "/api/whoami-v2") return whoami(req, res);
@@ -249,7 +253,7 @@ void Mirror::Impl::on_get(const httplib::Request& req, httplib::Response& res) {
   send_error(res, 404, "", "Not found: " + req.path);
 }
 
-void Mirror::Impl::on_post(const httplib::Request& req, httplib::Response& res) {
+void Mirror::Impl::on_post(const Request& req, Response& res) {
   auto segs = common::split(std::string_view(req.path).substr(1), '/');
   if (req.path == "/api/repos/create") return create_repo(req, res);
   if (segs.size() == 5 && segs[0] == "api" && segs[1] == "loftqd" && segs[2] == "lfs")
@@ -270,16 +274,15 @@ void Mirror::Impl::on_post(const httplib::Request& req, httplib::Response& res) 
   send_error(res, 404, "", "Not found: " + req.path);
 }
 
-void Mirror::Impl::on_put(const httplib::Request& req, httplib::Response& res,
-                          const httplib::ContentReader& reader) {
+void Mirror::Impl::on_put(const Request& req, Response& res) {
   auto segs = common::split(std::string_view(req.path).substr(1), '/');
   if (segs.size() >= 4 && segs[0] == "api" && segs[1] == "loftqd" && segs[2] == "lfs")
-    return lfs_put(req, res, reader, segs);
+    return lfs_put(req, res, segs);
   if (!require_write(req, res)) return;
   send_error(res, 404, "", "Not found: " + req.path);
 }
 
-void Mirror::Impl::on_delete(const httplib::Request& req, httplib::Response& res) {
+void Mirror::Impl::on_delete(const Request& req, Response& res) {
   auto segs = common::split(std::string_view(req.path).substr(1), '/');
   if (req.path == "/api/repos/delete") return delete_repo(req, res);
   if (segs.size() >= 3 && segs[0] == "api" && segs[1] == "models") {
@@ -291,7 +294,7 @@ void Mirror::Impl::on_delete(const httplib::Request& req, httplib::Response& res
   send_error(res, 405, "", "not supported by this mirror: DELETE " + req.path);
 }
 
-bool Mirror::Impl::extra(const httplib::Request& req, httplib::Response& res) {
+bool Mirror::Impl::extra(const Request& req, Response& res) {
   auto it = opt.extra_routes.find(req.method + " " + req.path);
   if (it == opt.extra_routes.end()) return false;
   HttpExchange ex;
@@ -305,32 +308,74 @@ bool Mirror::Impl::extra(const httplib::Request& req, httplib::Response& res) {
   return true;
 }
 
-void Mirror::Impl::routes() {
-  auto guard = [this](auto&& fn) {
-    return [this, fn](const httplib::Request& req, httplib::Response& res) {
-      try {
-        if (extra(req, res)) return;
-        fn(req, res);
-      } catch (const std::exception& e) {
-        send_error(res, 400, "", e.what());
-      }
-    };
-  };
-  svr.Get(".*", guard([this](const auto& req, auto& res) { on_get(req, res); }));
-  svr.Post(".*", guard([this](const auto& req, auto& res) { on_post(req, res); }));
-  svr.Put(".*", [this](const httplib::Request& req, httplib::Response& res,
-                       const httplib::ContentReader& reader) {
-    try {
-      on_put(req, res, reader);
-    } catch (const std::exception& e) {
-      send_error(res, 400, "", e.what());
-    }
-  });
-  svr.Delete(".*", guard([this](const auto& req, auto& res) { on_delete(req, res); }));
-  svr.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
-    if (opt.on_request) opt.on_request(req.method, req.path, res.status);
-    spdlog::debug("mirror: {} {} -> {}", req.method, req.path, res.status);
-  });
+namespace {
+
+// A refusal decided from the head: the answer `fill` gives, sent without reading the body.
+template <class Fill>
+BodyPlan refused(Fill fill) {
+  BodyPlan plan;
+  plan.kind = BodyPlan::Refuse;
+  plan.refusal = std::make_shared<Response>();
+  fill(*plan.refusal);
+  return plan;
+}
+
+}  // namespace
+
+BodyPlan Mirror::Impl::admit(const Request& head) {
+  const BodyPlan memory = BodyPlan::memory(kJsonBodyCap);
+  if (opt.extra_routes.count(head.method + " " + head.path)) return memory;
+  const std::string& m = head.method;
+  if (m != "POST" && m != "PUT" && m != "DELETE") return memory;
+  auto segs = common::split(std::string_view(head.path).substr(1), '/');
+  if (segs.size() >= 4 && segs[0] == "api" && segs[1] == "loftqd" && segs[2] == "lfs") {
+    if (m == "PUT") return lfs_put_plan(head, segs);
+    // complete / verify: the upload ticket stands in for the token.
+    std::string repo;
+    uint64_t size = 0;
+    Response res;
+    if (segs.size() == 5 && !check_ticket(head, res, segs[3], repo, size))
+      return refused([&](Response& r) { r = std::move(res); });
+    return memory;
+  }
+  Target t;
+  if (segs.size() >= 3 && segs[0] == "api" && segs[1] == "models") {
+    std::vector<std::string> rest(segs.begin() + 2, segs.end());
+    t = parse_repo(rest, {"preupload", "commit", "branch", "paths-info", "tag"});
+  }
+  const bool routed = t.rest.size() >= 2;
+  if (m == "POST" && routed && t.rest[0] == "paths-info") return memory;  // a read
+  // Every other write route needs the token, checked before a byte of the body is read.
+  if (!has_write_token(head)) return refused([&](Response& r) { require_write(head, r); });
+  if (m == "POST" && routed && t.rest[0] == "commit") return commit_plan(head, t.repo);
+  return memory;
+}
+
+// An NDJSON commit body streams to a temp in the repo's blobs/ (an atomic-write temp name, so
+// the temp sweeper takes it if it is ever left behind), up to kCommitBodyCap.
+BodyPlan Mirror::Impl::commit_plan(const Request& head, const std::string& repo) {
+  Response res;
+  if (!check_read(head, res, repo)) return refused([&](Response& r) { r = std::move(res); });
+  std::error_code ec;
+  fs::create_directories(store.repo_dir(repo) / "blobs", ec);
+  return BodyPlan::to_file(
+      store.repo_dir(repo) / "blobs" /
+          (".commit-body.tmp." + std::to_string(::getpid()) + "." + common::random_hex(12)),
+      kCommitBodyCap);
+}
+
+void Mirror::Impl::handle(Request& req, Response& res) {
+  try {
+    if (extra(req, res)) return;
+    if (req.method == "GET" || req.method == "HEAD") return on_get(req, res);
+    if (req.method == "POST") return on_post(req, res);
+    if (req.method == "PUT") return on_put(req, res);
+    if (req.method == "DELETE") return on_delete(req, res);
+    send_error(res, 405, "", "not supported by this mirror: " + req.method + " " + req.path);
+  } catch (const std::exception& e) {
+    res = Response();
+    send_error(res, 400, "", e.what());
+  }
 }
 
 void Mirror::Impl::start_temp_sweeper() {
@@ -385,43 +430,44 @@ int Mirror::bind() {
   auto& i = *impl_;
   std::error_code ec;
   fs::create_directories(i.opt.store, ec);
-  // SO_REUSEADDR only: httplib's default adds SO_REUSEPORT, which lets a second process bind
-  // the same address silently.
-  i.svr.set_socket_options([](socket_t s) {
-    int yes = 1;
-    ::setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
-  });
-  errno = 0;
-  if (i.opt.port == 0) {
-    i.port = i.svr.bind_to_any_port(i.opt.host);
-  } else {
-    i.port = i.svr.bind_to_port(i.opt.host, i.opt.port) ? i.opt.port : -1;
-  }
-  if (i.port < 0) {
-    const int err = errno;
-    throw std::runtime_error(
-        "mirror: cannot listen on " + i.opt.host + ":" + std::to_string(i.opt.port) + ": " +
-        (err ? std::strerror(err) : "bind failed") + " (errno " + std::to_string(err) + ")");
-  }
+  i.port = i.http->bind(i.opt.host, i.opt.port);
   if (!i.sweeper.joinable()) i.start_temp_sweeper();
   return i.port;
 }
 
 void Mirror::serve() {
-  impl_->svr.listen_after_bind();
+  auto& i = *impl_;
+  {
+    std::lock_guard<std::mutex> g(i.serve_mu);
+    if (i.stop_requested) return;
+    i.http->start();
+    i.serving = i.served = true;
+  }
+  i.serve_cv.notify_all();
+  std::unique_lock<std::mutex> lk(i.serve_mu);
+  i.serve_cv.wait(lk, [&i] { return i.stop_requested; });
+  i.http->stop();
+  i.serving = false;
 }
 
 int Mirror::start() {
   int p = bind();
   impl_->thread = std::thread([this] { serve(); });
-  while (!impl_->svr.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  std::unique_lock<std::mutex> lk(impl_->serve_mu);
+  impl_->serve_cv.wait(lk, [this] { return impl_->serving || impl_->stop_requested; });
   return p;
 }
 
 void Mirror::stop() {
   if (!impl_) return;
-  impl_->svr.stop();
+  {
+    std::lock_guard<std::mutex> g(impl_->serve_mu);
+    impl_->stop_requested = true;
+  }
+  impl_->serve_cv.notify_all();
   if (impl_->thread.joinable()) impl_->thread.join();
+  std::lock_guard<std::mutex> g(impl_->serve_mu);
+  if (!impl_->served) impl_->http->stop();  // bound, never served: closes the socket
   impl_->stop_temp_sweeper();
 }
 

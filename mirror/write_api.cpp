@@ -2,6 +2,8 @@
 // regular) and the NDJSON commit.
 #include <spdlog/spdlog.h>
 
+#include <fstream>
+#include <functional>
 #include <sstream>
 
 #include "common/ids.h"
@@ -30,8 +32,7 @@ bool lfs_by_name(std::string_view path) {
 }
 
 // send_error(), then false: for the steps that answer a refused request.
-bool refuse(httplib::Response& res, int status, const std::string& code,
-            const std::string& message) {
+bool refuse(Response& res, int status, const std::string& code, const std::string& message) {
   send_error(res, status, code, message);
   return false;
 }
@@ -87,6 +88,19 @@ std::optional<std::string> operation_problem(const json& op, size_t line) {
 std::optional<std::string> parse_commit_payload(const std::string& body, json& header,
                                                 std::vector<json>& ops) {
   std::istringstream in(body);
+  return parse_commit_payload(in, header, ops);
+}
+
+std::optional<std::string> parse_commit_payload(std::istream& in, json& header,
+                                                std::vector<json>& ops) {
+  return scan_commit_payload(in, header, [&ops](json& op) {
+    ops.push_back(std::move(op));
+    return true;
+  });
+}
+
+std::optional<std::string> scan_commit_payload(std::istream& in, json& header,
+                                               const std::function<bool(json&)>& on_op) {
   std::string line;
   bool have_header = false;
   for (size_t n = 1; std::getline(in, line); ++n) {
@@ -103,13 +117,13 @@ std::optional<std::string> parse_commit_payload(const std::string& body, json& h
       continue;
     }
     if (auto p = operation_problem(j, n)) return p;
-    ops.push_back(std::move(j));
+    if (!on_op(j)) return std::nullopt;
   }
   if (!have_header) return std::string("commit payload has no header line");
   return std::nullopt;
 }
 
-void Mirror::Impl::create_repo(const httplib::Request& req, httplib::Response& res) {
+void Mirror::Impl::create_repo(const Request& req, Response& res) {
   if (!require_write(req, res)) return;
   json body;
   if (!parse_json_body(req, res, body)) return;
@@ -146,8 +160,7 @@ void Mirror::Impl::create_repo(const httplib::Request& req, httplib::Response& r
   send_json(res, {{"url", url}, {"name", repo}, {"id", repo}});
 }
 
-void Mirror::Impl::create_branch(const httplib::Request& req, httplib::Response& res,
-                                 const Target& t) {
+void Mirror::Impl::create_branch(const Request& req, Response& res, const Target& t) {
   if (!require_write(req, res)) return;
   if (!check_read(req, res, t.repo)) return;
   std::string branch = common::join(t.rest, "/", 1, t.rest.size());
@@ -175,7 +188,7 @@ void Mirror::Impl::create_branch(const httplib::Request& req, httplib::Response&
   send_json(res, json::object());
 }
 
-void Mirror::Impl::preupload(const httplib::Request& req, httplib::Response& res, const Target& t) {
+void Mirror::Impl::preupload(const Request& req, Response& res, const Target& t) {
   if (!require_write(req, res)) return;
   if (!check_read(req, res, t.repo)) return;
   std::string rev = common::join(t.rest, "/", 1, t.rest.size());
@@ -204,7 +217,7 @@ void Mirror::Impl::preupload(const httplib::Request& req, httplib::Response& res
   send_json(res, {{"files", out}, {"commitOid", head.value_or("")}});
 }
 
-bool Mirror::Impl::apply_commit_op(httplib::Response& res, const std::string& repo, const json& op,
+bool Mirror::Impl::apply_commit_op(Response& res, const std::string& repo, const json& op,
                                    std::map<std::string, std::string>& files) {
   std::string key = op.value("key", "");
   json v = op.value("value", json::object());
@@ -266,18 +279,28 @@ size_t Mirror::Impl::delete_paths(std::map<std::string, std::string>& files,
   return n;
 }
 
-void Mirror::Impl::commit(const httplib::Request& req, httplib::Response& res, const Target& t) {
+void Mirror::Impl::commit(const Request& req, Response& res, const Target& t) {
   if (!require_write(req, res)) return;
   if (!check_read(req, res, t.repo)) return;
   std::string branch = common::join(t.rest, "/", 1, t.rest.size());
   if (query_flag(req, "create_pr"))
     return send_error(res, 400, "", "pull requests are not supported by this mirror");
+  // The body was streamed to a temp file (commit_plan) and is read from there twice, a line at
+  // a time: every line is validated first, so a refused payload commits nothing; then applied.
+  // Only one line is in memory at a time.
+  auto scan = [&req](json& header, const std::function<bool(json&)>& on_op) {
+    if (req.body_file.empty()) {
+      std::istringstream in(req.body);
+      return scan_commit_payload(in, header, on_op);
+    }
+    std::ifstream in(req.body_file, std::ios::binary);
+    if (!in) return std::optional<std::string>("cannot read the received commit body");
+    return scan_commit_payload(in, header, on_op);
+  };
   json header;
-  std::vector<json> ops;
-  // Everything is parsed and validated before anything is applied: a refused payload commits
-  // nothing.
-  if (auto p = parse_commit_payload(req.body, header, ops))
-    return send_error(res, 400, "", "invalid commit payload: " + *p);
+  size_t n_ops = 0;
+  if (auto problem = scan(header, [&n_ops](json&) { return ++n_ops > 0; }))
+    return send_error(res, 400, "", "invalid commit payload: " + *problem);
   std::lock_guard<std::mutex> g(lock_for(t.repo));
   auto head = store.read_ref(t.repo, branch);
   if (!head) return revision_not_found(res, t.repo, branch);
@@ -290,8 +313,14 @@ void Mirror::Impl::commit(const httplib::Request& req, httplib::Response& res, c
   auto listed = store.list_snapshot(t.repo, *head);
   if (!listed) return send_error(res, 500, "", listed.error().message);
   for (auto& f : listed.value()) files[f.path] = f.etag;
-  for (const auto& op : ops)
-    if (!apply_commit_op(res, t.repo, op, files)) return;
+  bool refused = false;
+  json again;
+  auto applied = scan(again, [&](json& op) {
+    refused = !apply_commit_op(res, t.repo, op, files);
+    return !refused;
+  });
+  if (refused) return;
+  if (applied) return send_error(res, 500, "", "commit body changed while read: " + *applied);
   auto c = store.commit_snapshot(t.repo, branch, files, *head);
   if (!c) return send_error(res, 500, "", c.error().message);
   record_commit(t.repo, c.value(), *head, json_text(header, "summary"),
@@ -300,7 +329,7 @@ void Mirror::Impl::commit(const httplib::Request& req, httplib::Response& res, c
   meta.last_modified = st::iso8601_now();
   if (meta.created_at.empty()) meta.created_at = meta.last_modified;
   (void)store.write_meta(t.repo, meta);
-  spdlog::info("mirror: commit {} on {}@{} ({} operations)", c.value(), t.repo, branch, ops.size());
+  spdlog::info("mirror: commit {} on {}@{} ({} operations)", c.value(), t.repo, branch, n_ops);
   send_json(res, {{"success", true},
                   {"commitOid", c.value()},
                   {"commitUrl", base_url(req) + "/" + t.repo + "/commit/" + c.value()},

@@ -23,6 +23,7 @@
 #include "integration/upstream.h"
 #include "mirror/mirror.h"
 #include "storage/state.h"
+#include "support/slow_clients.h"
 #include "support/test_util.h"
 
 namespace fs = std::filesystem;
@@ -558,4 +559,30 @@ TEST(Failpoints, TheLoftqdBinaryIgnoresLoftqdFailpoint) {
   EXPECT_EQ(*rc, 0) << d.log();
   EXPECT_THAT(d.log(), HasSubstr("step=done"));
   EXPECT_THAT(d.log(), ::testing::Not(HasSubstr("failpoint=")));
+}
+
+// The daemon's /healthz shares the mirror's listener: 200 idle and 16 trickling connections
+// held open on it do not keep it from answering within 1 s.
+TEST(Run, HealthzAnswersWhileSlowClientsHoldTheListener) {
+  TempDir tmp;
+  Upstream up(tmp.path());
+  const auto cfg = write_config(tmp, base_config(tmp, up.url(), 8));
+  Child d(run_args(cfg), tmp / "run.log");
+  ASSERT_TRUE(d.wait_for_log("HF_ENDPOINT=", 60s)) << d.log();
+  const std::string url = daemon_url(d.log());
+  ASSERT_FALSE(url.empty()) << d.log();
+  const int port = std::stoi(url.substr(url.rfind(':') + 1));
+  loftqd::testing::SlowClients slow(port, 200, 16);
+  std::this_thread::sleep_for(1200ms);
+  for (int round = 0; round < 3; ++round) {
+    auto c = http(url);
+    const auto t0 = std::chrono::steady_clock::now();
+    auto h = c.Get("/healthz");
+    const double took =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    ASSERT_TRUE(h) << "no answer";
+    EXPECT_EQ(h->status, 200) << h->body;
+    EXPECT_LT(took, 1.0);
+    std::this_thread::sleep_for(300ms);
+  }
 }
