@@ -15,10 +15,10 @@ namespace {
 
 // What ensure_blas_kernels() saw and did, for the log lines of the command that runs.
 struct KernelState {
-  std::string assumed_core;  // the failpoint's core, when no re-exec replaced it
-  std::string reexec_from;   // the core before the re-exec ("" when there was none)
-  std::string wanted;        // the core the re-exec asked for
-  std::string exec_error;    // why the re-exec failed
+  std::string assumed_core;   // the failpoint's core, when no re-exec replaced it
+  std::string reexec_from;    // the core before the re-exec ("" when there was none)
+  std::string wanted;         // the core the re-exec asked for
+  std::string exec_error;     // why the re-exec failed
   std::string user_coretype;  // OPENBLAS_CORETYPE from the environment (not set by loftqd)
 };
 
@@ -67,8 +67,8 @@ std::string blas_kernels_line() {
   b.core = current_core(b);
   std::string line = "blas: " + quant::kernels_summary(b, quant::cpu_features());
   if (!st.reexec_from.empty())
-    line += "; core set by loftqd (re-exec from " + st.reexec_from + " with OPENBLAS_CORETYPE=" +
-            st.wanted + ")";
+    line += "; core set by loftqd (re-exec from " + st.reexec_from +
+            " with OPENBLAS_CORETYPE=" + st.wanted + ")";
   else if (!st.user_coretype.empty())
     line += "; OPENBLAS_CORETYPE=" + st.user_coretype + " from the environment";
   return line;
@@ -91,8 +91,10 @@ std::string blas_kernels_warning() {
   else
     why = "it was not replaced";
   return "blas: core " + core + " is slower than this CPU allows (cpu=" + cpu.level() +
-         " runs the " + better + " kernels; Prescott's sgemm is about 5x slower than SkylakeX's, "
-         "docs/performance.md): " + why + "; start loftqd with OPENBLAS_CORETYPE=" + better;
+         " runs the " + better +
+         " kernels; Prescott's sgemm is about 5x slower than SkylakeX's, "
+         "docs/performance.md): " +
+         why + "; start loftqd with OPENBLAS_CORETYPE=" + better;
 }
 
 void log_blas_kernels(const std::string& command) {

@@ -67,9 +67,9 @@ CpuFeatures read_cpu() {
 
 // OpenBLAS's x86-64 cores (driver/others/dynamic.c, 0.3.21) whose kernels stop before AVX2.
 constexpr std::array<const char*, 21> kPreAvx2 = {
-    "Unknown",   "Katmai",     "Coppermine", "Northwood", "Prescott",    "Banias",   "Atom",
-    "Core2",     "Penryn",     "Dunnington", "Nehalem",   "Athlon",      "Opteron",  "Opteron_SSE3",
-    "Barcelona", "Nano",       "Sandybridge", "Bobcat",   "Bulldozer",   "Piledriver", "Steamroller"};
+    "Unknown",   "Katmai", "Coppermine",  "Northwood", "Prescott",  "Banias",     "Atom",
+    "Core2",     "Penryn", "Dunnington",  "Nehalem",   "Athlon",    "Opteron",    "Opteron_SSE3",
+    "Barcelona", "Nano",   "Sandybridge", "Bobcat",    "Bulldozer", "Piledriver", "Steamroller"};
 
 }  // namespace
 
