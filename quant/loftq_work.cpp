@@ -64,12 +64,12 @@ LoftqWork loftq_work(const LoftqOptions& opt, int m, int n) {
   w.bytes += cost::copy_bytes(mn) + cost::sq_norm_bytes(mn);  // upload W, ||W||
   for (int t = 1; t <= opt.iters; ++t) {
     w.bytes += cost::copy_bytes(mn) + cost::sub_bytes(mn);  // Qd = qd(res), E = W - Qd
-    if (t == 1) w.bytes += cost::sq_norm_bytes(mn);        // the QLoRA error
+    if (t == 1) w.bytes += cost::sq_norm_bytes(mn);         // the QLoRA error
     svd_work(opt, m, n, t > 1, w);
-    w.bytes += cost::copy_bytes(mn);                // res = W
-    w.gemm_flops += cost::gemm_flops(m, n, r);      // res -= L R
+    w.bytes += cost::copy_bytes(mn);            // res = W
+    w.gemm_flops += cost::gemm_flops(m, n, r);  // res -= L R
     w.gemm_passes += 1;
-    w.bytes += cost::sq_dist_bytes(mn);             // the error of this iterate
+    w.bytes += cost::sq_dist_bytes(mn);  // the error of this iterate
   }
   w.bytes += cost::copy_bytes(mn) + cost::copy_bytes(size_t(r) * n) +
              cost::copy_bytes(size_t(m) * r);  // download Q, A, B
