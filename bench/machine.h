@@ -67,7 +67,8 @@ double parallel_pass(size_t n, int threads, F f) {
   const auto t0 = Clock::now();
   std::vector<std::thread> ts;
   for (int t = 0; t < threads; ++t)
-    ts.emplace_back([=] { f(n * size_t(t) / size_t(threads), n * size_t(t + 1) / size_t(threads)); });
+    ts.emplace_back(
+        [=] { f(n * size_t(t) / size_t(threads), n * size_t(t + 1) / size_t(threads)); });
   for (auto& t : ts) t.join();
   return since(t0);
 }
@@ -84,11 +85,11 @@ inline void stream_bandwidth(int threads, Machine& m) {
   double copy = 1e30, triad = 1e30;
   for (int r = 0; r < 6; ++r) {
     copy = std::min(copy, parallel_pass(n, threads, [=](size_t i0, size_t i1) {
-      std::copy(pa + i0, pa + i1, pb + i0);
-    }));
+                      std::copy(pa + i0, pa + i1, pb + i0);
+                    }));
     triad = std::min(triad, parallel_pass(n, threads, [=](size_t i0, size_t i1) {
-      for (size_t i = i0; i < i1; ++i) pa[i] = pb[i] + 0.5f * pc[i];
-    }));
+                       for (size_t i = i0; i < i1; ++i) pa[i] = pb[i] + 0.5f * pc[i];
+                     }));
   }
   volatile float sink = pa[n / 3] + pb[n / 2];  // the passes' results are used
   (void)sink;
@@ -115,9 +116,10 @@ inline void print_machine(const Machine& m) {
   if (const std::string better =
           quant::better_openblas_core(m.core, quant::cpu_features(), nullptr);
       !better.empty())
-    std::printf("warning: core %s is slower than this CPU allows (%s would be right); the "
-                "floors below are of these kernels\n",
-                m.core.c_str(), better.c_str());
+    std::printf(
+        "warning: core %s is slower than this CPU allows (%s would be right); the "
+        "floors below are of these kernels\n",
+        m.core.c_str(), better.c_str());
   std::printf(
       "machine: sgemm peak %.1f GFLOP/s (2048^3, best of %d, %d threads), memory %.1f GB/s "
       "(copy %.1f, triad %.1f GB/s over %.0f MB, %d threads)\n",
