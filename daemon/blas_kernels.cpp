@@ -91,7 +91,7 @@ std::string blas_kernels_warning() {
   else
     why = "it was not replaced";
   return "blas: core " + core + " is slower than this CPU allows (cpu=" + cpu.level() +
-         " runs the " + better +
+         " can run the " + better +
          " kernels; Prescott's sgemm is about 5x slower than SkylakeX's, "
          "docs/performance.md): " +
          why + "; start loftqd with OPENBLAS_CORETYPE=" + better;
