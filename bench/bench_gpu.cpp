@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "bench/bench_util.h"
+#include "bench/machine.h"
 #include "convert/convert.h"
 #include "quant/backend.h"
 #include "quant/cuda_backend.h"
@@ -306,6 +307,9 @@ int main(int argc, char** argv) {
     std::unique_ptr<q::Backend> cpu;
     std::string cpu_desc;
     if (args.cpu) cpu = q::make_backend("cpu", args.threads, &cpu_desc);
+    loftqd::bench::Machine machine;  // the CPU baseline's floors (bench/machine.h)
+    if (args.cpu)
+      loftqd::bench::print_machine(machine = loftqd::bench::measure_machine(args.threads));
     std::printf("LoftQ rank %d, T=%d, nf%d, block 64; CUDA %s; CPU baseline: %s\n", args.rank,
                 args.iters, args.bits, args.tf32 ? "TF32 allowed" : "full float32",
                 args.cpu ? cpu_desc.c_str() : "skipped");
@@ -327,6 +331,9 @@ int main(int argc, char** argv) {
         std::printf("  %-22s %8.3f s                            qlora %.6f  loftq %.6f (iter %d)\n",
                     "cpu randomized:", t_cpu, rc.qlora_error, rc.loftq_error, rc.best_iter);
         std::printf("result: shape=%s cpu_seconds=%.4f\n", sh.str().c_str(), t_cpu);
+        const double fl = machine.floor_s(q::loftq_work(o, sh.out, sh.in));
+        std::printf("  cpu floor %.3f s (core=%s): %.2fx floor\n", fl, machine.core.c_str(),
+                    t_cpu / fl);
       }
       double t_default = 0, t_best = 1e30;
       q::LoftqResult r_default;

@@ -4,6 +4,12 @@
 //   bench_loftq [--shapes 1024x1024,4096x4096,11008x4096] [--quick] [--rank 64] [--iters 5]
 //               [--bits 4] [--threads 0] [--skip-exact] [--oversample P] [--power-iters Q]
 //               [--warm-power-iters W] [--sweep] [--profile] [--check] [--workdir DIR]
+//   bench_loftq --floor-of OUT_DIR/loftq.json [--threads N]
+//
+// Every run first measures the machine (bench/machine.h: sgemm peak, memory bandwidth, the BLAS
+// kernels) and prints each LoftQ time as a multiple of its floor (quant::loftq_work at those
+// rates; docs/performance.md, "Floors"). --floor-of prints the floor of a whole quantize run
+// from its loftq.json instead (bench/e2e.sh).
 //
 // Prints, per shape, the seconds of exact and of the randomized sketch alone, the speed ratio
 // exact/randomized, both final errors (loftq_error) and randomized/exact - 1, then which SVD the
@@ -18,6 +24,7 @@
 #include <cstdlib>
 #include <ctime>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <stdexcept>
@@ -25,7 +32,10 @@
 #include <utility>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "bench/bench_util.h"
+#include "bench/machine.h"
 #include "model/safetensors.h"
 #include "model/synth.h"
 #include "quant/backend.h"
@@ -46,7 +56,8 @@ struct Args {
   int rank = 64, iters = 5, bits = 4, threads = 0;
   int oversample = -1, power_iters = -1, warm_power_iters = -1;  // -1: LoftqOptions' defaults
   bool skip_exact = false, profile = false, check = false, sweep = false;
-  std::string workdir;  // empty: a temporary directory, removed at exit
+  std::string workdir;   // empty: a temporary directory, removed at exit
+  std::string floor_of;  // a loftq.json: print the floor of that run and exit
 };
 
 [[noreturn]] void usage(const std::string& err);
@@ -73,7 +84,9 @@ int parse_int(const std::string& flag, const std::string& v) {
                "  --profile            time every backend call and print a breakdown\n"
                "  --check              exit 1 when a target is missed (default error <= exact\n"
                "                       + 0.5%%; randomized >= 20x faster on 4096x4096)\n"
-               "  --workdir DIR        keep the synthetic checkpoints in DIR and reuse them\n");
+               "  --workdir DIR        keep the synthetic checkpoints in DIR and reuse them\n"
+               "  --floor-of FILE      the floor of the quantize run that wrote FILE (a\n"
+               "                       loftq.json) on this machine, then exit\n");
   std::exit(err.empty() ? 0 : 2);
 }
 
@@ -114,6 +127,8 @@ Args parse_args(int argc, char** argv) {
       a.check = true;
     else if (f == "--workdir")
       a.workdir = value();
+    else if (f == "--floor-of")
+      a.floor_of = value();
     else if (f == "--help" || f == "-h")
       usage("");
     else
@@ -321,10 +336,64 @@ bool print_summary(const std::vector<Row>& rows) {
   return ok;
 }
 
+// One LoftQ run against its floor, for the table at the end.
+struct FloorRow {
+  Shape shape;
+  std::string label;
+  double seconds = 0, gemm_s = 0, mem_s = 0;
+  double floor_s() const { return gemm_s + mem_s; }
+};
+
+void print_floors(const std::vector<FloorRow>& rows, const loftqd::bench::Machine& m) {
+  std::printf("\nfloors (core=%s, sgemm %.1f GFLOP/s, memory %.1f GB/s):\n", m.core.c_str(),
+              m.sgemm_gflops, m.gbps());
+  std::printf("%-11s %-18s %9s %9s %9s %9s %8s\n", "shape", "run", "seconds", "floor_s", "gemm_s",
+              "mem_s", "x_floor");
+  for (const auto& r : rows)
+    std::printf("%-11s %-18s %9.3f %9.3f %9.3f %9.3f %7.2fx\n", r.shape.str().c_str(),
+                r.label.c_str(), r.seconds, r.floor_s(), r.gemm_s, r.mem_s,
+                r.floor_s() > 0 ? r.seconds / r.floor_s() : 0.0);
+}
+
+// --floor-of: the floor of every layer of a quantize run (its loftq.json: rank, iters, svd and
+// the layer shapes; the randomized settings are LoftqOptions' defaults, as loftqd's), summed,
+// against the LoftQ seconds the run recorded. Prints "floor_s=" for bench/e2e.sh.
+int floor_of(const std::string& path, int threads) {
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error(path + ": cannot read");
+  const nlohmann::json j = nlohmann::json::parse(in);
+  q::LoftqOptions o;
+  o.rank = j.at("rank").get<int>();
+  o.iters = j.at("iters").get<int>();
+  o.svd = q::parse_svd_mode(j.at("svd").get<std::string>());
+  const loftqd::bench::Machine m = loftqd::bench::measure_machine(threads);
+  loftqd::bench::print_machine(m);
+  double flops = 0, bytes = 0, gemm_s = 0, mem_s = 0, seconds = 0;
+  size_t layers = 0;
+  for (const auto& l : j.at("layers")) {
+    const auto sh = l.at("shape");
+    const q::LoftqWork w = q::loftq_work(o, sh.at(0).get<int>(), sh.at(1).get<int>());
+    flops += w.flops(), bytes += w.bytes;
+    gemm_s += m.gemm_s(w), mem_s += m.mem_s(w);
+    seconds += l.value("seconds", 0.0);
+    ++layers;
+  }
+  const double fl = gemm_s + mem_s;
+  std::printf(
+      "floor: %zu layers (r=%d, T=%d, svd %s): %.1f GFLOP + %.1f GB of elementwise passes = "
+      "%.1f s (gemm %.1f s + memory %.1f s); the run's LoftQ seconds (sum over layers) %.1f s "
+      "= %.2fx floor\n",
+      layers, o.rank, o.iters, q::svd_mode_name(o.svd).c_str(), flops / 1e9, bytes / 1e9, fl,
+      gemm_s, mem_s, seconds, fl > 0 ? seconds / fl : 0.0);
+  std::printf("floor_s=%.3f\ncore=%s\n", fl, m.core.c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) try {
   const Args a = parse_args(argc, argv);
+  if (!a.floor_of.empty()) return floor_of(a.floor_of, a.threads);
   const fs::path root =
       a.workdir.empty() ? fs::temp_directory_path() / ("bench_loftq-" + std::to_string(::getpid()))
                         : fs::path(a.workdir);
@@ -337,6 +406,9 @@ int main(int argc, char** argv) try {
     }
   } cleanup{a.workdir.empty() ? root : fs::path()};
 
+  const loftqd::bench::Machine machine = loftqd::bench::measure_machine(a.threads);
+  loftqd::bench::print_machine(machine);
+  std::vector<FloorRow> floors;
   auto cpu = q::make_cpu_backend(a.threads);
   TimingBackend timing(*cpu);
   q::Backend& be = a.profile ? static_cast<q::Backend&>(timing) : *cpu;
@@ -362,10 +434,13 @@ int main(int argc, char** argv) try {
     const double c0 = cpu_seconds();
     q::LoftqResult r = q::loftq(be, w.data(), s.out, s.in, o);
     const double cpu_s = cpu_seconds() - c0;
+    const q::LoftqWork work = q::loftq_work(o, s.out, s.in);
+    floors.push_back({s, label, r.seconds, machine.gemm_s(work), machine.mem_s(work)});
     std::printf(
-        "  %-11s %-18s %9.2f s (cpu %7.2f s)  qlora_error %.6f  loftq_error %.6f  best_iter %d\n",
-        s.str().c_str(), label.c_str(), r.seconds, cpu_s, r.qlora_error, r.loftq_error,
-        r.best_iter);
+        "  %-11s %-18s %9.2f s (cpu %7.2f s)  qlora_error %.6f  loftq_error %.6f  best_iter %d  "
+        "%.2fx floor (%.3f s)\n",
+        s.str().c_str(), label.c_str(), r.seconds, cpu_s, r.qlora_error, r.loftq_error, r.best_iter,
+        r.seconds / floors.back().floor_s(), floors.back().floor_s());
     if (a.profile) print_profile(timing, r.seconds);
     std::fflush(stdout);
     r.q.clear(), r.q.shrink_to_fit();
@@ -432,6 +507,7 @@ int main(int argc, char** argv) try {
   }
 
   const bool ok = print_summary(rows);
+  print_floors(floors, machine);
   std::printf("peak RSS %.2f GiB\n", peak_rss_gib());
   return a.check && !ok ? 1 : 0;
 } catch (const std::exception& e) {

@@ -3,7 +3,10 @@
 # layers, hidden 2048, intermediate 5632, 32 heads, 4 kv heads, vocab 32000, bf16), runs
 # `loftqd quantize` on it (defaults: rank 64, T=5, randomized SVD, 4 bits, unless overridden),
 # reports wall time and peak RSS against the targets (<= 10 minutes, <= 3 GB), then runs
-# `loftqd verify` on the result.
+# `loftqd verify` on the result. It prints the BLAS kernels loftqd runs on and, with
+# bench/bench_loftq in the build tree, the machine's sgemm peak and memory bandwidth measured
+# right after the quantize and the run's wall and LoftQ time as multiples of its floor
+# (docs/performance.md, "Floors").
 #
 # Usage: bench/e2e.sh [--build DIR] [--workdir DIR] [--keep] [QUANTIZE OPTIONS...]
 #   --build DIR    build tree holding daemon/loftqd and bench/bench_peakrss
@@ -33,6 +36,7 @@ case "$build" in /*) ;; *) build="$PWD/$build" ;; esac
 
 loftqd="$build/daemon/loftqd"
 peakrss="$build/bench/bench_peakrss"
+bench_loftq="$build/bench/bench_loftq"
 if [ ! -x "$loftqd" ]; then
   echo "e2e.sh: $loftqd not found; build first (scripts/build, or --build DIR)" >&2
   exit 2
@@ -74,6 +78,16 @@ measure() {
 echo "== machine: $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)," \
   "$(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
 
+# The kernels loftqd runs on (its start-up check may re-exec it with OPENBLAS_CORETYPE).
+blas_line="$("$loftqd" --version | sed -n 's/^blas: //p')"
+loftqd_core="$(echo "$blas_line" | sed -n 's/.* core=\([^ ]*\).*/\1/p')"
+echo "== blas: $blas_line"
+"$loftqd" --version | sed -n 's/^warning: /== warning: /p'
+threads=0
+for ((i = 0; i < ${#qargs[@]}; i++)); do
+  [ "${qargs[$i]}" = "--threads" ] && threads="${qargs[$((i + 1))]:-0}"
+done
+
 # 1. The synthetic TinyLlama (reused when a previous run completed it).
 mkdir -p "$work"
 model="$work/tinyllama-synth"
@@ -104,6 +118,18 @@ q_rss="$rss_kib"
 q_cpu="$cpu_s"
 load1="$(cut -d' ' -f1-3 /proc/loadavg)"
 
+# 2b. The machine's floor for this run, measured now with the same threads and kernels.
+floor_s=""
+if [ -x "$bench_loftq" ]; then
+  echo "== floor: bench_loftq --floor-of $out/loftq.json --threads $threads"
+  floor_out="$(OPENBLAS_CORETYPE="${OPENBLAS_CORETYPE:-$loftqd_core}" \
+    "$bench_loftq" --floor-of "$out/loftq.json" --threads "$threads")"
+  echo "$floor_out" | grep -v -E '^(floor_s|core)='
+  floor_s="$(echo "$floor_out" | sed -n 's/^floor_s=//p')"
+else
+  echo "== floor: not measured ($bench_loftq not built: LOFTQD_BUILD_BENCH=ON)"
+fi
+
 # 3. verify.
 echo "== loftqd verify $out --original $model"
 measure "$loftqd" verify "$out" --original "$model"
@@ -123,6 +149,11 @@ printf '   quantize: wall %8.1f s (target <= %d s), peak RSS %7.1f MiB (target <
 printf '   verify:   wall %8.1f s, peak RSS %7.1f MiB, cpu %s s\n' "$v_wall" \
   "$(awk -v k="$v_rss" 'BEGIN {print k / 1024}')" "$v_cpu"
 echo "   load average (1/5/15 min) before quantize: $load0, after: $load1"
+echo "   blas: $blas_line"
+if [ -n "$floor_s" ]; then
+  awk -v w="$q_wall" -v f="$floor_s" \
+    'BEGIN { printf "   floor %.1f s: quantize wall = %.2fx floor\n", f, w / f }'
+fi
 if [ "$ok" = 1 ]; then
   echo "   targets: met"
 else

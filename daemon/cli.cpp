@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "daemon/blas_kernels.h"
 #include "daemon/commands.h"
 #include "daemon/logging.h"
 #include "model/safetensors.h"
@@ -16,7 +17,11 @@ namespace loftqd::daemon {
 int run_cli(int argc, char** argv, const CliHooks& hooks) {
   CLI::App app{"loftqd: turns Hugging Face checkpoints into ready-to-fine-tune LoftQ models"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", std::string("loftqd ") + LOFTQD_VERSION);
+  app.set_version_flag("--version", [] {
+    const std::string warning = blas_kernels_warning();
+    return std::string("loftqd ") + LOFTQD_VERSION + "\n" + blas_kernels_line() +
+           (warning.empty() ? "" : "\nwarning: " + warning);
+  });
 
   // The order here is the order of --help.
   const std::vector<Command> commands = {

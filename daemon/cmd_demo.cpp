@@ -12,6 +12,7 @@
 #include "common/strings.h"
 #include "config/config.h"
 #include "convert/verify.h"
+#include "daemon/blas_kernels.h"
 #include "daemon/commands.h"
 #include "daemon/hub_options.h"
 #include "daemon/pipeline.h"
@@ -132,6 +133,7 @@ int demo(const DemoArgs& a, const CliHooks& hooks) {
   fs::create_directories(store);
   fs::create_directories(cache);
   spdlog::info("demo: working in {}", workdir.string());
+  log_blas_kernels("demo");
 
   mirror::MirrorOptions
       mo;  // the built-in mirror over the demo store, with a write token for this run

@@ -9,6 +9,7 @@
 
 #include "common/sysinfo.h"
 #include "convert/convert.h"
+#include "daemon/blas_kernels.h"
 #include "daemon/commands.h"
 #include "daemon/progress.h"
 #include "quant/device.h"
@@ -80,6 +81,7 @@ int quantize(const QuantizeArgs& a) {
   auto backends = q::make_backends(opt.settings.device, a.threads, &chosen);
   opt.fallback = backends.fallback();  // a layer that does not fit on the device runs there
   opt.tensor_jobs = a.tensor_jobs.value_or(a.threads);  // 0: one per core
+  log_blas_kernels("quantize");  // after the backends: the BLAS thread count is set
   spdlog::info("quantize {} -> {}: rank {}, {} iterations, {} {}, svd {}, device {}", a.model,
                a.out, a.rank, a.iters, a.quant, opt.settings.plan.to_string(), a.svd, chosen);
   std::optional<Progress> bar;

@@ -8,6 +8,7 @@
 
 #include "common/strings.h"
 #include "config/config.h"
+#include "daemon/blas_kernels.h"
 #include "daemon/commands.h"
 #include "daemon/logging.h"
 #include "daemon/pipeline.h"
@@ -34,6 +35,7 @@ int sync_once(const SyncArgs& a, const CliHooks& hooks) {
   config::apply_env(cfg);
   spdlog::set_level(spdlog::level::from_str(cfg.log_level));
   set_log_format(cfg.log_format);
+  log_blas_kernels("sync");
   // 2. State, under the store's lock (one loftqd per store). The token is read first: an
   // unreadable one is a configuration error (exit 2).
   PipelineOptions po = pipeline_options(cfg, a.threads);

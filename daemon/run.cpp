@@ -17,6 +17,7 @@
 #include "common/signals.h"
 #include "common/strings.h"
 #include "config/config.h"
+#include "daemon/blas_kernels.h"
 #include "daemon/hub_options.h"
 #include "daemon/logging.h"
 #include "daemon/metrics.h"
@@ -194,6 +195,7 @@ void Daemon::logging() {
   if (tz != "local" && tz != "UTC") ::setenv("TZ", (":" + tz).c_str(), 1);
   ::tzset();
   tz_utc_ = tz == "UTC";
+  log_blas_kernels("run");  // the kernels every job's LoftQ runs on
 }
 
 // Every secret file is read now, before anything starts: an unreadable or empty one is a

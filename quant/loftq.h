@@ -77,4 +77,43 @@ struct SvdState {
 void truncated_svd(Backend& be, Buffer& e, int m, int n, int r, const LoftqOptions& opt,
                    SvdState& state, Buffer& l, Buffer& r_out);
 
+// The work of one loftq() call, counted from the Backend calls it makes for that shape and
+// those options (the calls depend only on them, never on the data), for the benchmarks'
+// floors (docs/performance.md, "Floors"): FLOPs a machine runs at its sgemm peak at best,
+// bytes that elementwise passes move at its memory bandwidth at best.
+struct LoftqWork {
+  double gemm_flops = 0;   // the GEMMs: sketch passes over the residual, W - L R, U = Y Ub
+  double other_flops = 0;  // QR (orthonormalize) and SVD (svd), by textbook operation counts
+  double bytes = 0;        // elementwise passes: read + written, as STREAM counts them
+  int gemm_passes = 0;     // GEMMs whose operand is the whole m x n matrix
+  double flops() const { return gemm_flops + other_flops; }
+  // The floor in seconds at `gflops` GFLOP/s and `gbps` GB/s.
+  double floor_s(double gflops, double gbps) const {
+    return flops() / (gflops * 1e9) + bytes / (gbps * 1e9);
+  }
+};
+LoftqWork loftq_work(const LoftqOptions& opt, int m, int n);
+
+// The per-call counts loftq_work adds up (and a counting Backend can check it with).
+namespace cost {
+double gemm_flops(int m, int n, int k);  // 2 m n k
+double qr_flops(int m, int k);           // Householder geqrf + orgqr: 4 m k^2 - 4 k^3 / 3
+// Thin SVD with U and V^T of an m x n matrix (a = max, b = min): the cheaper of Golub-Reinsch
+// (14 a b^2 + 8 b^3) and R-SVD (6 a b^2 + 20 b^3), Golub & Van Loan's counts.
+double svd_flops(int m, int n);
+inline double copy_bytes(size_t n) {  // upload, download, copy, quant_dequant
+  return 8.0 * double(n);
+}
+inline double sub_bytes(size_t n) {
+  return 12.0 * double(n);
+}
+inline double sq_dist_bytes(size_t n) {
+  return 8.0 * double(n);
+}
+inline double sq_norm_bytes(size_t n) {
+  return 4.0 * double(n);
+}
+double make_factors_bytes(int m, int n, int r);  // 8 r (m + n)
+}  // namespace cost
+
 }  // namespace loftqd::quant
