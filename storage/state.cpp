@@ -355,6 +355,29 @@ std::vector<Job> StateDb::jobs(int limit) const {
   return out;
 }
 
+std::vector<Job> StateDb::unfinished_jobs() const {
+  Stmt s(db_, (std::string("SELECT ") + kJobColumns +
+               " FROM jobs WHERE state NOT IN ('done', 'failed') ORDER BY id")
+                  .c_str());
+  std::vector<Job> out;
+  while (s.step()) out.push_back(read_job(s));
+  return out;
+}
+
+std::set<std::string> StateDb::job_upstreams() const {
+  Stmt s(db_, "SELECT DISTINCT repo FROM jobs");
+  std::set<std::string> out;
+  while (s.step()) out.insert(s.text(0));
+  return out;
+}
+
+std::set<std::string> StateDb::job_targets() const {
+  Stmt s(db_, "SELECT DISTINCT target FROM jobs");
+  std::set<std::string> out;
+  while (s.step()) out.insert(s.text(0));
+  return out;
+}
+
 std::map<JobState, int64_t> StateDb::count_by_state() const {
   std::map<JobState, int64_t> out;
   for (JobState j : {JobState::Queued, JobState::Downloading, JobState::Quantizing,

@@ -86,6 +86,12 @@ class StateDb {
   bool requeue(int64_t id, int64_t now, const std::optional<std::string>& config_hash = {});
   std::vector<Job> failed_jobs(const std::string& repo) const;  // oldest first
   std::vector<Job> jobs(int limit = 100) const;                 // newest first
+  // Jobs queued, downloading, quantizing or publishing (what retention must not take away).
+  std::vector<Job> unfinished_jobs() const;
+  // Every upstream repo and every target that a job of this database names (whatever its
+  // state): the repos in the store that are loftqd's own.
+  std::set<std::string> job_upstreams() const;
+  std::set<std::string> job_targets() const;
   std::map<JobState, int64_t> count_by_state() const;
 
   // Per-tensor progress of a job, for reporting (logs, status). Never consulted to skip work:
