@@ -74,8 +74,8 @@ struct Limits {
 // What the store keeps (docs/configuration.md, "retention"); applied after every pass of `run`
 // and `sync` and when `run` starts (daemon/retention.h).
 struct Retention {
-  int keep_upstream_snapshots = 1;   // newest downloaded upstream commits kept per watched repo
-  int keep_published_snapshots = 2;  // newest commits kept per published target in the mirror
+  int keep_upstream_snapshots = 1;      // newest downloaded upstream commits kept per watched repo
+  int keep_published_snapshots = 2;     // newest commits kept per published target in the mirror
   bool prune_orphaned_targets = false;  // remove loftqd's repos that no entry names any more
 };
 

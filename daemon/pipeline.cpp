@@ -245,14 +245,16 @@ bool Pipeline::quantize_step(const JobContext& ctx, const config::RepoConfig& rc
     log(ctx.tag + " step=quantize reused=" + ctx.out.string());
     return true;
   }
-  // The layout and its checkpoints need about the snapshot's size again (no more than the
-  // unquantized weights): check it against the disk reserve now, not hours in.
-  uint64_t need = 0;
+  // The step writes the layout (a backbone the snapshot's size) and a checkpoint of every
+  // finished target tensor beside it (at most the weights again): twice the snapshot, checked
+  // against the disk reserve now rather than hours in.
+  uint64_t snapshot = 0;
   std::error_code ec;
   for (const auto& e : fs::recursive_directory_iterator(model_dir, ec))
-    if (e.is_regular_file(ec)) need += e.file_size(ec);  // follows the snapshot's symlinks
-  if (auto space = storage::check_space(cfg_.store, need, cfg_.limits.disk_reserve_bytes); !space)
-    throw JobFailure{"quantize: " + space.error().message, false};
+    if (e.is_regular_file(ec)) snapshot += e.file_size(ec);  // follows the snapshot's symlinks
+  if (auto space = storage::check_space(cfg_.store, 2 * snapshot, cfg_.limits.disk_reserve_bytes);
+      !space)
+    throw JobFailure{"quantize: " + space.error().message + " (limits.disk_reserve)", false};
   if (quantize(ctx, rc, model_dir, report)) return true;
   log(ctx.tag + " step=interrupted tensors_done=" +
       std::to_string(db_.tensors_done(ctx.job.id).size()) + " seconds=" + ctx.seconds());

@@ -22,6 +22,7 @@
 #include "daemon/metrics.h"
 #include "daemon/notify.h"
 #include "daemon/pipeline.h"
+#include "daemon/retention.h"
 #include "daemon/scheduler.h"
 #include "hub/hub.h"
 #include "mirror/mirror.h"
@@ -152,6 +153,7 @@ class Daemon {
   void signals();
   void scheduler();
   void mirror();
+  void retention();
   void watchdog();
   void loop();
   void shutdown();
@@ -351,6 +353,13 @@ void Daemon::scheduler() {
                  cfg_.limits.concurrent_jobs);
 }
 
+// What the store keeps (config retention): applied now and after every pass that did something.
+void Daemon::retention() {
+  apply_retention(cfg_, *db_, &metrics_, [](spdlog::level::level_enum level, const std::string& l) {
+    spdlog::log(level, "{}", l);
+  });
+}
+
 // Fed while the daemon makes progress (see RunOptions::stall_limit_s).
 void Daemon::watchdog() {
   auto every = notifier_.watchdog_interval();
@@ -485,8 +494,11 @@ void Daemon::pass() {
                 due.why.empty() ? "retry" : due.why, report.repos_checked, report.checks_failed,
                 report.jobs_enqueued, report.jobs_done, report.jobs_failed,
                 report.jobs_interrupted);
-    std::lock_guard g(sh_.mu);
-    sh_.last_pass_at = now_s();
+    {
+      std::lock_guard g(sh_.mu);
+      sh_.last_pass_at = now_s();
+    }
+    if (!sh_.stop) retention();
   }
 }
 
@@ -526,6 +538,7 @@ int run_command(const RunOptions& ro) {
   d.signals();                         // signals: SIGTERM/SIGINT stop, SIGHUP reloads
   d.scheduler();                       // scheduler: polls, the nightly window, webhooks
   d.mirror();                          // mirror: the store, /healthz, /metrics, /webhook
+  d.retention();                       // retention: old snapshots and unneeded blobs freed
   d.watchdog();                        // watchdog: systemd's, fed while work makes progress
   d.loop();                            // loop: scheduler decides, pipeline works, until a stop
   d.shutdown();                        // shutdown: threads joined, mirror stopped

@@ -163,7 +163,8 @@ GcReport collect_garbage(const Store& store, const std::vector<RepoPolicy>& poli
                          const GcHooks& hooks) {
   GcReport report;
   remove_leftovers(store.root(), report);
-  for (const auto& repo : store.list_repos()) remove_leftovers(store.repo_dir(repo) / "snapshots", report);
+  for (const auto& repo : store.list_repos())
+    remove_leftovers(store.repo_dir(repo) / "snapshots", report);
   for (const auto& p : policies) {
     if (!store.has_repo(p.repo)) continue;
     if (p.remove_repo) {

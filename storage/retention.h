@@ -39,8 +39,8 @@ struct RepoPolicy {
 struct GcReport {
   std::vector<std::string> snapshots_removed;  // "repo@commit"
   std::vector<std::string> repos_removed;
-  size_t blobs_removed = 0;  // blobs and partials
-  uint64_t bytes_freed = 0;  // file contents deleted (blobs, partials, removed repos)
+  size_t blobs_removed = 0;         // blobs and partials
+  uint64_t bytes_freed = 0;         // file contents deleted (blobs, partials, removed repos)
   std::vector<std::string> errors;  // what could not be removed (tried again next time)
   bool empty() const {
     return snapshots_removed.empty() && repos_removed.empty() && blobs_removed == 0 &&

@@ -297,6 +297,46 @@ TEST(Run, SighupAppliesAGoodConfigAndKeepsTheOldOneOnABadOne) {
   EXPECT_EQ(*rc, 0) << d.log();
 }
 
+// Retention in the daemon: after the pass that published, the download no job needs is freed
+// (keep_upstream_snapshots 0) and /metrics counts the bytes; at the next start, before any pass,
+// the target that the configuration no longer names is pruned (prune_orphaned_targets).
+TEST(Run, RetentionRunsAfterEachPassAndAtStart) {
+  TempDir tmp;
+  Upstream up(tmp.path());
+  json j = base_config(tmp, up.url(), 4);
+  j["retention"] = {{"keep_upstream_snapshots", 0}, {"keep_published_snapshots", 1}};
+  const auto cfg = write_config(tmp, j);
+  const fs::path upstream = tmp / "store" / "models--up--tiny";
+  {
+    Child d(run_args(cfg), tmp / "run.log");
+    ASSERT_TRUE(d.wait_for_log("step=retention snapshots_removed=", 120s)) << d.log();
+    EXPECT_TRUE(fs::is_empty(upstream / "snapshots")) << d.log();
+    EXPECT_TRUE(fs::is_empty(upstream / "blobs")) << d.log();
+    EXPECT_THAT(d.log(), HasSubstr("up/tiny@" + up.commit()));
+    EXPECT_EQ(published_revisions(tmp), 1u);  // the repo's empty first commit went too
+    EXPECT_EQ(read_published(tmp, "after-retention").empty(), false);
+    auto m = http(daemon_url(d.log())).Get("/metrics");
+    ASSERT_TRUE(m);
+    EXPECT_THAT(m->body, HasSubstr("loftqd_retention_freed_bytes_total "));
+    EXPECT_THAT(m->body, ::testing::Not(HasSubstr("loftqd_retention_freed_bytes_total 0\n")));
+    d.signal(SIGTERM);
+    ASSERT_EQ(d.wait(30s), 0) << d.log();
+  }
+  j["repos"][0]["publish_as"] = "me/tiny-elsewhere";
+  j["retention"]["prune_orphaned_targets"] = true;
+  write_config(tmp, j);
+  Child d(run_args(cfg), tmp / "run2.log");
+  ASSERT_TRUE(d.wait_for_log("run: watching", 60s)) << d.log();
+  const std::string log = d.log();
+  const size_t pruned = log.find("repos_removed=1");
+  ASSERT_NE(pruned, std::string::npos) << log;
+  EXPECT_LT(pruned, log.find("run: watching")) << log;  // at start, before the first pass
+  EXPECT_THAT(log, HasSubstr("repos=me/tiny-loftq"));
+  EXPECT_FALSE(fs::exists(tmp / "store" / "models--me--tiny-loftq"));
+  d.signal(SIGTERM);
+  EXPECT_EQ(d.wait(30s), 0) << d.log();
+}
+
 TEST(Run, BadConfigAtStartExitsTwoNamingEveryProblem) {
   TempDir tmp;
   json bad = base_config(tmp, "http://127.0.0.1:9", 8);

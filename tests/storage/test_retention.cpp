@@ -126,8 +126,7 @@ TEST(Retention, ReposWithoutAPolicyAreNotTouched) {
   st::Store store(tmp.path());
   publish_commits(store, 3);
   const std::string orphan(64, 'o');
-  ASSERT_TRUE(
-      store.put_blob("me/out", orphan, st::Digest::lfs(st::sha256_hex(orphan), 64)).ok());
+  ASSERT_TRUE(store.put_blob("me/out", orphan, st::Digest::lfs(st::sha256_hex(orphan), 64)).ok());
   st::RepoPolicy other;
   other.repo = "someone/else";
   EXPECT_TRUE(st::collect_garbage(store, {other}).empty());
