@@ -4,7 +4,6 @@
 // files and bytes to download, the target modules and the bits of every layer (from its
 // config.json and the architecture registry). Exit 0 when `run` would start and every target
 // can be built, 2 otherwise; an upstream that cannot be reached is said, not a problem.
-#include <cmath>
 #include <cstdio>
 #include <map>
 #include <memory>
@@ -68,10 +67,11 @@ void print_bits(const quant::BitPlan& plan, int layers, const std::vector<std::s
   auto describe = [&](int layer) {
     std::map<int, std::vector<std::string>> by_bits;
     for (const auto& m : modules) by_bits[plan.bits_for(layer, m).value_or(0)].push_back(m);
-    if (by_bits.size() == 1) return std::to_string(by_bits.begin()->first) + " bits";
+    auto text = [](int b) { return b ? std::to_string(b) + " bits" : std::string("none"); };
+    if (by_bits.size() == 1) return text(by_bits.begin()->first);
     std::string s;
     for (const auto& [bits, ms] : by_bits)
-      s += (s.empty() ? "" : ", ") + common::join(ms, "+") + " " + std::to_string(bits) + " bits";
+      s += (s.empty() ? "" : ", ") + common::join(ms, "+") + " " + text(bits);
     return s;
   };
   for (int a = 0; a < layers;) {
@@ -111,22 +111,15 @@ void print_plan(const config::RepoConfig& r, const json& mc, std::vector<std::st
     }
   if (!arch) layers = mc.value("num_hidden_layers", 0);
   quant::BitPlan plan = r.loftq.plan;
-  if (auto avg = plan.average_bits()) {
-    // The job balances by parameter count (convert/targets.cpp); on equal layers that is the
-    // LoftQ authors' whole-layer split, shown here.
-    const int k = static_cast<int>(std::floor(layers * (*avg - 2.0) / 2.0 + 1e-9));
-    quant::BitPlan whole;
-    if (k > 0) whole.add(quant::PlanRule{0, k - 1, {}, 4});
-    if (k < layers) whole.add(quant::PlanRule{k, -1, {}, 2});
-    for (const auto& rule : plan.rules()) whole.add(rule);
-    plan = whole;
+  if (auto avg = plan.average_bits())
+    // resolve() makes the LoftQ authors' whole-layer split; the job balances by parameter
+    // count (convert/targets.cpp), which is the same split on equal layers.
     std::printf(
         "  bits (avg_bits %g; exact for equal layers, else the job balances the boundary"
         " layer by parameter count):\n",
         *avg);
-  } else {
+  else
     std::printf("  bits (%s):\n", plan.to_string().c_str());
-  }
   try {
     plan.resolve(layers, quant::supported_bits(r.loftq.quant));
   } catch (const std::invalid_argument& e) {
@@ -134,6 +127,12 @@ void print_plan(const config::RepoConfig& r, const json& mc, std::vector<std::st
                               " layers: " + e.what());
   }
   print_bits(plan, layers, modules);
+  for (int l = 0; l < layers; ++l)
+    for (const auto& m : modules)
+      if (!plan.bits_for(l, m))
+        return problems.push_back(r.repo + ": bit plan '" + plan.to_string() +
+                                  "' gives no bits for layer " + std::to_string(l) + " (" + m +
+                                  ")");
 }
 
 // What the upstream says about one entry; problems only for what would make its job fail.
@@ -206,6 +205,7 @@ int check_config(const std::string& path) {
                 common::join(r.ignore_patterns, " ").c_str());
     print_upstream(cfg, r, problems);
   }
+  std::fflush(stdout);
   if (problems.empty()) return kExitOk;
   std::fprintf(stderr, "\n%s: %zu problem%s:\n", path.c_str(), problems.size(),
                problems.size() == 1 ? "" : "s");

@@ -243,12 +243,18 @@ TEST(CheckConfig, PrintsTargetsBitsAndBytesFromTheUpstream) {
                         std::to_string(total) + " bytes of them in the store already"));
 
   // A repo that does not exist and a selection without weights: exit 2, each named.
+  // A plan that leaves layer 1 without bits, too.
   j["repos"] = {{{"repo", "up/missing"}, {"publish_as", "me/a"}},
-                {{"repo", "up/tiny"}, {"publish_as", "me/b"}, {"allow_patterns", {"*.json"}}}};
+                {{"repo", "up/tiny"}, {"publish_as", "me/b"}, {"allow_patterns", {"*.json"}}},
+                {{"repo", "up/tiny"},
+                 {"publish_as", "me/c"},
+                 {"loftq", {{"bit_plan", {{{"layers", "0"}, {"bits", 4}}}}}}}};
   spit(cfg, j.dump());
   r = run_loftqd({"check-config", "--config", cfg});
   EXPECT_EQ(r.exit_code, 2) << r.out;
-  EXPECT_THAT(r.out, HasSubstr("2 problems"));
+  EXPECT_THAT(r.out, HasSubstr("3 problems"));
+  EXPECT_THAT(r.out, HasSubstr("    layers 1: none\n"));
+  EXPECT_THAT(r.out, HasSubstr("up/tiny: bit plan '0:4' gives no bits for layer 1 (q_proj)"));
   EXPECT_THAT(r.out, HasSubstr("  up/missing: "));
   EXPECT_THAT(r.out, HasSubstr("up/tiny: no .safetensors file is selected"));
 
