@@ -268,7 +268,7 @@ bool Pipeline::quantize(const JobContext& ctx, const config::RepoConfig& rc,
   log(ctx.tag + " step=quantize");
   convert::QuantizeOptions qo = quantize_options(rc.loftq);
   qo.repo_id = job.target;
-  qo.source = convert::SourceInfo{job.repo, job.revision, job.upstream_commit};
+  qo.source = source_info(job);
   std::string chosen;
   auto backends = quant::make_backends(rc.loftq.device, opt_.threads, &chosen);
   qo.fallback = backends.fallback();
@@ -327,6 +327,31 @@ bool Pipeline::quantize(const JobContext& ctx, const config::RepoConfig& rc,
       " tensors_resumed=" + std::to_string(qr.resumed) + " device=\"" + chosen +
       "\" seconds=" + std::to_string(qr.seconds));
   return true;
+}
+
+convert::SourceInfo Pipeline::source_info(const storage::Job& job) const {
+  convert::SourceInfo src;
+  src.repo = job.repo;
+  src.revision = job.revision;
+  src.commit = job.upstream_commit;
+  if (opt_.upstream.offline) {  // the card then reads the licence from the snapshot's README only
+    log("repo=" + job.repo + " job=" + std::to_string(job.id) +
+            " step=quantize card=\"HF_HUB_OFFLINE: the upstream's licence and access conditions "
+            "are not asked\"",
+        spdlog::level::warn);
+    return src;
+  }
+  // The card keeps the upstream's licence and access conditions: a derivative published without
+  // them would drop terms its users are bound by, so not knowing them fails the job.
+  auto info = hub::Client(opt_.upstream).repo_info(job.repo, job.upstream_commit);
+  if (!info)
+    throw JobFailure{"cannot read the licence and access conditions of " + job.repo + ": " +
+                         info.error().message,
+                     permanent(info.error().kind)};
+  src.license = info.value().license;
+  src.gated = info.value().gated;
+  src.is_private = info.value().is_private;
+  return src;
 }
 
 bool Pipeline::publish_private(const JobContext& ctx) const {

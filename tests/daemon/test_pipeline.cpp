@@ -505,3 +505,36 @@ TEST_F(PipelineTest, TheDiskReserveIsCheckedBeforeQuantizing) {
   EXPECT_THAT(job.last_error, HasSubstr("(limits.disk_reserve)"));
   EXPECT_TRUE(db_->tensors_done(job.id).empty());
 }
+
+// The published card keeps the upstream's licence (from the Hub: the default patterns leave the
+// upstream README out of the download) and says that a gated upstream's conditions apply.
+TEST_F(PipelineTest, TheCardKeepsTheUpstreamsLicenceAndGatingNote) {
+  loftqd::testing::spit(tmp_ / "src" / "README.md", "---\nlicense: llama2\n---\n# tiny\n");
+  up_.publish();
+  loftqd::storage::Store upstream_store(up_.store());
+  auto meta = upstream_store.read_meta("up/tiny").value_or(loftqd::storage::RepoMeta{});
+  meta.gated = true;
+  ASSERT_TRUE(upstream_store.write_meta("up/tiny", meta));
+  auto j = json{{"hub", {{"endpoint", up_.url()}}},
+                {"store", (tmp_ / "store").string()},
+                {"device", "cpu"},
+                {"repos",
+                 {{{"repo", "up/tiny"},
+                   {"publish_as", "me/gated-loftq"},
+                   {"allow_patterns", {"*.safetensors", "*.json"}},
+                   {"loftq", {{"rank", 4}, {"iters", 1}, {"bits", 4}}}}}},
+                {"publish", {{"mirror", true}}}};
+  const auto cfg = loftqd::config::parse_config(j);
+  auto po = options(cfg);
+  po.upstream.token = std::string(Upstream::kToken);
+  Pipeline p(cfg, *db_, po);
+  const SyncReport r = p.sync_once();
+  ASSERT_TRUE(r.ok()) << ::testing::PrintToString(r.errors) << log_;
+  const loftqd::storage::Store ours(tmp_ / "store");
+  const std::string head = *ours.read_ref("me/gated-loftq", "main");
+  const std::string card =
+      loftqd::testing::slurp(ours.snapshot_dir("me/gated-loftq", head) / "README.md");
+  EXPECT_THAT(card, HasSubstr("\nlicense: llama2\n"));
+  EXPECT_THAT(card, HasSubstr("**Access:** `up/tiny` is gated on the Hugging Face Hub"));
+  EXPECT_TRUE(ours.read_meta("me/gated-loftq")->is_private);  // and inherit made it private
+}
