@@ -506,7 +506,10 @@ void Daemon::pass() {
 void Daemon::sleep() {
   std::unique_lock lk(sh_.mu);
   const auto wake = sched_->wake_at(Clock::now());
-  const auto secs = std::chrono::duration_cast<std::chrono::seconds>(wake - Clock::now()).count();
+  // The scheduler wakes every 30 s at most (retries, the nightly window); the next check is the
+  // next poll, which with a long interval is much later.
+  const auto next = sched_->next_poll().value_or(Clock::now());
+  const auto secs = std::chrono::duration_cast<std::chrono::seconds>(next - Clock::now()).count();
   lk.unlock();
   po_.status("idle; next check in " + std::to_string(std::max<int64_t>(0, secs)) + " s");
   lk.lock();

@@ -303,8 +303,8 @@ void StateDb::set_state(int64_t id, JobState st, int64_t now) {
 
 void StateDb::set_published(int64_t id, const std::string& published_commit, int64_t now) {
   Stmt s(db_,
-         "UPDATE jobs SET state = 'done', published_commit = ?2, last_error = '', updated_at = ?3 "
-         "WHERE id = ?1");
+         "UPDATE jobs SET state = 'done', published_commit = ?2, last_error = '', updated_at = ?3, "
+         "attempts = attempts + 1 WHERE id = ?1");
   s.bind(1, id).bind(2, published_commit).bind(3, now).step();
 }
 

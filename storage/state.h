@@ -74,7 +74,8 @@ class StateDb {
   // in downloading/quantizing/publishing come back here after a restart).
   std::optional<Job> next_runnable(int64_t now) const;
   void set_state(int64_t id, JobState s, int64_t now);
-  void set_published(int64_t id, const std::string& published_commit, int64_t now);  // -> Done
+  // -> Done; the run that got there counts as an attempt (a job done at once shows 1).
+  void set_published(int64_t id, const std::string& published_commit, int64_t now);
   // Counts an attempt. Permanent failures, and transient ones at max_attempts, end in Failed;
   // other transient ones go back to Queued with next_attempt_at = retry_at.
   void record_failure(int64_t id, const std::string& error, bool permanent, int max_attempts,

@@ -58,9 +58,16 @@ TEST(StateDb, JobLifecycleAndRetryPolicy) {
   db->set_published(l.id, "abcdef", 13);
   EXPECT_EQ(db->job(l.id)->state, JobState::Done);
   EXPECT_EQ(db->job(l.id)->published_commit, "abcdef");
-  EXPECT_EQ(db->count_by_state()[JobState::Done], 1);
+  EXPECT_EQ(db->job(l.id)->attempts, 1);  // the run that published it
+  // A job done after a failed run shows both attempts.
+  db->record_failure(k.id + 10, "", false, 5, 0, 0);  // no such job: nothing changes
+  const Job m = db->enqueue("org/retry", "main", "c1", "h", "me/w", 10);
+  db->record_failure(m.id, "HTTP 503", false, 5, 20, 11);
+  db->set_published(m.id, "fedcba", 21);
+  EXPECT_EQ(db->job(m.id)->attempts, 2);
+  EXPECT_EQ(db->count_by_state()[JobState::Done], 2);
   EXPECT_EQ(db->count_by_state()[JobState::Failed], 2);
-  EXPECT_EQ(db->jobs().front().id, l.id);  // newest first
+  EXPECT_EQ(db->jobs().front().id, m.id);  // newest first
 }
 
 TEST(StateDb, ReposAndTensorProgressSurviveReopen) {
