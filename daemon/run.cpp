@@ -175,6 +175,7 @@ class Daemon {
   std::optional<std::string> write_token_;
   std::optional<Scheduler> sched_;  // guarded by sh_.mu
   Metrics metrics_;
+  RepeatFilter repeats_;  // the idle pass summary, logged once until it changes
   Notifier notifier_;
   std::unique_ptr<storage::StateDb> db_, reader_db_;
   std::mutex reader_mu_;
@@ -488,12 +489,19 @@ void Daemon::pass() {
       0) {
     metrics_.pass_finished();
     const bool bad = report.checks_failed + report.jobs_failed > 0;
-    spdlog::log(bad ? spdlog::level::warn : spdlog::level::info,
-                "run: pass ({}) checked {} repos ({} failed), {} jobs queued, {} done, {} failed, "
-                "{} interrupted",
-                due.why.empty() ? "retry" : due.why, report.repos_checked, report.checks_failed,
-                report.jobs_enqueued, report.jobs_done, report.jobs_failed,
-                report.jobs_interrupted);
+    const std::string line = fmt::format(
+        "run: pass ({}) checked {} repos ({} failed), {} jobs queued, {} done, {} failed, {} "
+        "interrupted",
+        due.why.empty() ? "retry" : due.why, report.repos_checked, report.checks_failed,
+        report.jobs_enqueued, report.jobs_done, report.jobs_failed, report.jobs_interrupted);
+    if (bad) {  // failures are logged every time
+      for (const auto& l : repeats_.flush()) spdlog::info("{}", l);
+      spdlog::warn("{}", line);
+    } else {
+      const auto lines = repeats_.next(line);
+      if (lines.empty()) spdlog::debug("{}", line);  // an idle poll like the last one
+      for (const auto& l : lines) spdlog::info("{}", l);
+    }
     {
       std::lock_guard g(sh_.mu);
       sh_.last_pass_at = now_s();
