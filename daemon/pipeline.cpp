@@ -287,9 +287,16 @@ bool Pipeline::quantize(const JobContext& ctx, const config::RepoConfig& rc,
   const Stopwatch sw;
   auto last_line = std::chrono::steady_clock::now();
   size_t first_done = SIZE_MAX;  // tensors already done (resumed) when this run started
+  storage::JobProgress run_progress;
+  run_progress.run_started_at = now_s();
   qo.progress = [&, this](size_t done, size_t total, const std::string&) {
     beat();
     if (first_done == SIZE_MAX) first_done = done;
+    run_progress.done = static_cast<int64_t>(done);
+    run_progress.total = static_cast<int64_t>(total);
+    run_progress.run_first_done = static_cast<int64_t>(first_done);
+    run_progress.updated_at = now_s();
+    db_.set_progress(job.id, run_progress);  // for `loftqd status` (progress and ETA)
     set_status("quantizing " + job.repo + " " + std::to_string(done) + "/" + std::to_string(total));
     if (opt_.metrics) opt_.metrics->job_progress(done, total);
     const auto now = std::chrono::steady_clock::now();

@@ -2,6 +2,8 @@
 
 #include <sqlite3.h>
 
+#include <algorithm>
+
 namespace loftqd::storage {
 
 namespace {
@@ -56,6 +58,14 @@ CREATE TABLE IF NOT EXISTS jobs (
   UNIQUE (repo, upstream_commit, config_hash)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS job_progress (
+  job_id INTEGER PRIMARY KEY REFERENCES jobs (id) ON DELETE CASCADE,
+  done INTEGER NOT NULL,
+  total INTEGER NOT NULL,
+  run_first_done INTEGER NOT NULL,
+  run_started_at INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS tensor_progress (
   job_id INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
   tensor TEXT NOT NULL,
@@ -392,6 +402,32 @@ std::map<JobState, int64_t> StateDb::count_by_state() const {
 void StateDb::tensor_done(int64_t job_id, const std::string& tensor) {
   Stmt s(db_, "INSERT OR IGNORE INTO tensor_progress (job_id, tensor) VALUES (?1, ?2)");
   s.bind(1, job_id).bind(2, tensor).step();
+}
+
+std::optional<int64_t> JobProgress::eta_s(int64_t now) const {
+  const int64_t run_done = done - run_first_done;
+  if (run_done <= 0 || total <= done) return std::nullopt;
+  const double rate = static_cast<double>(updated_at - run_started_at) / run_done;  // s/tensor
+  const auto left = static_cast<int64_t>(rate * static_cast<double>(total - done) + 0.5);
+  return std::max<int64_t>(0, left - (now - updated_at));
+}
+
+void StateDb::set_progress(int64_t job_id, const JobProgress& p) {
+  Stmt s(db_,
+         "INSERT INTO job_progress (job_id, done, total, run_first_done, run_started_at, "
+         "updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (job_id) DO UPDATE SET "
+         "done = ?2, total = ?3, run_first_done = ?4, run_started_at = ?5, updated_at = ?6");
+  s.bind(1, job_id).bind(2, p.done).bind(3, p.total).bind(4, p.run_first_done);
+  s.bind(5, p.run_started_at).bind(6, p.updated_at).step();
+}
+
+std::optional<JobProgress> StateDb::progress(int64_t job_id) const {
+  Stmt s(db_,
+         "SELECT done, total, run_first_done, run_started_at, updated_at FROM job_progress "
+         "WHERE job_id = ?1");
+  s.bind(1, job_id);
+  if (!s.step()) return std::nullopt;
+  return JobProgress{s.integer(0), s.integer(1), s.integer(2), s.integer(3), s.integer(4)};
 }
 
 std::set<std::string> StateDb::tensors_done(int64_t job_id) const {

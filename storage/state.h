@@ -37,6 +37,16 @@ struct Job {
   int64_t created_at = 0, updated_at = 0, next_attempt_at = 0;
 };
 
+// The running (or last) quantization of a job, for `status`: tensors done of the total, and
+// where this run started (tensors resumed from checkpoints are not part of its rate).
+struct JobProgress {
+  int64_t done = 0, total = 0;
+  int64_t run_first_done = 0;  // tensors already done when this run started
+  int64_t run_started_at = 0, updated_at = 0;
+  // Seconds left at `now` from this run's rate; nullopt before its first tensor.
+  std::optional<int64_t> eta_s(int64_t now) const;
+};
+
 struct RepoState {
   std::string repo, revision;
   std::string last_seen_commit, last_processed_commit;
@@ -99,6 +109,8 @@ class StateDb {
   // what a restarted job may skip is decided by its checkpoint files alone (convert/resume.cpp,
   // QuantizeOptions::checkpoint_dir), which carry a fingerprint and a checksum.
   void tensor_done(int64_t job_id, const std::string& tensor);
+  void set_progress(int64_t job_id, const JobProgress& p);
+  std::optional<JobProgress> progress(int64_t job_id) const;
   std::set<std::string> tensors_done(int64_t job_id) const;
 
  private:

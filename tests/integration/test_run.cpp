@@ -431,6 +431,16 @@ TEST(Run, SigtermDuringQuantizationCheckpointsAndTheRestartResumes) {
   // Each finished tensor pauses 200 ms, so SIGTERM lands mid-model.
   auto d = with_failpoints(run_args(cfg), tmp / "run.log", "tensor:200");
   ASSERT_TRUE(d->wait_for_log("failpoint=tensor", 120s, 3)) << d->log();
+  // `status` beside the running daemon: the job's tensors done of the backbone's 21 (2 layers x
+  // (7 projections + 2 norms), the embedding, the final norm, the head) and an ETA.
+  auto st = run_loftqd({"status", "--config", cfg.string(), "--json"});
+  ASSERT_EQ(st.exit_code, 0) << st.out;
+  const json running = json::parse(st.out.substr(st.out.find('{')))["jobs"][0];
+  EXPECT_EQ(running["state"], "quantizing") << st.out;
+  ASSERT_TRUE(running.contains("progress")) << st.out;
+  EXPECT_EQ(running["progress"]["tensors_total"], 21) << st.out;
+  EXPECT_GE(running["progress"]["tensors_done"].get<int>(), 2) << st.out;
+  EXPECT_TRUE(running["progress"]["eta_s"].is_number()) << st.out;
   d->signal(SIGTERM);
   auto rc = d->wait(30s);
   ASSERT_TRUE(rc.has_value()) << d->log();
@@ -444,6 +454,12 @@ TEST(Run, SigtermDuringQuantizationCheckpointsAndTheRestartResumes) {
   EXPECT_GE(done, 3u);
   EXPECT_LT(done, 14u);
   EXPECT_EQ(published_revisions(tmp), 0u);
+  // Stopped: shown as interrupted, its progress kept, no ETA (nothing runs it).
+  st = run_loftqd({"status", "--config", cfg.string(), "--json"});
+  const json stopped = json::parse(st.out.substr(st.out.find('{')))["jobs"][0];
+  EXPECT_EQ(stopped["state"], "interrupted") << st.out;
+  EXPECT_TRUE(stopped["progress"]["eta_s"].is_null()) << st.out;
+  EXPECT_THAT(run_loftqd({"status", "--config", cfg.string()}).out, HasSubstr("/21 tensors"));
 
   Child again(run_args(cfg), tmp / "run2.log");
   ASSERT_TRUE(again.wait_for_log("step=done", 120s)) << again.log();

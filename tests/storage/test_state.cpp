@@ -222,3 +222,24 @@ PRAGMA user_version = 1;
   sqlite3_finalize(st);
   sqlite3_close(raw);
 }
+
+TEST(StateDb, JobProgressAndItsEta) {
+  TempDir tmp;
+  auto db = StateDb::open(tmp / "state.db");
+  const Job j = db->enqueue("org/m", "main", "c1", "h", "me/x", 10);
+  EXPECT_FALSE(db->progress(j.id));
+  // Resumed with 4 of 24 done at t=100; 4 more by t=140: 10 s a tensor, 16 left.
+  loftqd::storage::JobProgress p{8, 24, 4, 100, 140};
+  db->set_progress(j.id, p);
+  const auto got = db->progress(j.id);
+  ASSERT_TRUE(got);
+  EXPECT_EQ(got->done, 8);
+  EXPECT_EQ(got->total, 24);
+  EXPECT_EQ(got->eta_s(140), 160);
+  EXPECT_EQ(got->eta_s(150), 150);  // read 10 s after the last update
+  EXPECT_EQ(got->eta_s(10000), 0);
+  EXPECT_FALSE((loftqd::storage::JobProgress{4, 24, 4, 100, 100}).eta_s(100));  // no rate yet
+  p.done = 9;
+  db->set_progress(j.id, p);
+  EXPECT_EQ(db->progress(j.id)->done, 9);
+}
