@@ -315,6 +315,14 @@ TEST(Run, RetentionRunsAfterEachPassAndAtStart) {
     EXPECT_THAT(d.log(), HasSubstr("up/tiny@" + up.commit()));
     EXPECT_EQ(published_revisions(tmp), 1u);  // the repo's empty first commit went too
     EXPECT_EQ(read_published(tmp, "after-retention").empty(), false);
+    // Idle now: /healthz says when the next poll is (1 h), not the 30 s wake-up.
+    std::string state;
+    for (int i = 0; i < 100 && state.rfind("idle", 0) != 0; ++i) {
+      if (auto h = http(daemon_url(d.log())).Get("/healthz"))
+        state = json::parse(h->body)["state"].get<std::string>();
+      std::this_thread::sleep_for(50ms);
+    }
+    EXPECT_THAT(state, ::testing::MatchesRegex("idle; next check in 35[0-9][0-9] s")) << state;
     auto m = http(daemon_url(d.log())).Get("/metrics");
     ASSERT_TRUE(m);
     EXPECT_THAT(m->body, HasSubstr("loftqd_retention_freed_bytes_total "));
