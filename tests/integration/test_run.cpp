@@ -285,6 +285,9 @@ TEST(Run, SighupAppliesAGoodConfigAndKeepsTheOldOneOnABadOne) {
   write_config(tmp, base_config(tmp, up.url(), 4));
   d.signal(SIGHUP);
   ASSERT_TRUE(d.wait_for_log("applied; watching 1 repos", 30s)) << d.log();
+  // The reload says what changed.
+  EXPECT_THAT(d.log(), HasSubstr("reload: new settings for up/tiny -> me/tiny-loftq (published "
+                                 "again)"));
   ASSERT_TRUE(d.wait_for_log("step=done", 120s, 2)) << d.log();
   const fs::path repo_dir = tmp / "store" / "models--me--tiny-loftq";
   const std::string head = slurp(repo_dir / "refs" / "main");
