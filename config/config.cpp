@@ -498,6 +498,19 @@ void read_limits(Reader& r, const json& j, Config& c) {
   });
 }
 
+void read_retention(Reader& r, const json& j, Config& c) {
+  r.field(j, "", "retention", [&](const json& v, const std::string& p) {
+    if (!r.object(v, p)) return;
+    r.known_keys(v, p,
+                 {"keep_upstream_snapshots", "keep_published_snapshots", "prune_orphaned_targets"});
+    // 0 upstream snapshots: a download is deleted once no queued or running job needs it. A
+    // published target always keeps its head (what its branch serves).
+    r.integer(v, p, "keep_upstream_snapshots", c.retention.keep_upstream_snapshots, 0, 1000);
+    r.integer(v, p, "keep_published_snapshots", c.retention.keep_published_snapshots, 1, 1000);
+    r.boolean(v, p, "prune_orphaned_targets", c.retention.prune_orphaned_targets);
+  });
+}
+
 }  // namespace
 
 Config parse_config(const json& j, const std::string& source) {
@@ -506,7 +519,7 @@ Config parse_config(const json& j, const std::string& source) {
   if (!r.object(j, "")) throw ConfigError(source, r.problems);
   r.known_keys(j, "",
                {"hub", "store", "state_db", "log_level", "log_format", "device", "defaults",
-                "repos", "schedule", "publish", "mirror", "limits"});
+                "repos", "schedule", "publish", "mirror", "limits", "retention"});
   read_hub(r, j, c);
   read_top_level(r, j, c);
   const RepoDefaults defaults = read_defaults(r, j, c);
@@ -515,6 +528,7 @@ Config parse_config(const json& j, const std::string& source) {
   read_schedule(r, j, c);
   read_mirror(r, j, c);
   read_limits(r, j, c);
+  read_retention(r, j, c);
   if (!r.problems.empty()) throw ConfigError(source, r.problems);
   return c;
 }

@@ -71,6 +71,14 @@ struct Limits {
   int max_attempts = 5;
 };
 
+// What the store keeps (docs/configuration.md, "retention"); applied after every pass of `run`
+// and `sync` and when `run` starts (daemon/retention.h).
+struct Retention {
+  int keep_upstream_snapshots = 1;      // newest downloaded upstream commits kept per watched repo
+  int keep_published_snapshots = 2;     // newest commits kept per published target in the mirror
+  bool prune_orphaned_targets = false;  // remove loftqd's repos that no entry names any more
+};
+
 struct Config {
   HubSettings hub;
   std::string store;     // blob store root (required)
@@ -84,6 +92,7 @@ struct Config {
   PublishTargets publish;
   MirrorSettings mirror;
   Limits limits;
+  Retention retention;
 };
 
 // Every problem found, each "JSON-path: message" (e.g. "/repos/2/loftq/rank: must be > 0").

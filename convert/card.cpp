@@ -52,6 +52,24 @@ void front_matter(std::ostringstream& o, const json& lj, const CardInfo& info) {
     << "\n---\n\n";
 }
 
+// A derivative carries its upstream's terms: the licence (front matter) and, for a gated or
+// private upstream, who may use it.
+void access(std::ostringstream& o, const CardInfo& info) {
+  const std::string up = info.base_model ? "`" + *info.base_model + "`" : "the upstream model";
+  if (info.license)
+    o << "License: `" << *info.license << "`, the license of " << up
+      << ", which applies to this derivative as it does to the original weights.\n\n";
+  if (info.gated)
+    o << "**Access:** " << up
+      << " is gated on the Hugging Face Hub: its access conditions and license terms apply to "
+         "these weights too. Accept them on the upstream repository before you use or share this "
+         "model.\n\n";
+  else if (info.is_private)
+    o << "**Access:** " << up
+      << " is a private repository: these weights are derived from it and are as confidential "
+         "as the original. Share them only with those who may read the upstream.\n\n";
+}
+
 void loading(std::ostringstream& o, const json& lj, const json& adapter_cfg, const CardInfo& info) {
   const json& arch = lj["architecture"];
   const std::string auto_cls = arch["auto_class"].get<std::string>();
@@ -163,6 +181,7 @@ std::string model_card(const json& lj, const json& adapter_cfg, const CardInfo& 
       << (lj["source"]["commit"].is_string() ? lj["source"]["commit"].get<std::string>()
                                              : std::string("?"))
       << "`.\n\n";
+  access(o, info);
   loading(o, lj, adapter_cfg, info);
   if (lj["bnb_nf4_reload_exact"].get<bool>()) {
     o << "Every layer uses NF4 or NF2 codes in blocks of 64, all of which are NF4 codes, so "

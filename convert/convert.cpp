@@ -463,6 +463,9 @@ QuantizeReport quantize_model(const fs::path& model_dir, const fs::path& out_dir
   detail::CardInfo card;
   if (!opt.repo_id.empty()) card.repo_id = opt.repo_id;
   card.license = detail::card_license(model_dir / "README.md");
+  if (!card.license) card.license = opt.source.license;
+  card.gated = opt.source.gated;
+  card.is_private = opt.source.is_private;
   card.base_model = opt.source.repo ? opt.source.repo : source;
   write_file_atomic(stage.path() / "README.md", detail::model_card(report.loftq_json, acfg, card));
 

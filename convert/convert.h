@@ -17,6 +17,11 @@ namespace loftqd::convert {
 
 struct SourceInfo {
   std::optional<std::string> repo, revision, commit;
+  // What the Hub says of the upstream repo (the daemon asks; a local input knows nothing): the
+  // card keeps its licence (when the snapshot has no README.md to read it from) and says that
+  // the upstream's access conditions apply when it is gated or private.
+  std::optional<std::string> license;
+  bool gated = false, is_private = false;
 };
 
 struct QuantizeOptions {

@@ -122,9 +122,10 @@ nlohmann::json loftq_record(const QuantizeOptions& opt, const TargetPlan& tp,
                             const nlohmann::json& adapter_cfg, const QuantizeReport& report);
 // What the model card needs beyond loftq.json and adapter_config.json.
 struct CardInfo {
-  std::optional<std::string> repo_id;     // where this layout is published (--repo-id, the job)
-  std::optional<std::string> license;     // the upstream model card's license
-  std::optional<std::string> base_model;  // the upstream model on the Hub
+  std::optional<std::string> repo_id;      // where this layout is published (--repo-id, the job)
+  std::optional<std::string> license;      // the upstream model card's license
+  std::optional<std::string> base_model;   // the upstream model on the Hub
+  bool gated = false, is_private = false;  // the upstream's access conditions
 };
 // README.md: front matter, how to load (the task's class, llm_int8_skip_modules), the plan,
 // what was left out, the per-layer error table and the citation.

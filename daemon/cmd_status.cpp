@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 
 #include "config/config.h"
@@ -45,7 +46,26 @@ std::string when(int64_t t) {
   return s;
 }
 
-json job_json(const storage::Job& j, bool daemon_running, int64_t now) {
+// A quantizing job's tensors done/total, and while the daemon runs it the ETA from this run's
+// rate (an interrupted job has none: nothing is running).
+json progress_json(const storage::JobProgress& p, bool running, int64_t now) {
+  json o = {{"tensors_done", p.done}, {"tensors_total", p.total}, {"eta_s", nullptr}};
+  if (running)
+    if (auto eta = p.eta_s(now)) o["eta_s"] = *eta;
+  return o;
+}
+
+std::string progress_text(const json& j) {
+  if (!j.contains("progress")) return "";
+  const json& p = j["progress"];
+  std::string s = std::to_string(p["tensors_done"].get<int64_t>()) + "/" +
+                  std::to_string(p["tensors_total"].get<int64_t>()) + " tensors";
+  if (!p["eta_s"].is_null()) s += ", ETA " + std::to_string(p["eta_s"].get<int64_t>()) + " s";
+  return s;
+}
+
+json job_json(const storage::Job& j, bool daemon_running, int64_t now,
+              const std::optional<storage::JobProgress>& progress) {
   const bool interrupted = active(j.state) && !daemon_running;
   const bool finished = j.state == storage::JobState::Done || j.state == storage::JobState::Failed;
   json o = {{"id", j.id},
@@ -63,6 +83,8 @@ json job_json(const storage::Job& j, bool daemon_running, int64_t now) {
             {"updated_at", when(j.updated_at)},
             // Queue to done/failed for a finished job; the age of a running one.
             {"duration_s", (finished ? j.updated_at : now) - j.created_at}};
+  if (progress && j.state == storage::JobState::Quantizing)
+    o["progress"] = progress_json(*progress, !interrupted, now);
   if (j.state == storage::JobState::Queued && j.next_attempt_at > now)
     o["next_attempt_at"] = when(j.next_attempt_at);
   return o;
@@ -81,16 +103,16 @@ void print_text(const json& repos, const json& jobs, const json& counts, bool ru
                 r["last_check_error"].get<std::string>().empty()
                     ? "ok"
                     : ("FAILED: " + r["last_check_error"].get<std::string>()).c_str());
-  std::printf("\n%-6s %-28s %-32s %-12s %-12s %-8s %-25s %-9s %s\n", "job", "repo", "target",
-              "commit", "state", "attempts", "updated", "duration", "last error");
+  std::printf("\n%-6s %-28s %-32s %-12s %-12s %-8s %-25s %-9s %-26s %s\n", "job", "repo", "target",
+              "commit", "state", "attempts", "updated", "duration", "progress", "last error");
   for (const auto& j : jobs)
-    std::printf("%-6lld %-28s %-32s %-12.12s %-12s %-8d %-25s %-9s %s\n", j["id"].get<long long>(),
-                j["repo"].get<std::string>().c_str(), j["target"].get<std::string>().c_str(),
-                j["upstream_commit"].get<std::string>().c_str(),
-                j["state"].get<std::string>().c_str(), j["attempts"].get<int>(),
-                j["updated_at"].get<std::string>().c_str(),
-                (std::to_string(j["duration_s"].get<long long>()) + "s").c_str(),
-                j["last_error"].get<std::string>().c_str());
+    std::printf(
+        "%-6lld %-28s %-32s %-12.12s %-12s %-8d %-25s %-9s %-26s %s\n", j["id"].get<long long>(),
+        j["repo"].get<std::string>().c_str(), j["target"].get<std::string>().c_str(),
+        j["upstream_commit"].get<std::string>().c_str(), j["state"].get<std::string>().c_str(),
+        j["attempts"].get<int>(), j["updated_at"].get<std::string>().c_str(),
+        (std::to_string(j["duration_s"].get<long long>()) + "s").c_str(), progress_text(j).c_str(),
+        j["last_error"].get<std::string>().c_str());
   std::printf("\n");
   for (const auto& [state, n] : counts.items())
     std::printf("%s=%lld ", state.c_str(), n.get<long long>());
@@ -127,7 +149,8 @@ int status(const StatusArgs& a) {
                      {"last_success_at", when(r.last_success_at)},
                      {"last_check_at", when(r.last_check_at)},
                      {"last_check_error", r.last_check_error}});
-  for (const auto& j : db->jobs(a.limit)) jobs.push_back(job_json(j, running, now));
+  for (const auto& j : db->jobs(a.limit))
+    jobs.push_back(job_json(j, running, now, db->progress(j.id)));
   for (const auto& [state, n] : db->count_by_state()) counts[storage::job_state_name(state)] = n;
   if (a.json)
     std::printf("%s\n", json{{"state_db", cfg.state_db},

@@ -12,6 +12,7 @@
 #include "daemon/commands.h"
 #include "daemon/logging.h"
 #include "daemon/pipeline.h"
+#include "daemon/retention.h"
 #include "mirror/mirror.h"
 #include "storage/state.h"
 #include "storage/store.h"
@@ -57,6 +58,8 @@ int sync_once(const SyncArgs& a, const CliHooks& hooks) {
   Pipeline p(cfg, *db, po);
   const auto report = p.sync_once();
   if (mirror) mirror->stop();
+  // 5. Retention: what the store keeps (config retention), as `run` applies it after a pass.
+  apply_retention(cfg, *db, nullptr, po.log);
   spdlog::log(report.ok() ? spdlog::level::info : spdlog::level::warn,
               "sync: {} repos checked ({} failed), {} jobs queued, {} done, {} failed",
               report.repos_checked, report.checks_failed, report.jobs_enqueued, report.jobs_done,

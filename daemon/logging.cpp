@@ -102,4 +102,25 @@ void set_log_format(const std::string& format) {
     throw std::invalid_argument("log_format must be \"text\" or \"json\" (got \"" + format + "\")");
 }
 
+std::vector<std::string> RepeatFilter::flush() {
+  std::vector<std::string> out;
+  if (repeats_ > 0)
+    out.push_back("(previous line repeated " + std::to_string(repeats_) +
+                  (repeats_ == 1 ? " time: " : " times: ") + last_ + ")");
+  last_.clear();
+  repeats_ = 0;
+  return out;
+}
+
+std::vector<std::string> RepeatFilter::next(const std::string& line) {
+  if (!last_.empty() && line == last_) {
+    ++repeats_;
+    return {};
+  }
+  std::vector<std::string> out = flush();
+  out.push_back(line);
+  last_ = line;
+  return out;
+}
+
 }  // namespace loftqd::daemon

@@ -130,6 +130,12 @@ void Metrics::set_store(const std::filesystem::path& store) {
   store_ = store;
 }
 
+void Metrics::retention_ran(uint64_t bytes_freed, bool ok) {
+  std::lock_guard g(mu_);
+  retention_freed_ += bytes_freed;
+  if (!ok) ++retention_errors_;
+}
+
 std::string Metrics::render(const storage::StateDb* db) const {
   std::string out;
   std::lock_guard g(mu_);
@@ -186,6 +192,12 @@ std::string Metrics::render(const storage::StateDb* db) const {
              "Free bytes on the store's file system (before the disk reserve).");
       out += "loftqd_store_free_bytes " + std::to_string(free.value()) + "\n";
     }
+  family(out, "loftqd_retention_freed_bytes_total", "counter",
+         "Bytes deleted from the store by retention (old snapshots' blobs, orphaned repos).");
+  out += "loftqd_retention_freed_bytes_total " + std::to_string(retention_freed_) + "\n";
+  family(out, "loftqd_retention_errors_total", "counter",
+         "Retention runs that could not remove everything they should have.");
+  out += "loftqd_retention_errors_total " + std::to_string(retention_errors_) + "\n";
   family(out, "loftqd_jobs", "gauge", "Jobs in the state database, by state.");
   std::map<storage::JobState, int64_t> counts;
   std::vector<storage::RepoState> repos;

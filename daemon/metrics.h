@@ -51,6 +51,8 @@ class Metrics {
   // The repos of the current configuration; per-repo series of other repos are dropped.
   void set_watched(const std::set<std::string>& repos);
   void set_store(const std::filesystem::path& store);  // for the free-space gauge
+  // One retention run (daemon/retention.h): the bytes it freed, whether it ran without errors.
+  void retention_ran(uint64_t bytes_freed, bool ok);
 
   // The exposition text (version 0.0.4). `db` supplies jobs by state and per-repo check and
   // success times; it may be null (then those families are empty).
@@ -59,6 +61,7 @@ class Metrics {
  private:
   mutable std::mutex mu_;
   uint64_t downloaded_ = 0, uploaded_ = 0;
+  uint64_t retention_freed_ = 0, retention_errors_ = 0;
   uint64_t jobs_ok_ = 0, jobs_failed_ = 0, passes_ = 0;
   Histogram tensor_seconds_, job_seconds_;
   std::map<std::string, Histogram> step_seconds_;

@@ -245,14 +245,16 @@ bool Pipeline::quantize_step(const JobContext& ctx, const config::RepoConfig& rc
     log(ctx.tag + " step=quantize reused=" + ctx.out.string());
     return true;
   }
-  // The layout and its checkpoints need about the snapshot's size again (no more than the
-  // unquantized weights): check it against the disk reserve now, not hours in.
-  uint64_t need = 0;
+  // The step writes the layout (a backbone the snapshot's size) and a checkpoint of every
+  // finished target tensor beside it (at most the weights again): twice the snapshot, checked
+  // against the disk reserve now rather than hours in.
+  uint64_t snapshot = 0;
   std::error_code ec;
   for (const auto& e : fs::recursive_directory_iterator(model_dir, ec))
-    if (e.is_regular_file(ec)) need += e.file_size(ec);  // follows the snapshot's symlinks
-  if (auto space = storage::check_space(cfg_.store, need, cfg_.limits.disk_reserve_bytes); !space)
-    throw JobFailure{"quantize: " + space.error().message, false};
+    if (e.is_regular_file(ec)) snapshot += e.file_size(ec);  // follows the snapshot's symlinks
+  if (auto space = storage::check_space(cfg_.store, 2 * snapshot, cfg_.limits.disk_reserve_bytes);
+      !space)
+    throw JobFailure{"quantize: " + space.error().message + " (limits.disk_reserve)", false};
   if (quantize(ctx, rc, model_dir, report)) return true;
   log(ctx.tag + " step=interrupted tensors_done=" +
       std::to_string(db_.tensors_done(ctx.job.id).size()) + " seconds=" + ctx.seconds());
@@ -266,7 +268,7 @@ bool Pipeline::quantize(const JobContext& ctx, const config::RepoConfig& rc,
   log(ctx.tag + " step=quantize");
   convert::QuantizeOptions qo = quantize_options(rc.loftq);
   qo.repo_id = job.target;
-  qo.source = convert::SourceInfo{job.repo, job.revision, job.upstream_commit};
+  qo.source = source_info(job);
   std::string chosen;
   auto backends = quant::make_backends(rc.loftq.device, opt_.threads, &chosen);
   qo.fallback = backends.fallback();
@@ -286,9 +288,16 @@ bool Pipeline::quantize(const JobContext& ctx, const config::RepoConfig& rc,
   const Stopwatch sw;
   auto last_line = std::chrono::steady_clock::now();
   size_t first_done = SIZE_MAX;  // tensors already done (resumed) when this run started
+  storage::JobProgress run_progress;
+  run_progress.run_started_at = now_s();
   qo.progress = [&, this](size_t done, size_t total, const std::string&) {
     beat();
     if (first_done == SIZE_MAX) first_done = done;
+    run_progress.done = static_cast<int64_t>(done);
+    run_progress.total = static_cast<int64_t>(total);
+    run_progress.run_first_done = static_cast<int64_t>(first_done);
+    run_progress.updated_at = now_s();
+    db_.set_progress(job.id, run_progress);  // for `loftqd status` (progress and ETA)
     set_status("quantizing " + job.repo + " " + std::to_string(done) + "/" + std::to_string(total));
     if (opt_.metrics) opt_.metrics->job_progress(done, total);
     const auto now = std::chrono::steady_clock::now();
@@ -331,6 +340,31 @@ bool Pipeline::quantize(const JobContext& ctx, const config::RepoConfig& rc,
       std::to_string(qr.loftq_json.value("left_out", nlohmann::json::array()).size()) +
       " device=\"" + chosen + "\" seconds=" + std::to_string(qr.seconds));
   return true;
+}
+
+convert::SourceInfo Pipeline::source_info(const storage::Job& job) const {
+  convert::SourceInfo src;
+  src.repo = job.repo;
+  src.revision = job.revision;
+  src.commit = job.upstream_commit;
+  if (opt_.upstream.offline) {  // the card then reads the licence from the snapshot's README only
+    log("repo=" + job.repo + " job=" + std::to_string(job.id) +
+            " step=quantize card=\"HF_HUB_OFFLINE: the upstream's licence and access conditions "
+            "are not asked\"",
+        spdlog::level::warn);
+    return src;
+  }
+  // The card keeps the upstream's licence and access conditions: a derivative published without
+  // them would drop terms its users are bound by, so not knowing them fails the job.
+  auto info = hub::Client(opt_.upstream).repo_info(job.repo, job.upstream_commit);
+  if (!info)
+    throw JobFailure{"cannot read the licence and access conditions of " + job.repo + ": " +
+                         info.error().message,
+                     permanent(info.error().kind)};
+  src.license = info.value().license;
+  src.gated = info.value().gated;
+  src.is_private = info.value().is_private;
+  return src;
 }
 
 bool Pipeline::publish_private(const JobContext& ctx) const {

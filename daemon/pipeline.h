@@ -14,6 +14,7 @@
 
 #include "common/env.h"
 #include "config/config.h"
+#include "convert/convert.h"
 #include "daemon/hub_options.h"
 #include "daemon/metrics.h"
 #include "hub/hub.h"
@@ -87,6 +88,9 @@ class Pipeline {
                 const std::filesystem::path& model_dir, SyncReport& report);
   // One commit per configured target, carrying the upstream commit; the last commit id.
   std::string publish(const JobContext& ctx);
+  // The upstream as the card names it: repo, revision, commit, and from the Hub its licence
+  // and whether it is gated or private.
+  convert::SourceInfo source_info(const storage::Job& job) const;
   // publish.private, or with "inherit" whether the upstream is private or gated (asked now).
   bool publish_private(const JobContext& ctx) const;
   std::string publish_to(const JobContext& ctx, const PublishEndpoint& ep, const std::string& where,

@@ -27,18 +27,33 @@ void Progress::update(size_t done, const std::string& detail) {
   double elapsed = std::chrono::duration<double>(now - start_).count();
   double frac =
       total_ ? std::min(1.0, static_cast<double>(done) / static_cast<double>(total_)) : 1.0;
+  const std::string eta = eta_text(done, elapsed);
   if (tty_) {
     constexpr int kWidth = 30;
     int filled = static_cast<int>(frac * kWidth);
     std::string bar(filled, '#');
     bar.resize(kWidth, '.');
-    std::fprintf(out_, "\r\033[K%s [%s] %zu/%zu %3.0f%% %.0fs %s", label_.c_str(), bar.c_str(),
-                 done, total_, frac * 100.0, elapsed, detail.substr(0, 40).c_str());
+    std::fprintf(out_, "\r\033[K%s [%s] %zu/%zu %3.0f%% %.0fs%s %s", label_.c_str(), bar.c_str(),
+                 done, total_, frac * 100.0, elapsed, eta.c_str(), detail.substr(0, 40).c_str());
   } else {
-    std::fprintf(out_, "%s: %zu/%zu (%.0f%%) after %.0fs %s\n", label_.c_str(), done, total_,
-                 frac * 100.0, elapsed, detail.c_str());
+    std::fprintf(out_, "%s: %zu/%zu (%.0f%%) after %.0fs%s %s\n", label_.c_str(), done, total_,
+                 frac * 100.0, elapsed, eta.c_str(), detail.c_str());
   }
   std::fflush(out_);
+}
+
+std::string Progress::eta_text(size_t done, double elapsed) const {
+  if (done == 0 || done >= total_ || elapsed <= 0) return "";
+  const double left = elapsed / static_cast<double>(done) * static_cast<double>(total_ - done);
+  const auto s = static_cast<long long>(left + 0.5);
+  char buf[48];
+  if (s >= 3600)
+    std::snprintf(buf, sizeof buf, ", ETA %lldh%02lldm", s / 3600, s / 60 % 60);
+  else if (s >= 60)
+    std::snprintf(buf, sizeof buf, ", ETA %lldm%02llds", s / 60, s % 60);
+  else
+    std::snprintf(buf, sizeof buf, ", ETA %llds", s);
+  return buf;
 }
 
 void Progress::finish() {

@@ -15,6 +15,8 @@ class Progress {
   ~Progress();
   void update(size_t done, const std::string& detail = {});
   void finish();
+  // ", ETA 4m05s" from the rate so far ("" before the first unit and once done).
+  std::string eta_text(size_t done, double elapsed_s) const;
 
  private:
   std::string label_;

@@ -23,6 +23,7 @@
 #include "daemon/metrics.h"
 #include "daemon/notify.h"
 #include "daemon/pipeline.h"
+#include "daemon/retention.h"
 #include "daemon/scheduler.h"
 #include "hub/hub.h"
 #include "mirror/mirror.h"
@@ -153,6 +154,7 @@ class Daemon {
   void signals();
   void scheduler();
   void mirror();
+  void retention();
   void watchdog();
   void loop();
   void shutdown();
@@ -174,6 +176,7 @@ class Daemon {
   std::optional<std::string> write_token_;
   std::optional<Scheduler> sched_;  // guarded by sh_.mu
   Metrics metrics_;
+  RepeatFilter repeats_;  // the idle pass summary, logged once until it changes
   Notifier notifier_;
   std::unique_ptr<storage::StateDb> db_, reader_db_;
   std::mutex reader_mu_;
@@ -353,6 +356,13 @@ void Daemon::scheduler() {
                  cfg_.limits.concurrent_jobs);
 }
 
+// What the store keeps (config retention): applied now and after every pass that did something.
+void Daemon::retention() {
+  apply_retention(cfg_, *db_, &metrics_, [](spdlog::level::level_enum level, const std::string& l) {
+    spdlog::log(level, "{}", l);
+  });
+}
+
 // Fed while the daemon makes progress (see RunOptions::stall_limit_s).
 void Daemon::watchdog() {
   auto every = notifier_.watchdog_interval();
@@ -481,14 +491,24 @@ void Daemon::pass() {
       0) {
     metrics_.pass_finished();
     const bool bad = report.checks_failed + report.jobs_failed > 0;
-    spdlog::log(bad ? spdlog::level::warn : spdlog::level::info,
-                "run: pass ({}) checked {} repos ({} failed), {} jobs queued, {} done, {} failed, "
-                "{} interrupted",
-                due.why.empty() ? "retry" : due.why, report.repos_checked, report.checks_failed,
-                report.jobs_enqueued, report.jobs_done, report.jobs_failed,
-                report.jobs_interrupted);
-    std::lock_guard g(sh_.mu);
-    sh_.last_pass_at = now_s();
+    const std::string line = fmt::format(
+        "run: pass ({}) checked {} repos ({} failed), {} jobs queued, {} done, {} failed, {} "
+        "interrupted",
+        due.why.empty() ? "retry" : due.why, report.repos_checked, report.checks_failed,
+        report.jobs_enqueued, report.jobs_done, report.jobs_failed, report.jobs_interrupted);
+    if (bad) {  // failures are logged every time
+      for (const auto& l : repeats_.flush()) spdlog::info("{}", l);
+      spdlog::warn("{}", line);
+    } else {
+      const auto lines = repeats_.next(line);
+      if (lines.empty()) spdlog::debug("{}", line);  // an idle poll like the last one
+      for (const auto& l : lines) spdlog::info("{}", l);
+    }
+    {
+      std::lock_guard g(sh_.mu);
+      sh_.last_pass_at = now_s();
+    }
+    if (!sh_.stop) retention();
   }
 }
 
@@ -496,7 +516,10 @@ void Daemon::pass() {
 void Daemon::sleep() {
   std::unique_lock lk(sh_.mu);
   const auto wake = sched_->wake_at(Clock::now());
-  const auto secs = std::chrono::duration_cast<std::chrono::seconds>(wake - Clock::now()).count();
+  // The scheduler wakes every 30 s at most (retries, the nightly window); the next check is the
+  // next poll, which with a long interval is much later.
+  const auto next = sched_->next_poll().value_or(Clock::now());
+  const auto secs = std::chrono::duration_cast<std::chrono::seconds>(next - Clock::now()).count();
   lk.unlock();
   po_.status("idle; next check in " + std::to_string(std::max<int64_t>(0, secs)) + " s");
   lk.lock();
@@ -528,6 +551,7 @@ int run_command(const RunOptions& ro) {
   d.signals();                         // signals: SIGTERM/SIGINT stop, SIGHUP reloads
   d.scheduler();                       // scheduler: polls, the nightly window, webhooks
   d.mirror();                          // mirror: the store, /healthz, /metrics, /webhook
+  d.retention();                       // retention: old snapshots and unneeded blobs freed
   d.watchdog();                        // watchdog: systemd's, fed while work makes progress
   d.loop();                            // loop: scheduler decides, pipeline works, until a stop
   d.shutdown();                        // shutdown: threads joined, mirror stopped

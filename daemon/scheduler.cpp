@@ -68,4 +68,14 @@ Scheduler::Clock::time_point Scheduler::wake_at(Clock::time_point now) const {
   return wake;
 }
 
+std::optional<Scheduler::Clock::time_point> Scheduler::next_poll() const {
+  std::optional<Clock::time_point> next;
+  for (const auto& r : repos_) {
+    auto it = next_check_.find(r);
+    if (it == next_check_.end()) return std::nullopt;
+    if (!next || it->second < *next) next = it->second;
+  }
+  return next;
+}
+
 }  // namespace loftqd::daemon

@@ -56,6 +56,9 @@ class Scheduler {
   void checked(const std::string& repo, Clock::time_point now);
   // The latest time to decide again: the earliest next poll, at most kMaxSleep after `now`.
   Clock::time_point wake_at(Clock::time_point now) const;
+  // When the next poll of some repo is due (not capped: what "next check in" means); nullopt
+  // when a repo was never checked (it is due now) or nothing is watched.
+  std::optional<Clock::time_point> next_poll() const;
 
  private:
   std::chrono::seconds poll_interval_;

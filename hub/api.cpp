@@ -104,6 +104,12 @@ Result<RepoInfo> Client::repo_info(const std::string& repo, const std::string& r
     info.last_modified = v.value("lastModified", "");
     info.is_private = v.value("private", false);
     info.gated = v.contains("gated") && !(v["gated"].is_boolean() && !v["gated"].get<bool>());
+    if (v.contains("cardData") && v["cardData"].is_object()) {
+      const json& lic = v["cardData"].value("license", json());
+      if (lic.is_string() && !lic.get<std::string>().empty()) info.license = lic.get<std::string>();
+      if (lic.is_array() && !lic.empty() && lic[0].is_string())
+        info.license = lic[0].get<std::string>();
+    }
     for (const auto& s : v.value("siblings", json::array()))
       info.siblings.push_back(s.at("rfilename").get<std::string>());
     if (!common::is_sha1_hex(info.sha))

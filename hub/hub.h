@@ -90,6 +90,8 @@ ClientOptions options_from_env(const std::optional<std::string>& endpoint = {},
 struct RepoInfo {
   std::string id, sha, last_modified;
   bool is_private = false, gated = false;
+  // The model card's licence (cardData.license: the README front matter's), when it has one.
+  std::optional<std::string> license;
   std::vector<std::string> siblings;
 };
 

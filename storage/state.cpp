@@ -2,6 +2,8 @@
 
 #include <sqlite3.h>
 
+#include <algorithm>
+
 namespace loftqd::storage {
 
 namespace {
@@ -56,6 +58,14 @@ CREATE TABLE IF NOT EXISTS jobs (
   UNIQUE (repo, upstream_commit, config_hash)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS job_progress (
+  job_id INTEGER PRIMARY KEY REFERENCES jobs (id) ON DELETE CASCADE,
+  done INTEGER NOT NULL,
+  total INTEGER NOT NULL,
+  run_first_done INTEGER NOT NULL,
+  run_started_at INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS tensor_progress (
   job_id INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
   tensor TEXT NOT NULL,
@@ -303,8 +313,8 @@ void StateDb::set_state(int64_t id, JobState st, int64_t now) {
 
 void StateDb::set_published(int64_t id, const std::string& published_commit, int64_t now) {
   Stmt s(db_,
-         "UPDATE jobs SET state = 'done', published_commit = ?2, last_error = '', updated_at = ?3 "
-         "WHERE id = ?1");
+         "UPDATE jobs SET state = 'done', published_commit = ?2, last_error = '', updated_at = ?3, "
+         "attempts = attempts + 1 WHERE id = ?1");
   s.bind(1, id).bind(2, published_commit).bind(3, now).step();
 }
 
@@ -355,6 +365,29 @@ std::vector<Job> StateDb::jobs(int limit) const {
   return out;
 }
 
+std::vector<Job> StateDb::unfinished_jobs() const {
+  Stmt s(db_, (std::string("SELECT ") + kJobColumns +
+               " FROM jobs WHERE state NOT IN ('done', 'failed') ORDER BY id")
+                  .c_str());
+  std::vector<Job> out;
+  while (s.step()) out.push_back(read_job(s));
+  return out;
+}
+
+std::set<std::string> StateDb::job_upstreams() const {
+  Stmt s(db_, "SELECT DISTINCT repo FROM jobs");
+  std::set<std::string> out;
+  while (s.step()) out.insert(s.text(0));
+  return out;
+}
+
+std::set<std::string> StateDb::job_targets() const {
+  Stmt s(db_, "SELECT DISTINCT target FROM jobs");
+  std::set<std::string> out;
+  while (s.step()) out.insert(s.text(0));
+  return out;
+}
+
 std::map<JobState, int64_t> StateDb::count_by_state() const {
   std::map<JobState, int64_t> out;
   for (JobState j : {JobState::Queued, JobState::Downloading, JobState::Quantizing,
@@ -369,6 +402,32 @@ std::map<JobState, int64_t> StateDb::count_by_state() const {
 void StateDb::tensor_done(int64_t job_id, const std::string& tensor) {
   Stmt s(db_, "INSERT OR IGNORE INTO tensor_progress (job_id, tensor) VALUES (?1, ?2)");
   s.bind(1, job_id).bind(2, tensor).step();
+}
+
+std::optional<int64_t> JobProgress::eta_s(int64_t now) const {
+  const int64_t run_done = done - run_first_done;
+  if (run_done <= 0 || total <= done) return std::nullopt;
+  const double rate = static_cast<double>(updated_at - run_started_at) / run_done;  // s/tensor
+  const auto left = static_cast<int64_t>(rate * static_cast<double>(total - done) + 0.5);
+  return std::max<int64_t>(0, left - (now - updated_at));
+}
+
+void StateDb::set_progress(int64_t job_id, const JobProgress& p) {
+  Stmt s(db_,
+         "INSERT INTO job_progress (job_id, done, total, run_first_done, run_started_at, "
+         "updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (job_id) DO UPDATE SET "
+         "done = ?2, total = ?3, run_first_done = ?4, run_started_at = ?5, updated_at = ?6");
+  s.bind(1, job_id).bind(2, p.done).bind(3, p.total).bind(4, p.run_first_done);
+  s.bind(5, p.run_started_at).bind(6, p.updated_at).step();
+}
+
+std::optional<JobProgress> StateDb::progress(int64_t job_id) const {
+  Stmt s(db_,
+         "SELECT done, total, run_first_done, run_started_at, updated_at FROM job_progress "
+         "WHERE job_id = ?1");
+  s.bind(1, job_id);
+  if (!s.step()) return std::nullopt;
+  return JobProgress{s.integer(0), s.integer(1), s.integer(2), s.integer(3), s.integer(4)};
 }
 
 std::set<std::string> StateDb::tensors_done(int64_t job_id) const {

@@ -37,6 +37,16 @@ struct Job {
   int64_t created_at = 0, updated_at = 0, next_attempt_at = 0;
 };
 
+// The running (or last) quantization of a job, for `status`: tensors done of the total, and
+// where this run started (tensors resumed from checkpoints are not part of its rate).
+struct JobProgress {
+  int64_t done = 0, total = 0;
+  int64_t run_first_done = 0;  // tensors already done when this run started
+  int64_t run_started_at = 0, updated_at = 0;
+  // Seconds left at `now` from this run's rate; nullopt before its first tensor.
+  std::optional<int64_t> eta_s(int64_t now) const;
+};
+
 struct RepoState {
   std::string repo, revision;
   std::string last_seen_commit, last_processed_commit;
@@ -74,7 +84,8 @@ class StateDb {
   // in downloading/quantizing/publishing come back here after a restart).
   std::optional<Job> next_runnable(int64_t now) const;
   void set_state(int64_t id, JobState s, int64_t now);
-  void set_published(int64_t id, const std::string& published_commit, int64_t now);  // -> Done
+  // -> Done; the run that got there counts as an attempt (a job done at once shows 1).
+  void set_published(int64_t id, const std::string& published_commit, int64_t now);
   // Counts an attempt. Permanent failures, and transient ones at max_attempts, end in Failed;
   // other transient ones go back to Queued with next_attempt_at = retry_at.
   void record_failure(int64_t id, const std::string& error, bool permanent, int max_attempts,
@@ -86,12 +97,20 @@ class StateDb {
   bool requeue(int64_t id, int64_t now, const std::optional<std::string>& config_hash = {});
   std::vector<Job> failed_jobs(const std::string& repo) const;  // oldest first
   std::vector<Job> jobs(int limit = 100) const;                 // newest first
+  // Jobs queued, downloading, quantizing or publishing (what retention must not take away).
+  std::vector<Job> unfinished_jobs() const;
+  // Every upstream repo and every target that a job of this database names (whatever its
+  // state): the repos in the store that are loftqd's own.
+  std::set<std::string> job_upstreams() const;
+  std::set<std::string> job_targets() const;
   std::map<JobState, int64_t> count_by_state() const;
 
   // Per-tensor progress of a job, for reporting (logs, status). Never consulted to skip work:
   // what a restarted job may skip is decided by its checkpoint files alone (convert/resume.cpp,
   // QuantizeOptions::checkpoint_dir), which carry a fingerprint and a checksum.
   void tensor_done(int64_t job_id, const std::string& tensor);
+  void set_progress(int64_t job_id, const JobProgress& p);
+  std::optional<JobProgress> progress(int64_t job_id) const;
   std::set<std::string> tensors_done(int64_t job_id) const;
 
  private:

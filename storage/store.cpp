@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <fstream>
@@ -329,10 +330,16 @@ Status check_space(const fs::path& dir, uint64_t needed, uint64_t reserve) {
   auto f = free_bytes(dir);
   if (!f) return f.error();
   if (f.value() < reserve || f.value() - reserve < needed) {
-    auto gib = [](uint64_t b) { return std::to_string(b / (1024.0 * 1024 * 1024)).substr(0, 6); };
+    // Exact bytes (small checkpoints in tests, the numbers an operator compares with df -B1),
+    // then GiB for reading.
+    auto both = [](uint64_t b) {
+      char gib[32];
+      std::snprintf(gib, sizeof gib, "%.2f", b / (1024.0 * 1024 * 1024));
+      return std::to_string(b) + " bytes (" + gib + " GiB)";
+    };
     return Error{Errc::NoSpace, "not enough disk space in " + dir.string() + ": need " +
-                                    gib(needed) + " GiB plus a reserve of " + gib(reserve) +
-                                    " GiB, " + gib(f.value()) + " GiB free"};
+                                    both(needed) + " plus a reserve of " + both(reserve) + ", " +
+                                    both(f.value()) + " free"};
   }
   return ok_status();
 }

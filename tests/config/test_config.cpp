@@ -268,3 +268,24 @@ TEST(Config, DeviceIsParsedByTheBackendsOwnParser) {
   ASSERT_EQ(p.size(), 1u);
   EXPECT_EQ(p[0], "/device: must be auto, cpu, cuda or cuda:N");
 }
+
+TEST(Config, RetentionDefaultsAndBounds) {
+  const auto d = parse_config(json::parse(R"({"store": "/s"})"));
+  EXPECT_EQ(d.retention.keep_upstream_snapshots, 1);
+  EXPECT_EQ(d.retention.keep_published_snapshots, 2);
+  EXPECT_FALSE(d.retention.prune_orphaned_targets);
+  const auto c = parse_config(json::parse(
+      R"({"store": "/s", "retention": {"keep_upstream_snapshots": 0,
+          "keep_published_snapshots": 5, "prune_orphaned_targets": true}})"));
+  EXPECT_EQ(c.retention.keep_upstream_snapshots, 0);
+  EXPECT_EQ(c.retention.keep_published_snapshots, 5);
+  EXPECT_TRUE(c.retention.prune_orphaned_targets);
+  const auto p = problems_of(json::parse(
+      R"({"store": "/s", "retention": {"keep_upstream_snapshots": -1,
+          "keep_published_snapshots": 0, "prune_orphaned_targets": "yes", "keep_all": 1}})"));
+  EXPECT_THAT(p, Contains("/retention/keep_upstream_snapshots: must be >= 0"));
+  // The head of a published target is what its branch serves: it is always kept.
+  EXPECT_THAT(p, Contains("/retention/keep_published_snapshots: must be >= 1"));
+  EXPECT_THAT(p, Contains("/retention/prune_orphaned_targets: must be true or false"));
+  EXPECT_THAT(p, Contains("/retention/keep_all: unknown key"));
+}

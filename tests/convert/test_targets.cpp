@@ -291,6 +291,42 @@ TEST_F(TargetsTest, BaseModelNameIsARepoIdOrNullNeverAFolder) {
   }
 }
 
+// A derivative keeps its upstream's terms: the licence the Hub reports when the snapshot has no
+// README.md (the daemon's default patterns leave it out), and for a gated or private upstream a
+// note that its access conditions apply.
+TEST_F(TargetsTest, ModelCardKeepsTheUpstreamLicenceAndAccessConditions) {
+  const fs::path llama = synth("llama");
+  QuantizeOptions o = quick_options();
+  o.source.repo = "meta-llama/Llama-2-7b-hf";
+  o.source.license = "llama2";
+  o.source.gated = true;
+  quantize(llama, o);
+  std::string card = slurp(out() / "README.md");
+  EXPECT_THAT(card, HasSubstr("\nlicense: llama2\n"));
+  EXPECT_THAT(card, HasSubstr("License: `llama2`, the license of `meta-llama/Llama-2-7b-hf`"));
+  EXPECT_THAT(card, HasSubstr("**Access:** `meta-llama/Llama-2-7b-hf` is gated on the Hugging "
+                              "Face Hub"));
+  // The upstream's own README wins over what the Hub reported; a private upstream is said so.
+  spit(llama / "README.md", "---\nlicense: other\n---\n# tiny\n");
+  o.source.gated = false;
+  o.source.is_private = true;
+  o.force = true;
+  quantize(llama, o);
+  card = slurp(out() / "README.md");
+  EXPECT_THAT(card, HasSubstr("\nlicense: other\n"));
+  EXPECT_THAT(card, Not(HasSubstr("llama2")));
+  EXPECT_THAT(card, HasSubstr("is a private repository"));
+  EXPECT_THAT(card, Not(HasSubstr("is gated")));
+  // A public upstream without a licence: no note at all.
+  fs::remove(llama / "README.md");
+  QuantizeOptions plain = quick_options();
+  plain.force = true;
+  quantize(llama, plain);
+  card = slurp(out() / "README.md");
+  EXPECT_THAT(card, Not(HasSubstr("**Access:**")));
+  EXPECT_THAT(card, Not(HasSubstr("License: `")));
+}
+
 // The card loads the task's class and says what a user of the Hub needs.
 TEST_F(TargetsTest, ModelCardLoadsTheTaskClassWithFrontMatterAndCitation) {
   const fs::path bart = synth("bart");

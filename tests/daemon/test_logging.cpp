@@ -3,6 +3,9 @@
 
 #include <gtest/gtest.h>
 
+#include <string>
+#include <vector>
+
 using loftqd::daemon::log_line_json;
 
 TEST(Logging, JsonLineCarriesTheMessageAndItsFields) {
@@ -32,4 +35,21 @@ TEST(Logging, OnlyTextAndJsonAreFormats) {
   EXPECT_NO_THROW(loftqd::daemon::set_log_format("json"));
   EXPECT_NO_THROW(loftqd::daemon::set_log_format("text"));
   EXPECT_THROW(loftqd::daemon::set_log_format("xml"), std::invalid_argument);
+}
+
+// An idle poll's summary is logged once; a change logs how often it repeated, then the new line.
+TEST(Logging, RepeatedLinesAreCollapsed) {
+  using V = std::vector<std::string>;
+  loftqd::daemon::RepeatFilter f;
+  const std::string idle = "run: pass (poll) checked 1 repos (0 failed), 0 jobs queued";
+  EXPECT_EQ(f.next(idle), V{idle});
+  EXPECT_EQ(f.next(idle), V{});
+  EXPECT_EQ(f.next(idle), V{});
+  EXPECT_EQ(f.next("run: pass (webhook) 1 done"),
+            (V{"(previous line repeated 2 times: " + idle + ")", "run: pass (webhook) 1 done"}));
+  EXPECT_EQ(f.next(idle), V{idle});  // after another line it is new again
+  EXPECT_EQ(f.next(idle), V{});
+  EXPECT_EQ(f.flush(), V{"(previous line repeated 1 time: " + idle + ")"});
+  EXPECT_EQ(f.next(idle), V{idle});  // a failure came between: logged again
+  EXPECT_EQ(f.flush(), V{});
 }

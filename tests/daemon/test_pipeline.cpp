@@ -1,12 +1,15 @@
 // daemon/pipeline: Pipeline driven in-process against a local upstream (the built-in mirror
 // holding up/tiny), publishing into the daemon's own store mirror.
 #include "daemon/pipeline.h"
+#include "daemon/retention.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -374,4 +377,191 @@ TEST_F(PipelineTest, OfflineChecksNothingAndMakesNoRequest) {
   EXPECT_THAT(log_, HasSubstr(loftqd::daemon::kOfflineNotice));
   EXPECT_EQ(up_.requests().size(), before);
   EXPECT_TRUE(jobs().empty());
+}
+
+// ---- retention (daemon/retention.cpp) ----
+
+namespace {
+
+std::vector<std::string> snapshot_names(const fs::path& repo_dir) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(repo_dir / "snapshots", ec))
+    out.push_back(e.path().filename().string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+json with_retention(json j, json retention) {
+  j["retention"] = std::move(retention);
+  return j;
+}
+
+}  // namespace
+
+// Two upstream commits processed: the store keeps the configured snapshots of the download and
+// of the published target, and frees the old download's own blob.
+TEST_F(PipelineTest, RetentionKeepsTheConfiguredSnapshotsAndFreesTheRest) {
+  const std::string c1 = up_.publish("first note");
+  auto base = json{{"hub", {{"endpoint", up_.url()}}},
+                   {"store", (tmp_ / "store").string()},
+                   {"device", "cpu"},
+                   {"repos",
+                    {{{"repo", "up/tiny"},
+                      {"publish_as", "me/tiny-loftq"},
+                      {"loftq", {{"rank", 4}, {"iters", 1}, {"bits", 4}}}}}},
+                   {"publish", {{"mirror", true}}}};
+  const auto cfg = loftqd::config::parse_config(
+      with_retention(base, {{"keep_upstream_snapshots", 1}, {"keep_published_snapshots", 1}}));
+  Pipeline p(cfg, *db_, options(cfg));
+  ASSERT_TRUE(p.sync_once().ok()) << log_;
+  const std::string c2 = up_.publish("second note");
+  ASSERT_TRUE(p.sync_once().ok()) << log_;
+  const fs::path upstream = tmp_ / "store" / "models--up--tiny";
+  const fs::path target = tmp_ / "store" / "models--me--tiny-loftq";
+  ASSERT_EQ(snapshot_names(upstream),
+            (std::vector<std::string>{std::min(c1, c2), std::max(c1, c2)}));
+  ASSERT_EQ(snapshot_names(target).size(), 3u);  // the repo's empty first commit and two results
+  const loftqd::storage::Store store(tmp_ / "store");
+  const std::string first_note = loftqd::storage::git_blob_sha1("first note");
+  ASSERT_TRUE(store.has_blob("up/tiny", first_note));
+
+  loftqd::daemon::Metrics m;
+  std::string lines;
+  const auto r = loftqd::daemon::apply_retention(
+      cfg, *db_, &m, [&](spdlog::level::level_enum, const std::string& l) { lines += l + "\n"; });
+  EXPECT_TRUE(r.errors.empty()) << lines;
+  EXPECT_EQ(snapshot_names(upstream), std::vector<std::string>{c2});
+  const std::string head = *store.read_ref("me/tiny-loftq", "main");
+  EXPECT_EQ(snapshot_names(target), std::vector<std::string>{head});
+  EXPECT_FALSE(store.has_blob("up/tiny", first_note));  // only the old commit had it
+  EXPECT_TRUE(store.has_blob("up/tiny", loftqd::storage::git_blob_sha1("second note")));
+  EXPECT_GE(r.bytes_freed, std::string("first note").size());
+  EXPECT_THAT(lines, HasSubstr("step=retention snapshots_removed=3"));
+  EXPECT_THAT(lines, HasSubstr("bytes_freed=" + std::to_string(r.bytes_freed)));
+  EXPECT_THAT(m.render(db_.get()),
+              HasSubstr("loftqd_retention_freed_bytes_total " + std::to_string(r.bytes_freed)));
+  // The served head still downloads whole through the mirror.
+  loftqd::hub::ClientOptions o;
+  o.endpoint = mirror_->url();
+  loftqd::hub::SnapshotRequest sr;
+  sr.repo = "me/tiny-loftq";
+  sr.local_dir = tmp_ / "check";
+  ASSERT_TRUE(loftqd::hub::Client(o).snapshot_download(sr));
+  EXPECT_TRUE(fs::exists(tmp_ / "check" / "loftq.json"));
+}
+
+// What the plan protects: a queued job's commit and blobs; a repo the mirror hosts; repos that
+// are not loftqd's; orphaned targets only when asked.
+TEST_F(PipelineTest, RetentionPlanProtectsJobsHostedReposAndAsksBeforePruning) {
+  auto cfg = config();
+  Pipeline p(cfg, *db_, options(cfg));
+  ASSERT_TRUE(p.sync_once().ok()) << log_;
+  const std::string c2 = up_.publish("new");
+  SyncReport enq;
+  ASSERT_TRUE(p.check_repo(cfg.repos[0], enq));  // queued, not run
+  const loftqd::storage::Store store(tmp_ / "store");
+  auto policies = loftqd::daemon::retention_policies(cfg, *db_, store);
+  std::map<std::string, loftqd::storage::RepoPolicy> by_repo;
+  for (auto& pol : policies) by_repo[pol.repo] = pol;
+  ASSERT_EQ(by_repo.size(), 2u);
+  EXPECT_EQ(by_repo["up/tiny"].pinned, std::set<std::string>{c2});
+  EXPECT_FALSE(by_repo["up/tiny"].sweep_blobs);
+  EXPECT_EQ(by_repo["up/tiny"].keep_snapshots, 1u);
+  EXPECT_EQ(by_repo["me/tiny-loftq"].keep_snapshots, 2u);
+  EXPECT_EQ(by_repo["me/tiny-loftq"].min_blob_age, loftqd::daemon::kUploadGrace);
+
+  // The entry now publishes elsewhere: the old target is an orphan, kept unless asked.
+  ASSERT_TRUE(p.sync_once().ok()) << log_;  // the queued job ends first
+  auto moved = json{{"hub", {{"endpoint", up_.url()}}},
+                    {"store", (tmp_ / "store").string()},
+                    {"repos", {{{"repo", "up/tiny"}, {"publish_as", "me/elsewhere"}}}}};
+  const auto keep = loftqd::config::parse_config(moved);
+  EXPECT_TRUE(loftqd::daemon::apply_retention(keep, *db_, nullptr, [](auto, const auto&) {
+              }).repos_removed.empty());
+  EXPECT_TRUE(store.has_repo("me/tiny-loftq"));
+  const auto prune =
+      loftqd::config::parse_config(with_retention(moved, {{"prune_orphaned_targets", true}}));
+  const auto r = loftqd::daemon::apply_retention(prune, *db_, nullptr, [](auto, const auto&) {});
+  EXPECT_EQ(r.repos_removed, std::vector<std::string>{"me/tiny-loftq"});
+  EXPECT_FALSE(store.has_repo("me/tiny-loftq"));
+  EXPECT_TRUE(store.has_repo("up/tiny"));  // still watched
+
+  // A repo someone uploaded to the mirror is not loftqd's, even when watched; nor is any other.
+  loftqd::storage::Store writable(tmp_ / "store");
+  ASSERT_TRUE(writable.write_meta("up/tiny", loftqd::storage::RepoMeta{}).ok());
+  for (const auto& pol : loftqd::daemon::retention_policies(prune, *db_, store))
+    EXPECT_NE(pol.repo, "up/tiny");
+}
+
+// The disk reserve is checked before quantizing too (not only before downloads): with the
+// snapshot in the store already, a reserve that leaves room for the download but not for the
+// layout and its checkpoints fails the job before any tensor, naming the bytes.
+TEST_F(PipelineTest, TheDiskReserveIsCheckedBeforeQuantizing) {
+  loftqd::model::SynthOptions so = Upstream::small();
+  so.hidden = 512;
+  so.intermediate = 2048;  // about 17 MB of weights: room for other writers on this disk
+  Upstream big(tmp_ / "big", 0, so);
+  loftqd::hub::ClientOptions o;
+  o.endpoint = big.url();
+  o.disk_reserve = 0;
+  loftqd::hub::SnapshotRequest sr;
+  sr.repo = "up/tiny";
+  sr.revision = big.commit();
+  sr.store = tmp_ / "store";
+  const auto snap = loftqd::hub::Client(o).snapshot_download(sr);
+  ASSERT_TRUE(snap) << snap.error().message;
+  uint64_t size = 0;
+  for (const auto& e : fs::recursive_directory_iterator(snap.value().dir))
+    if (e.is_regular_file()) size += e.file_size();
+  const uint64_t free_now = loftqd::storage::free_bytes(tmp_ / "store").value();
+  ASSERT_GT(free_now, 3 * size);
+  auto j = json{{"hub", {{"endpoint", big.url()}}},
+                {"store", (tmp_ / "store").string()},
+                {"device", "cpu"},
+                {"repos", {{{"repo", "up/tiny"}, {"publish_as", "me/big-loftq"}}}},
+                {"limits", {{"disk_reserve", free_now - size}}}};
+  const auto cfg = loftqd::config::parse_config(j);
+  Pipeline p(cfg, *db_, options(cfg));
+  const SyncReport r = p.sync_once();
+  ASSERT_EQ(r.jobs_failed, 1) << log_;
+  EXPECT_THAT(log_, HasSubstr("step=download done"));  // the download was allowed
+  const auto job = jobs().at(0);
+  EXPECT_THAT(job.last_error, HasSubstr("quantize: not enough disk space in"));
+  EXPECT_THAT(job.last_error, HasSubstr("need " + std::to_string(2 * size) + " bytes"));
+  EXPECT_THAT(job.last_error, HasSubstr("(limits.disk_reserve)"));
+  EXPECT_TRUE(db_->tensors_done(job.id).empty());
+}
+
+// The published card keeps the upstream's licence (from the Hub: the default patterns leave the
+// upstream README out of the download) and says that a gated upstream's conditions apply.
+TEST_F(PipelineTest, TheCardKeepsTheUpstreamsLicenceAndGatingNote) {
+  loftqd::testing::spit(tmp_ / "src" / "README.md", "---\nlicense: llama2\n---\n# tiny\n");
+  up_.publish();
+  loftqd::storage::Store upstream_store(up_.store());
+  auto meta = upstream_store.read_meta("up/tiny").value_or(loftqd::storage::RepoMeta{});
+  meta.gated = true;
+  ASSERT_TRUE(upstream_store.write_meta("up/tiny", meta));
+  auto j = json{{"hub", {{"endpoint", up_.url()}}},
+                {"store", (tmp_ / "store").string()},
+                {"device", "cpu"},
+                {"repos",
+                 {{{"repo", "up/tiny"},
+                   {"publish_as", "me/gated-loftq"},
+                   {"allow_patterns", {"*.safetensors", "*.json"}},
+                   {"loftq", {{"rank", 4}, {"iters", 1}, {"bits", 4}}}}}},
+                {"publish", {{"mirror", true}}}};
+  const auto cfg = loftqd::config::parse_config(j);
+  auto po = options(cfg);
+  po.upstream.token = std::string(Upstream::kToken);
+  Pipeline p(cfg, *db_, po);
+  const SyncReport r = p.sync_once();
+  ASSERT_TRUE(r.ok()) << ::testing::PrintToString(r.errors) << log_;
+  const loftqd::storage::Store ours(tmp_ / "store");
+  const std::string head = *ours.read_ref("me/gated-loftq", "main");
+  const std::string card =
+      loftqd::testing::slurp(ours.snapshot_dir("me/gated-loftq", head) / "README.md");
+  EXPECT_THAT(card, HasSubstr("\nlicense: llama2\n"));
+  EXPECT_THAT(card, HasSubstr("**Access:** `up/tiny` is gated on the Hugging Face Hub"));
+  EXPECT_TRUE(ours.read_meta("me/gated-loftq")->is_private);  // and inherit made it private
 }

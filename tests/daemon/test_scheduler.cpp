@@ -71,6 +71,17 @@ TEST(Scheduler, WakesAtTheEarliestPollButAtMostEveryThirtySeconds) {
   EXPECT_EQ(slow.wake_at(t0), t0 + 30s);
 }
 
+// What /healthz and sd_notify call "next check in": the next poll, not the 30 s wake-up.
+TEST(Scheduler, TheNextPollIsNotCappedByTheWakeUpCadence) {
+  Scheduler s(every(3600), {"a/x", "b/y"});
+  EXPECT_EQ(s.next_poll(), std::nullopt);  // never checked: due now
+  s.checked("a/x", t0);
+  EXPECT_EQ(s.next_poll(), std::nullopt);  // b/y still due
+  s.checked("b/y", t0 + 100s);
+  EXPECT_EQ(s.next_poll(), t0 + 3600s);
+  EXPECT_EQ(s.wake_at(t0), t0 + Scheduler::kMaxSleep);
+}
+
 TEST(Scheduler, WebhookMakesAWatchedRepoDueAtOnce) {
   Scheduler s(every(3600), {"a/x", "b/y"});
   check(s, t0);

@@ -286,6 +286,9 @@ TEST(Run, SighupAppliesAGoodConfigAndKeepsTheOldOneOnABadOne) {
   write_config(tmp, base_config(tmp, up.url(), 4));
   d.signal(SIGHUP);
   ASSERT_TRUE(d.wait_for_log("applied; watching 1 repos", 30s)) << d.log();
+  // The reload says what changed.
+  EXPECT_THAT(d.log(), HasSubstr("reload: new settings for up/tiny -> me/tiny-loftq (published "
+                                 "again)"));
   ASSERT_TRUE(d.wait_for_log("step=done", 120s, 2)) << d.log();
   const fs::path repo_dir = tmp / "store" / "models--me--tiny-loftq";
   const std::string head = slurp(repo_dir / "refs" / "main");
@@ -296,6 +299,54 @@ TEST(Run, SighupAppliesAGoodConfigAndKeepsTheOldOneOnABadOne) {
   auto rc = d.wait(30s);
   ASSERT_TRUE(rc.has_value());
   EXPECT_EQ(*rc, 0) << d.log();
+}
+
+// Retention in the daemon: after the pass that published, the download no job needs is freed
+// (keep_upstream_snapshots 0) and /metrics counts the bytes; at the next start, before any pass,
+// the target that the configuration no longer names is pruned (prune_orphaned_targets).
+TEST(Run, RetentionRunsAfterEachPassAndAtStart) {
+  TempDir tmp;
+  Upstream up(tmp.path());
+  json j = base_config(tmp, up.url(), 4);
+  j["retention"] = {{"keep_upstream_snapshots", 0}, {"keep_published_snapshots", 1}};
+  const auto cfg = write_config(tmp, j);
+  const fs::path upstream = tmp / "store" / "models--up--tiny";
+  {
+    Child d(run_args(cfg), tmp / "run.log");
+    ASSERT_TRUE(d.wait_for_log("step=retention snapshots_removed=", 120s)) << d.log();
+    EXPECT_TRUE(fs::is_empty(upstream / "snapshots")) << d.log();
+    EXPECT_TRUE(fs::is_empty(upstream / "blobs")) << d.log();
+    EXPECT_THAT(d.log(), HasSubstr("up/tiny@" + up.commit()));
+    EXPECT_EQ(published_revisions(tmp), 1u);  // the repo's empty first commit went too
+    EXPECT_EQ(read_published(tmp, "after-retention").empty(), false);
+    // Idle now: /healthz says when the next poll is (1 h), not the 30 s wake-up.
+    std::string state;
+    for (int i = 0; i < 100 && state.rfind("idle", 0) != 0; ++i) {
+      if (auto h = http(daemon_url(d.log())).Get("/healthz"))
+        state = json::parse(h->body)["state"].get<std::string>();
+      std::this_thread::sleep_for(50ms);
+    }
+    EXPECT_THAT(state, ::testing::MatchesRegex("idle; next check in 35[0-9][0-9] s")) << state;
+    auto m = http(daemon_url(d.log())).Get("/metrics");
+    ASSERT_TRUE(m);
+    EXPECT_THAT(m->body, HasSubstr("loftqd_retention_freed_bytes_total "));
+    EXPECT_THAT(m->body, ::testing::Not(HasSubstr("loftqd_retention_freed_bytes_total 0\n")));
+    d.signal(SIGTERM);
+    ASSERT_EQ(d.wait(30s), 0) << d.log();
+  }
+  j["repos"][0]["publish_as"] = "me/tiny-elsewhere";
+  j["retention"]["prune_orphaned_targets"] = true;
+  write_config(tmp, j);
+  Child d(run_args(cfg), tmp / "run2.log");
+  ASSERT_TRUE(d.wait_for_log("run: watching", 60s)) << d.log();
+  const std::string log = d.log();
+  const size_t pruned = log.find("repos_removed=1");
+  ASSERT_NE(pruned, std::string::npos) << log;
+  EXPECT_LT(pruned, log.find("run: watching")) << log;  // at start, before the first pass
+  EXPECT_THAT(log, HasSubstr("repos=me/tiny-loftq"));
+  EXPECT_FALSE(fs::exists(tmp / "store" / "models--me--tiny-loftq"));
+  d.signal(SIGTERM);
+  EXPECT_EQ(d.wait(30s), 0) << d.log();
 }
 
 TEST(Run, BadConfigAtStartExitsTwoNamingEveryProblem) {
@@ -392,6 +443,16 @@ TEST(Run, SigtermDuringQuantizationCheckpointsAndTheRestartResumes) {
   // Each finished tensor pauses 200 ms, so SIGTERM lands mid-model.
   auto d = with_failpoints(run_args(cfg), tmp / "run.log", "tensor:200");
   ASSERT_TRUE(d->wait_for_log("failpoint=tensor", 120s, 3)) << d->log();
+  // `status` beside the running daemon: the job's tensors done of the backbone's 21 (2 layers x
+  // (7 projections + 2 norms), the embedding, the final norm, the head) and an ETA.
+  auto st = run_loftqd({"status", "--config", cfg.string(), "--json"});
+  ASSERT_EQ(st.exit_code, 0) << st.out;
+  const json running = json::parse(st.out.substr(st.out.find('{')))["jobs"][0];
+  EXPECT_EQ(running["state"], "quantizing") << st.out;
+  ASSERT_TRUE(running.contains("progress")) << st.out;
+  EXPECT_EQ(running["progress"]["tensors_total"], 21) << st.out;
+  EXPECT_GE(running["progress"]["tensors_done"].get<int>(), 2) << st.out;
+  EXPECT_TRUE(running["progress"]["eta_s"].is_number()) << st.out;
   d->signal(SIGTERM);
   auto rc = d->wait(30s);
   ASSERT_TRUE(rc.has_value()) << d->log();
@@ -405,6 +466,12 @@ TEST(Run, SigtermDuringQuantizationCheckpointsAndTheRestartResumes) {
   EXPECT_GE(done, 3u);
   EXPECT_LT(done, 14u);
   EXPECT_EQ(published_revisions(tmp), 0u);
+  // Stopped: shown as interrupted, its progress kept, no ETA (nothing runs it).
+  st = run_loftqd({"status", "--config", cfg.string(), "--json"});
+  const json stopped = json::parse(st.out.substr(st.out.find('{')))["jobs"][0];
+  EXPECT_EQ(stopped["state"], "interrupted") << st.out;
+  EXPECT_TRUE(stopped["progress"]["eta_s"].is_null()) << st.out;
+  EXPECT_THAT(run_loftqd({"status", "--config", cfg.string()}).out, HasSubstr("/21 tensors"));
 
   Child again(run_args(cfg), tmp / "run2.log");
   ASSERT_TRUE(again.wait_for_log("step=done", 120s)) << again.log();

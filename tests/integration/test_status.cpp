@@ -4,6 +4,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "hub/hub.h"
+#include "integration/upstream.h"
 #include "storage/state.h"
 #include "storage/store.h"
 #include "support/test_util.h"
@@ -182,4 +184,86 @@ TEST(CheckConfig, PrintsEachTargetAndExitsTwoOnProblems) {
   EXPECT_EQ(r.exit_code, 2) << r.out;
   EXPECT_THAT(r.out, HasSubstr("hub.token_file: "));
   EXPECT_THAT(r.out, HasSubstr(token));
+}
+
+// check-config against a reachable upstream: per target the commit, the bytes to download (less
+// what the store has), the target modules from the registry and the bits of every layer; problems
+// that would fail the job (a missing repo, no weights selected) exit 2; an unreachable upstream
+// is said and is not a problem.
+TEST(CheckConfig, PrintsTargetsBitsAndBytesFromTheUpstream) {
+  TempDir tmp;
+  loftqd::testing::Upstream up(tmp.path());
+  const std::string cfg = (tmp / "c.json").string();
+  const std::string store = (tmp / "store").string();
+  const nlohmann::json plan = nlohmann::json::array({{{"layers", "0"}, {"bits", 4}},
+                                                     {{"layers", "1-"}, {"bits", 2}},
+                                                     {{"modules", {"down_proj"}}, {"bits", 4}}});
+  nlohmann::json j = {
+      {"hub", {{"endpoint", up.url()}}},
+      {"store", store},
+      {"repos",
+       {{{"repo", "up/tiny"}, {"publish_as", "me/avg"}, {"loftq", {{"avg_bits", 3}}}},
+        {{"repo", "up/tiny"}, {"publish_as", "me/plan"}, {"loftq", {{"bit_plan", plan}}}}}}};
+  spit(cfg, j.dump());
+  auto r = run_loftqd({"check-config", "--config", cfg});
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("upstream: up/tiny@main is commit " + up.commit()));
+  uint64_t total = 0;
+  size_t files = 0;
+  loftqd::hub::ClientOptions o;
+  o.endpoint = up.url();
+  const auto tree = loftqd::hub::Client(o).list_tree("up/tiny", up.commit());
+  ASSERT_TRUE(tree);
+  for (const auto& e : tree.value())
+    if (e.type == "file") total += e.size, ++files;
+  EXPECT_THAT(r.out, HasSubstr("download: " + std::to_string(files) + " files, " +
+                               std::to_string(total) + " bytes"));
+  EXPECT_THAT(r.out, HasSubstr("target modules: q_proj k_proj v_proj o_proj gate_proj up_proj "
+                               "down_proj"));
+  EXPECT_THAT(r.out, HasSubstr("stack layers: 2 layers (config.json num_hidden_layers)"));
+  // avg_bits 3 on 2 layers: the first at 4 bits, the second at 2.
+  EXPECT_THAT(r.out, HasSubstr("bits (avg_bits 3;"));
+  EXPECT_THAT(r.out, HasSubstr("    layers 0: 4 bits\n    layers 1: 2 bits\n"));
+  // The explicit plan with a module override on top.
+  EXPECT_THAT(r.out,
+              HasSubstr("    layers 1: q_proj+k_proj+v_proj+o_proj+gate_proj+up_proj 2 bits, "
+                        "down_proj 4 bits\n"));
+  EXPECT_FALSE(std::filesystem::exists(store));  // checking changes nothing
+
+  // What the store holds already is not downloaded again.
+  loftqd::hub::SnapshotRequest sr;
+  sr.repo = "up/tiny";
+  sr.revision = up.commit();
+  sr.store = store;
+  ASSERT_TRUE(loftqd::hub::Client(o).snapshot_download(sr));
+  r = run_loftqd({"check-config", "--config", cfg});
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_THAT(r.out,
+              HasSubstr("download: " + std::to_string(files) + " files, 0 bytes (0.00 GiB), " +
+                        std::to_string(total) + " bytes of them in the store already"));
+
+  // A repo that does not exist and a selection without weights: exit 2, each named.
+  // A plan that leaves layer 1 without bits, too.
+  j["repos"] = {{{"repo", "up/missing"}, {"publish_as", "me/a"}},
+                {{"repo", "up/tiny"}, {"publish_as", "me/b"}, {"allow_patterns", {"*.json"}}},
+                {{"repo", "up/tiny"},
+                 {"publish_as", "me/c"},
+                 {"loftq", {{"bit_plan", {{{"layers", "0"}, {"bits", 4}}}}}}}};
+  spit(cfg, j.dump());
+  r = run_loftqd({"check-config", "--config", cfg});
+  EXPECT_EQ(r.exit_code, 2) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("3 problems"));
+  EXPECT_THAT(r.out, HasSubstr("    layers 1: none\n"));
+  EXPECT_THAT(r.out, HasSubstr("up/tiny: bit plan '0:4' gives no bits for layer 1 (q_proj)"));
+  EXPECT_THAT(r.out, HasSubstr("  up/missing: "));
+  EXPECT_THAT(r.out, HasSubstr("up/tiny: no .safetensors file is selected"));
+
+  // Out of reach: said, and not a problem of the configuration.
+  j["hub"]["endpoint"] = "http://127.0.0.1:1";
+  j["repos"] = {{{"repo", "up/tiny"}, {"publish_as", "me/a"}}};
+  spit(cfg, j.dump());
+  r = run_loftqd({"check-config", "--config", cfg});
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("upstream: not reachable ("));
+  EXPECT_THAT(r.out, HasSubstr("bytes to download, targets and bits unknown"));
 }

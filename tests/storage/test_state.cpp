@@ -58,9 +58,16 @@ TEST(StateDb, JobLifecycleAndRetryPolicy) {
   db->set_published(l.id, "abcdef", 13);
   EXPECT_EQ(db->job(l.id)->state, JobState::Done);
   EXPECT_EQ(db->job(l.id)->published_commit, "abcdef");
-  EXPECT_EQ(db->count_by_state()[JobState::Done], 1);
+  EXPECT_EQ(db->job(l.id)->attempts, 1);  // the run that published it
+  // A job done after a failed run shows both attempts.
+  db->record_failure(k.id + 10, "", false, 5, 0, 0);  // no such job: nothing changes
+  const Job m = db->enqueue("org/retry", "main", "c1", "h", "me/w", 10);
+  db->record_failure(m.id, "HTTP 503", false, 5, 20, 11);
+  db->set_published(m.id, "fedcba", 21);
+  EXPECT_EQ(db->job(m.id)->attempts, 2);
+  EXPECT_EQ(db->count_by_state()[JobState::Done], 2);
   EXPECT_EQ(db->count_by_state()[JobState::Failed], 2);
-  EXPECT_EQ(db->jobs().front().id, l.id);  // newest first
+  EXPECT_EQ(db->jobs().front().id, m.id);  // newest first
 }
 
 TEST(StateDb, ReposAndTensorProgressSurviveReopen) {
@@ -214,4 +221,25 @@ PRAGMA user_version = 1;
   EXPECT_EQ(sqlite3_column_int(st, 0), 2);
   sqlite3_finalize(st);
   sqlite3_close(raw);
+}
+
+TEST(StateDb, JobProgressAndItsEta) {
+  TempDir tmp;
+  auto db = StateDb::open(tmp / "state.db");
+  const Job j = db->enqueue("org/m", "main", "c1", "h", "me/x", 10);
+  EXPECT_FALSE(db->progress(j.id));
+  // Resumed with 4 of 24 done at t=100; 4 more by t=140: 10 s a tensor, 16 left.
+  loftqd::storage::JobProgress p{8, 24, 4, 100, 140};
+  db->set_progress(j.id, p);
+  const auto got = db->progress(j.id);
+  ASSERT_TRUE(got);
+  EXPECT_EQ(got->done, 8);
+  EXPECT_EQ(got->total, 24);
+  EXPECT_EQ(got->eta_s(140), 160);
+  EXPECT_EQ(got->eta_s(150), 150);  // read 10 s after the last update
+  EXPECT_EQ(got->eta_s(10000), 0);
+  EXPECT_FALSE((loftqd::storage::JobProgress{4, 24, 4, 100, 100}).eta_s(100));  // no rate yet
+  p.done = 9;
+  db->set_progress(j.id, p);
+  EXPECT_EQ(db->progress(j.id)->done, 9);
 }
