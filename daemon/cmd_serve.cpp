@@ -44,8 +44,9 @@ mirror::MirrorOptions mirror_options(const ServeArgs& a) {
 }
 
 int serve(const ServeArgs& a) {
-  const mirror::MirrorOptions o = mirror_options(a);
+  mirror::MirrorOptions o = mirror_options(a);
   const auto lock = storage::StoreLock::acquire(o.store);  // one loftqd per store
+  o.store_locked = true;  // so every upload temp left by a killed predecessor goes at start
 
   // SIGINT/SIGTERM stop the server: the signal pipe's handler works whichever thread the signal
   // lands on (e.g. a BLAS worker); a watcher thread waits on it and stops the server.

@@ -318,6 +318,7 @@ json Daemon::repo_health() {
 // results go to the mirror, a private one on a loopback port.
 void Daemon::mirror() {
   mo_.store = cfg_.store;
+  mo_.store_locked = true;  // state() took the StoreLock: a killed predecessor's temps go now
   // Without a configured token only the daemon itself may write (a random per-process token).
   mo_.write_token =
       write_token_ ? write_token_ : std::optional<std::string>(common::random_hex(32));

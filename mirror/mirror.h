@@ -36,8 +36,12 @@ struct MirrorOptions {
   std::string host = "127.0.0.1";
   int port = 8080;                         // 0: any free port (see Mirror::port())
   std::optional<std::string> write_token;  // write API enabled only when set
-  int threads = 8;                         // worker threads (handlers; never reading sockets)
-  int keep_alive_timeout_s = 5;            // idle keep-alive connections close after this
+  // The caller holds storage::StoreLock on `store` (serve, run): at start every upload temp is
+  // abandoned (no other process can be writing one) and removed whatever its age; otherwise
+  // only those older than storage::kStaleTempAge.
+  bool store_locked = false;
+  int threads = 8;               // worker threads (handlers; never reading sockets)
+  int keep_alive_timeout_s = 5;  // idle keep-alive connections close after this
   // The server core's limits (docs/hub.md, "The server core"): connections in total and from
   // one client address (more are refused at accept), the time a request has to complete its
   // headers, and how long a connection may go without a byte in either direction.

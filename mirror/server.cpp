@@ -379,7 +379,8 @@ void Mirror::Impl::handle(Request& req, Response& res) {
 }
 
 void Mirror::Impl::start_temp_sweeper() {
-  if (size_t n = store.remove_stale_temps())
+  const auto first_age = opt.store_locked ? std::chrono::seconds(0) : storage::kStaleTempAge;
+  if (size_t n = store.remove_stale_temps(first_age))
     spdlog::info("mirror: removed {} stale upload/temp file(s) from {}", n, opt.store.string());
   sweep_stop = false;
   sweeper = std::thread([this] {

@@ -16,6 +16,7 @@
 #include <cstring>
 #include <ctime>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <stdexcept>
@@ -566,7 +567,9 @@ size_t sweep_temps(const fs::path& dir, std::time_t cutoff, Pred is_temp) {
 
 size_t Store::remove_stale_temps(std::chrono::seconds max_age) const {
   using Flat = fs::directory_iterator;
-  const std::time_t cutoff = std::time(nullptr) - static_cast<std::time_t>(max_age.count());
+  const std::time_t cutoff = max_age.count() <= 0
+                                 ? std::numeric_limits<std::time_t>::max()
+                                 : std::time(nullptr) - static_cast<std::time_t>(max_age.count());
   size_t removed = 0;
   for (const auto& repo : list_repos()) {
     const auto dir = repo_dir(repo);

@@ -181,7 +181,9 @@ class Store {
   // mirror's LFS uploads), the atomic-write temps .{name}.tmp.{pid}.{hex} in blobs/, refs/ and
   // the repo folder, and snapshots/.tmp-{commit}-{hex} (a snapshot being built). Nothing else is
   // touched: not blobs, not .incomplete download partials (they resume), not snapshot files.
-  // Returns how many entries it removed.
+  // Returns how many entries it removed. `max_age` <= 0 takes every such temp whatever its age:
+  // only for a caller that holds the StoreLock and has not started writing (nothing else can
+  // be writing them, so all are abandoned).
   size_t remove_stale_temps(std::chrono::seconds max_age = kStaleTempAge) const;
 
   // Verifies `partial` against `d` and moves it to blobs/{d.hex} (fsync, rename, fsync dir).

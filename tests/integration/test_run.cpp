@@ -405,6 +405,33 @@ TEST(Run, ASecondInstanceOnTheStoreOrThePortFailsClearly) {
   EXPECT_THAT(after.out, ::testing::Not(HasSubstr("another loftqd"))) << after.out;
 }
 
+// What a killed serve leaves mid-upload (blobs/{oid}.upload-{hex}, {oid}.multipart) is gone
+// once the next serve of the store has started, however young: it holds the store's lock, so
+// nothing else can be writing them. Blobs and download partials stay.
+TEST(Run, TheNextServeRemovesUploadTempsAKilledOneLeft) {
+  TempDir tmp;
+  const fs::path blobs = tmp / "store" / "models--org--m" / "blobs";
+  fs::create_directories(blobs);
+  const std::string oid(64, 'a');
+  const fs::path upload = blobs / (oid + ".upload-0123abcd"),
+                 multipart = blobs / (oid + ".multipart");
+  const fs::path blob = blobs / std::string(64, 'b'), partial = blobs / (oid + ".incomplete");
+  for (const auto& p : {upload, multipart, blob, partial}) spit(p, "bytes");
+  Child s({"serve", "--store", (tmp / "store").string(), "--listen", "127.0.0.1:0", "--port-file",
+           (tmp / "port").string()},
+          tmp / "serve.log");
+  ASSERT_TRUE(s.wait_for_log("mirror: serving", 30s)) << s.log();
+  EXPECT_FALSE(fs::exists(upload));
+  EXPECT_FALSE(fs::exists(multipart));
+  EXPECT_TRUE(fs::exists(blob));
+  EXPECT_TRUE(fs::exists(partial));
+  EXPECT_THAT(s.log(), HasSubstr("removed 2 stale upload/temp file(s)"));
+  s.signal(SIGTERM);
+  auto rc = s.wait(30s);
+  ASSERT_TRUE(rc.has_value());
+  EXPECT_EQ(*rc, 0) << s.log();
+}
+
 // Secret files are read at start: unreadable or empty is a configuration error (exit 2, not a
 // crash and not a restart loop) naming the config key and the path.
 TEST(Run, UnreadableSecretFilesExitTwoNamingKeyAndPath) {

@@ -83,3 +83,29 @@ TEST_F(MirrorWrite, StartupRemovesStaleUploadTemps) {
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 200);
 }
+
+// Under the store's lock (serve, run) nothing else can be writing: every upload temp a killed
+// predecessor left goes at start, however young; blobs and partial downloads stay.
+TEST_F(MirrorWrite, StartupUnderTheStoreLockRemovesEveryUploadTemp) {
+  seed();
+  const auto blobs = store.repo_dir("org/m") / "blobs";
+  const std::string oid = loftqd::storage::sha256_hex("an object");
+  const auto upload = blobs / (oid + ".upload-ffffffffffff");
+  const auto multipart = blobs / (oid + ".multipart");
+  const auto partial = blobs / (oid + ".incomplete");
+  for (const auto& p : {upload, multipart, partial}) spit(p, random_bytes(5000, 9));
+  size_t blobs_before = 0;
+  for (auto& e : fs::directory_iterator(blobs)) blobs_before += e.is_regular_file();
+  MirrorOptions o;
+  o.store_locked = true;
+  start(o);
+  EXPECT_FALSE(fs::exists(upload));
+  EXPECT_FALSE(fs::exists(multipart));
+  EXPECT_TRUE(fs::exists(partial));  // a download partial resumes; not an upload temp
+  size_t blobs_after = 0;
+  for (auto& e : fs::directory_iterator(blobs)) blobs_after += e.is_regular_file();
+  EXPECT_EQ(blobs_after, blobs_before - 2);
+  auto r = http().Get("/org/m/resolve/main/config.json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+}
