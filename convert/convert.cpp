@@ -149,7 +149,7 @@ class BackboneWriter {
 
   void write(const model::Checkpoint& ckpt, const fs::path& stage) {
     for (size_t i = 0; i < ckpt.num_shards(); ++i) total_ += ckpt.shard(i).tensors().size();
-    std::unique_ptr<quant::CpuWorkers> workers = make_workers(ckpt);
+    std::unique_ptr<quant::CpuWorkers> workers = make_workers();
     for (size_t i = 0; i < ckpt.num_shards(); ++i)
       write_shard(ckpt.shard(i), stage / ckpt.shard_names()[i], workers.get());
     if (opt_.progress) opt_.progress(total_, total_, "");
@@ -168,13 +168,12 @@ class BackboneWriter {
   // The CPU workers for tensor_jobs (null: one tensor at a time on backend_). Each holds about
   // kWorkingSetCopies copies of the largest target in float32 (W, the residual, Q and the best Q
   // of the LoftQ loop, the float32 input and result, the exact SVD's buffers on small matrices).
-  std::unique_ptr<quant::CpuWorkers> make_workers(const model::Checkpoint& ckpt) {
+  std::unique_ptr<quant::CpuWorkers> make_workers() {
     report_.tensor_jobs = 1;
     if (opt_.tensor_jobs == 1 || backend_.name() != "cpu") return nullptr;
     size_t largest = 0;
-    for (size_t i = 0; i < ckpt.num_shards(); ++i)
-      for (const auto& t : ckpt.shard(i).tensors())
-        if (tp_.by_tensor.count(t.name)) largest = std::max(largest, t.numel());
+    for (const auto& [name, tg] : tp_.by_tensor)
+      largest = std::max(largest, static_cast<size_t>(tg.out_features * tg.in_features));
     constexpr size_t kWorkingSetCopies = 8;
     const int jobs = quant::cpu_jobs(opt_.tensor_jobs, largest * sizeof(float) * kWorkingSetCopies,
                                      common::available_memory_bytes());
@@ -194,12 +193,13 @@ class BackboneWriter {
     // The targets of this shard, computed on the workers in file order, a few ahead of the
     // writer (reading the next tensors and writing the last one overlap the compute).
     std::optional<Ahead> ahead;
-    if (workers)
-      ahead.emplace(workers->backends(), targets.size(), 2 * workers->backends().size(),
-                    [&](size_t k, quant::Backend& be) {
-                      return result_of(in, *targets[k], tp_.by_tensor.at(targets[k]->name), be,
-                                       nullptr);
-                    });
+    if (workers) {
+      const std::vector<quant::Backend*> backends = workers->backends();
+      ahead.emplace(
+          backends, targets.size(), 2 * backends.size(), [&](size_t k, quant::Backend& be) {
+            return result_of(in, *targets[k], tp_.by_tensor.at(targets[k]->name), be, nullptr);
+          });
+    }
     model::SafetensorsWriter w(out_path, specs, in.metadata());
     size_t k = 0;
     for (const auto& t : in.tensors()) {
@@ -298,7 +298,7 @@ class BackboneWriter {
                                  OwnedTensor& a, OwnedTensor& b) const {
     const int m = lr.out_features, n = lr.in_features;
     std::vector<float> wf = in.read_f32(t);
-    if (tg.conv1d) wf = transpose(wf, static_cast<size_t>(n), static_cast<size_t>(m));
+    if (tg.conv1d) wf = quant::transposed(wf, static_cast<size_t>(n), static_cast<size_t>(m));
     quant::LoftqResult r;
     try {
       r = quant::loftq_with_fallback(be, fallback, wf.data(), m, n, lo, t.name);
@@ -306,7 +306,7 @@ class BackboneWriter {
       throw FormatError(in.path().string() + ": tensor '" + t.name + "': " + e.what());
     }
     wf = {};
-    if (tg.conv1d) r.q = transpose(r.q, static_cast<size_t>(m), static_cast<size_t>(n));
+    if (tg.conv1d) r.q = quant::transposed(r.q, static_cast<size_t>(m), static_cast<size_t>(n));
     const size_t es = model::dtype_size(t.dtype);
     std::vector<std::byte> q(r.q.size() * es);
     model::from_f32(t.dtype, r.q.data(), q.data(), r.q.size());
@@ -323,14 +323,6 @@ class BackboneWriter {
     lr.best_iter = r.best_iter;
     lr.seconds = r.seconds;
     return q;
-  }
-
-  // rows x cols row-major -> cols x rows.
-  static std::vector<float> transpose(const std::vector<float>& x, size_t rows, size_t cols) {
-    std::vector<float> y(x.size());
-    for (size_t i = 0; i < rows; ++i)
-      for (size_t j = 0; j < cols; ++j) y[j * rows + i] = x[i * cols + j];
-    return y;
   }
 
   const fs::path& model_dir_;

@@ -12,6 +12,7 @@
 #include "model/naming.h"
 #include "model/registry.h"
 #include "model/safetensors.h"
+#include "quant/loftq.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -150,14 +151,6 @@ struct Weight {
   const TensorInfo* t;
   std::string module;
 };
-
-// rows x cols row-major -> cols x rows.
-std::vector<float> transposed(const std::vector<float>& x, size_t rows, size_t cols) {
-  std::vector<float> y(x.size());
-  for (size_t i = 0; i < rows; ++i)
-    for (size_t j = 0; j < cols; ++j) y[j * rows + i] = x[i * cols + j];
-  return y;
-}
 
 // verify_layout() as named steps over one output directory and its original.
 class Verifier {
@@ -478,8 +471,8 @@ class Verifier {
     // Q transposed, so the effective weight is W' = Q + s B A there, i.e. Q + s (B A)^T as stored.
     std::vector<float> w = in.read_f32(t), q = of.read_f32(ot);
     if (wr.conv1d) {
-      w = transposed(w, size_t(n), size_t(m));
-      q = transposed(q, size_t(n), size_t(m));
+      w = quant::transposed(w, size_t(n), size_t(m));
+      q = quant::transposed(q, size_t(n), size_t(m));
     }
     const auto table = code_table(method, bits);
     for (size_t blk = 0; blk + block <= mn && vl.representable; blk += block)

@@ -105,6 +105,13 @@ void truncated_svd(Backend& be, Buffer& e, int m, int n, int r, const LoftqOptio
   state.k = k;
 }
 
+std::vector<float> transposed(const std::vector<float>& x, size_t rows, size_t cols) {
+  std::vector<float> y(x.size());
+  for (size_t i = 0; i < rows; ++i)
+    for (size_t j = 0; j < cols; ++j) y[j * rows + i] = x[i * cols + j];
+  return y;
+}
+
 LoftqResult loftq(Backend& be, const float* w, int out_features, int in_features,
                   const LoftqOptions& opt) {
   const auto t0 = std::chrono::steady_clock::now();

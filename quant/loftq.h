@@ -62,6 +62,10 @@ struct LoftqResult {
   double seconds = 0;
 };
 
+// The transpose of the rows x cols row-major matrix x (cols x rows, row-major): how a Conv1D
+// weight, stored (in, out), becomes the (out, in) matrix LoftQ and PEFT see, and back.
+std::vector<float> transposed(const std::vector<float>& x, size_t rows, size_t cols);
+
 // Runs LoftQ on the out x in row-major matrix w. Keeps the best iterate, so loftq_error never
 // exceeds the T = 1 error. Throws std::invalid_argument on bad options or non-finite weights.
 LoftqResult loftq(Backend& be, const float* w, int out_features, int in_features,
