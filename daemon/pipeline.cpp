@@ -168,20 +168,16 @@ SyncReport Pipeline::sync_once() {
 
 struct Pipeline::JobContext {
   const storage::Job& job;
-  std::string tag;  // "repo=... commit=... job=N", the start of each log line
-  fs::path work;    // the job's work dir under the store
-  fs::path out;     // the LoftQ layout, inside `work`
-  std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
+  std::string tag;        // "repo=... commit=... job=N", the start of each log line
+  fs::path work;          // the job's work dir under the store
+  fs::path out;           // the LoftQ layout, inside `work`
+  Stopwatch since_start;  // the job's whole duration
 
   JobContext(const storage::Job& j, const std::string& store)
       : job(j),
         tag("repo=" + j.repo + " commit=" + j.upstream_commit + " job=" + std::to_string(j.id)),
         work(fs::path(store) / ".loftqd-work" / ("job-" + std::to_string(j.id))),
         out(work / "out") {}
-  double elapsed() const {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  }
-  std::string seconds() const { return std::to_string(elapsed()); }  // since the job started
 };
 
 void Pipeline::run_job(const storage::Job& job, SyncReport& report) {
@@ -257,7 +253,7 @@ bool Pipeline::quantize_step(const JobContext& ctx, const config::RepoConfig& rc
     throw JobFailure{"quantize: " + space.error().message + " (limits.disk_reserve)", false};
   if (quantize(ctx, rc, model_dir, report)) return true;
   log(ctx.tag + " step=interrupted tensors_done=" +
-      std::to_string(db_.tensors_done(ctx.job.id).size()) + " seconds=" + ctx.seconds());
+      std::to_string(db_.tensors_done(ctx.job.id).size()) + " seconds=" + ctx.since_start.str());
   return false;
 }
 
@@ -435,8 +431,8 @@ void Pipeline::finish(const JobContext& ctx, const std::string& published, SyncR
   db_.set_published(ctx.job.id, published, now_s());
   db_.repo_processed(ctx.job.repo, ctx.job.upstream_commit, now_s());
   ++report.jobs_done;
-  if (opt_.metrics) opt_.metrics->job_finished(true, ctx.elapsed());
-  log(ctx.tag + " step=done seconds=" + ctx.seconds());
+  if (opt_.metrics) opt_.metrics->job_finished(true, ctx.since_start.seconds());
+  log(ctx.tag + " step=done seconds=" + ctx.since_start.str());
   std::error_code ec;
   fs::remove_all(ctx.work, ec);
 }
@@ -444,7 +440,7 @@ void Pipeline::finish(const JobContext& ctx, const std::string& published, SyncR
 void Pipeline::fail(const JobContext& ctx, const std::string& error, bool permanent_failure,
                     int64_t retry_in_s, SyncReport& report) {
   ++report.jobs_failed;
-  if (opt_.metrics) opt_.metrics->job_finished(false, ctx.elapsed());
+  if (opt_.metrics) opt_.metrics->job_finished(false, ctx.since_start.seconds());
   report.errors.push_back(ctx.job.repo + ": " + error);
   db_.record_failure(ctx.job.id, error, permanent_failure, cfg_.limits.max_attempts,
                      now_s() + retry_in_s, now_s());
@@ -453,7 +449,7 @@ void Pipeline::fail(const JobContext& ctx, const std::string& error, bool perman
     fs::remove_all(ctx.work, ec);
   }
   log(ctx.tag + " step=failed permanent=" + (permanent_failure ? std::string("yes") : "no") +
-          " error=\"" + error + "\" seconds=" + ctx.seconds(),
+          " error=\"" + error + "\" seconds=" + ctx.since_start.str(),
       permanent_failure ? spdlog::level::err : spdlog::level::warn);
 }
 

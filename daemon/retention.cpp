@@ -4,6 +4,8 @@
 #include <map>
 #include <set>
 
+#include "common/strings.h"
+
 namespace loftqd::daemon {
 
 namespace {
@@ -12,12 +14,6 @@ std::string mib(uint64_t bytes) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.1f MiB", bytes / (1024.0 * 1024.0));
   return buf;
-}
-
-std::string joined(const std::vector<std::string>& v) {
-  std::string out;
-  for (const auto& s : v) out += (out.empty() ? "" : ",") + s;
-  return out;
 }
 
 }  // namespace
@@ -86,8 +82,8 @@ storage::GcReport apply_retention(
       " repos_removed=" + std::to_string(r.repos_removed.size()) +
       " blobs_removed=" + std::to_string(r.blobs_removed) +
       " bytes_freed=" + std::to_string(r.bytes_freed) + " (" + mib(r.bytes_freed) + ")";
-  if (!r.snapshots_removed.empty()) line += " snapshots=" + joined(r.snapshots_removed);
-  if (!r.repos_removed.empty()) line += " repos=" + joined(r.repos_removed);
+  if (!r.snapshots_removed.empty()) line += " snapshots=" + common::join(r.snapshots_removed, ",");
+  if (!r.repos_removed.empty()) line += " repos=" + common::join(r.repos_removed, ",");
   log(spdlog::level::info, line);
   return r;
 }
