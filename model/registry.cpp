@@ -56,16 +56,24 @@ std::vector<LayerStack> decoder_only(std::string path,
   return {LayerStack{"layers", std::move(path), std::move(fields)}};
 }
 
-// A causal LM named like Llama: model.layers.N, embed_tokens, lm_head.
-Architecture llama_like(const char* type, const char* cls, const char* models,
-                        std::vector<std::string> targets = kLlamaTargets) {
+// What every entry starts with: its names, the task and its class (`cls` + `task_suffix`),
+// the base class and the prefix the task class nests it under.
+Architecture named(const char* type, const char* cls, const char* models, const char* task_type,
+                   const char* task_suffix, std::string prefix) {
   Architecture a;
   a.model_type = type;
   a.models = models;
-  a.task_type = "CAUSAL_LM";
-  a.task_class = std::string(cls) + "ForCausalLM";
+  a.task_type = task_type;
+  a.task_class = std::string(cls) + task_suffix;
   a.base_class = std::string(cls) + "Model";
-  a.base_model_prefix = "model";
+  a.base_model_prefix = std::move(prefix);
+  return a;
+}
+
+// A causal LM named like Llama: model.layers.N, embed_tokens, lm_head.
+Architecture llama_like(const char* type, const char* cls, const char* models,
+                        std::vector<std::string> targets = kLlamaTargets) {
+  Architecture a = named(type, cls, models, "CAUSAL_LM", "ForCausalLM", "model");
   a.stacks = decoder_only("model.layers");
   a.targets = std::move(targets);
   a.never = {emb("embed_tokens"), head("lm_head")};
@@ -73,13 +81,7 @@ Architecture llama_like(const char* type, const char* cls, const char* models,
 }
 
 Architecture seq2seq_bart(const char* type, const char* cls, const char* models) {
-  Architecture a;
-  a.model_type = type;
-  a.models = models;
-  a.task_type = "SEQ_2_SEQ_LM";
-  a.task_class = std::string(cls) + "ForConditionalGeneration";
-  a.base_class = std::string(cls) + "Model";
-  a.base_model_prefix = "model";
+  Architecture a = named(type, cls, models, "SEQ_2_SEQ_LM", "ForConditionalGeneration", "model");
   a.stacks = {LayerStack{"encoder", "model.encoder.layers", {"encoder_layers"}},
               LayerStack{"decoder", "model.decoder.layers", {"decoder_layers"}}};
   a.targets = kBartTargets;
@@ -88,13 +90,8 @@ Architecture seq2seq_bart(const char* type, const char* cls, const char* models)
 }
 
 Architecture t5_like(const char* type, const char* cls, const char* models) {
-  Architecture a;
-  a.model_type = type;
-  a.models = models;
-  a.task_type = "SEQ_2_SEQ_LM";
-  a.task_class = std::string(cls) + "ForConditionalGeneration";
-  a.base_class = std::string(cls) + "Model";
-  a.base_model_prefix = "transformer";
+  Architecture a =
+      named(type, cls, models, "SEQ_2_SEQ_LM", "ForConditionalGeneration", "transformer");
   a.task_nests_base = false;
   a.stacks = {LayerStack{"encoder", "encoder.block", {"num_layers"}},
               LayerStack{"decoder", "decoder.block", {"num_decoder_layers", "num_layers"}}};
@@ -106,13 +103,7 @@ Architecture t5_like(const char* type, const char* cls, const char* models) {
 
 Architecture encoder_cls(const char* type, const char* cls, const char* prefix, const char* models,
                          std::vector<std::string> targets) {
-  Architecture a;
-  a.model_type = type;
-  a.models = models;
-  a.task_type = "SEQ_CLS";
-  a.task_class = std::string(cls) + "ForSequenceClassification";
-  a.base_class = std::string(cls) + "Model";
-  a.base_model_prefix = prefix;
+  Architecture a = named(type, cls, models, "SEQ_CLS", "ForSequenceClassification", prefix);
   a.stacks = decoder_only(std::string(prefix) + ".encoder.layer");
   a.targets = std::move(targets);
   a.never = {emb("word_embeddings"), emb("position_embeddings"), emb("token_type_embeddings")};
