@@ -20,13 +20,18 @@ void read_like_the_handler(const json& header, const std::vector<json>& ops) {
   (void)header.value("summary", "");
   (void)header.value("parentCommit", "");
   for (const auto& op : ops) {
+    // Mirror::Impl::apply_commit_op reads each kind's own members only: a "file" op's stray
+    // "size" is never read, so it is not validated either.
     json v = op.value("value", json::object());
-    (void)op.value("key", "");
+    const std::string key = op.value("key", "");
     (void)v.value("path", "");
-    (void)v.value("encoding", "base64");
-    (void)v.value("content", "");
-    (void)v.value("oid", "");
-    (void)v.value("size", uint64_t{0});
+    if (key == "file") {
+      (void)v.value("encoding", "base64");
+      (void)v.value("content", "");
+    } else if (key == "lfsFile") {
+      (void)v.value("oid", "");
+      (void)v.value("size", uint64_t{0});
+    }
   }
 }
 
