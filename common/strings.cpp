@@ -1,5 +1,7 @@
 #include "common/strings.h"
 
+#include <algorithm>
+
 #include <sys/random.h>
 
 #include <cctype>
@@ -41,6 +43,10 @@ std::string lower(std::string_view s) {
   std::string r(s);
   for (auto& c : r) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return r;
+}
+
+bool all_digits(std::string_view s) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
 std::string escape_segment(std::string_view s) {

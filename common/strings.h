@@ -16,6 +16,8 @@ std::string join(const std::vector<std::string>& v, std::string_view sep, size_t
                  size_t to = static_cast<size_t>(-1));
 std::string trim(std::string_view s);   // ASCII whitespace at both ends
 std::string lower(std::string_view s);  // ASCII lowercase
+// Non-empty and only ASCII digits 0-9 (no sign, no space): a layer index, a bit count.
+bool all_digits(std::string_view s);
 
 // Percent-encodes everything but RFC 3986 unreserved characters.
 std::string escape_segment(std::string_view s);

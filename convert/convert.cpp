@@ -17,6 +17,7 @@
 #include "common/fs.h"
 #include "common/ids.h"
 #include "common/ordered_work.h"
+#include "common/stopwatch.h"
 #include "common/sysinfo.h"
 #include "convert/internal.h"
 #include "model/dtype.h"
@@ -412,7 +413,7 @@ std::vector<std::string> passthrough_files(const fs::path& model_dir) {
 
 QuantizeReport quantize_model(const fs::path& model_dir, const fs::path& out_dir_in,
                               const QuantizeOptions& opt, quant::Backend& backend) {
-  const auto t0 = std::chrono::steady_clock::now();
+  const common::Stopwatch took;
   // 1. Settings and paths, before anything is read.
   check(opt.settings);
   if (auto e = common::repo_id_error(opt.repo_id); !opt.repo_id.empty() && !e.empty())
@@ -449,7 +450,7 @@ QuantizeReport quantize_model(const fs::path& model_dir, const fs::path& out_dir
   // 5. Everything else of the checkpoint, the record and the card.
   for (const auto& name : passthrough_files(model_dir))
     copy_file_atomic(model_dir / name, stage.path() / name);
-  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  report.seconds = took.seconds();
   report.loftq_json = detail::loftq_record(opt, tp, acfg, report);
   write_file_atomic(stage.path() / "loftq.json", report.loftq_json.dump(2) + "\n");
   detail::CardInfo card;

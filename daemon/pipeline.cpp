@@ -8,6 +8,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "common/stopwatch.h"
 #include "convert/convert.h"
 #include "hub/hub.h"
 #include "model/safetensors.h"
@@ -17,6 +18,8 @@
 namespace fs = std::filesystem;
 
 namespace loftqd::daemon {
+
+using common::Stopwatch;
 
 namespace {
 
@@ -30,15 +33,6 @@ bool permanent(hub::ErrorKind k) {
 
 // How often a long step logs its progress.
 constexpr std::chrono::seconds kProgressEvery{30};
-
-// Seconds since construction: a step's own duration.
-struct Stopwatch {
-  std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
-  double seconds() const {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  }
-  std::string str() const { return std::to_string(seconds()); }
-};
 
 struct JobFailure {
   std::string message;

@@ -97,9 +97,8 @@ void Response::set_file(int file_fd, uint64_t off, uint64_t len, const std::stri
   set_header("Content-Type", content_type);
 }
 
-namespace {
-
-// Runs jobs on a fixed set of threads; drain() waits until none is queued or running.
+// Runs jobs on a fixed set of threads; drain() waits until none is queued or running. (Named
+// namespace: HttpServer::Impl holds one, and Impl is declared in the header.)
 class WorkerPool {
  public:
   explicit WorkerPool(int n) {
@@ -148,6 +147,8 @@ class WorkerPool {
   int running_ = 0;
   bool quit_ = false;
 };
+
+namespace {
 
 // One request in flight (MHD's per-request context).
 struct Exchange {

@@ -7,20 +7,12 @@
 
 namespace loftqd::model {
 
-namespace {
-
-bool all_digits(std::string_view s) {
-  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
-}
-
-}  // namespace
-
 std::optional<int> layer_index(std::string_view name) {
   const auto parts = common::split(name, '.');
   for (size_t i = 0; i + 1 < parts.size(); ++i) {
     const auto& p = parts[i];
     if ((p == "layers" || p == "layer" || p == "h" || p == "block" || p == "blocks") &&
-        all_digits(parts[i + 1]) && parts[i + 1].size() < 9)
+        common::all_digits(parts[i + 1]) && parts[i + 1].size() < 9)
       return std::stoi(parts[i + 1]);
   }
   return std::nullopt;

@@ -202,9 +202,9 @@ std::vector<Architecture> build_table() {
   return t;
 }
 
-bool all_digits(std::string_view s) {
-  return !s.empty() && s.size() < 9 &&
-         std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+// A layer index: digits, short enough for an int.
+bool layer_digits(std::string_view s) {
+  return s.size() < 9 && common::all_digits(s);
 }
 
 bool covers(std::string_view path, std::string_view module) {
@@ -296,7 +296,7 @@ Architecture generic_architecture(const std::string& model_type, const json& con
     for (size_t i = 0; i + 1 < parts.size(); ++i) {
       const auto& p = parts[i];
       if ((p == "layers" || p == "layer" || p == "h" || p == "block" || p == "blocks") &&
-          all_digits(parts[i + 1])) {
+          layer_digits(parts[i + 1])) {
         std::string path;
         for (size_t k = 0; k <= i; ++k) path += (k ? "." : "") + parts[k];
         if (std::find(paths.begin(), paths.end(), path) == paths.end()) paths.push_back(path);
@@ -335,7 +335,7 @@ std::optional<LayerPos> locate_layer(const Architecture& a, std::string_view m) 
     std::string_view rest = m.substr(p.size() + 1);
     const size_t dot = rest.find('.');
     const std::string_view idx = rest.substr(0, dot);
-    if (all_digits(idx)) return LayerPos{s, std::stoi(std::string(idx))};
+    if (layer_digits(idx)) return LayerPos{s, std::stoi(std::string(idx))};
   }
   return std::nullopt;
 }

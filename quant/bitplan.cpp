@@ -12,14 +12,10 @@ namespace loftqd::quant {
 
 namespace {
 
-bool all_digits(std::string_view s) {
-  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
-}
-
 int parse_int(std::string_view s, const std::string& what) {
   int v = 0;
   auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (!all_digits(s) || ec != std::errc() || p != s.data() + s.size())
+  if (!common::all_digits(s) || ec != std::errc() || p != s.data() + s.size())
     throw std::invalid_argument(what + ": '" + std::string(s) + "' is not a non-negative integer");
   return v;
 }

@@ -1,5 +1,7 @@
 #include "quant/loftq.h"
 
+#include "common/stopwatch.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -114,7 +116,7 @@ std::vector<float> transposed(const std::vector<float>& x, size_t rows, size_t c
 
 LoftqResult loftq(Backend& be, const float* w, int out_features, int in_features,
                   const LoftqOptions& opt) {
-  const auto t0 = std::chrono::steady_clock::now();
+  const common::Stopwatch took;
   if (out_features <= 0 || in_features <= 0) throw std::invalid_argument("empty weight matrix");
   if (opt.rank <= 0) throw std::invalid_argument("rank must be > 0");
   if (opt.iters < 1) throw std::invalid_argument("iters must be >= 1");
@@ -166,7 +168,7 @@ LoftqResult loftq(Backend& be, const float* w, int out_features, int in_features
   be.download(out.q.data(), *best_q, mn);
   be.download(out.a.data(), *best_r, size_t(r) * n);
   be.download(out.b.data(), *best_l, size_t(m) * r);
-  out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  out.seconds = took.seconds();
   return out;
 }
 

@@ -33,7 +33,7 @@ namespace st = loftqd::storage;
 
 namespace {
 
-constexpr const char* kToken = "hf_publish_test_token_77";
+constexpr const char* kPublishToken = "hf_publish_test_token_77";
 
 // Forwards every request to the mirror and records "METHOD path". The Host header is passed on
 // unchanged, so the URLs the mirror hands out (LFS uploads) point back at the proxy.
@@ -124,7 +124,7 @@ struct PublishFixture : ::testing::Test {
   fs::path dir;
 
   void SetUp() override {
-    spit(tmp / "token", std::string(kToken) + "\n");
+    spit(tmp / "token", std::string(kPublishToken) + "\n");
     serve = std::make_unique<ServeProcess>(tmp / "store", tmp / "token", tmp.path());
     ASSERT_GT(serve->port(), 0) << serve->log();
     proxy = std::make_unique<RecordingProxy>(serve->port());
@@ -142,7 +142,7 @@ struct PublishFixture : ::testing::Test {
   hub::ClientOptions opts() const {
     hub::ClientOptions o;
     o.endpoint = proxy->url();
-    o.token = kToken;
+    o.token = kPublishToken;
     o.backoff_base_s = 0.01;
     o.max_retries = 2;
     o.disk_reserve = 0;
@@ -246,7 +246,7 @@ TEST_F(HubPublish, UnchangedFolderMakesNoCommit) {
   ASSERT_TRUE(added.ok()) << added.error().message;
   EXPECT_FALSE(added.value().skipped);
   EXPECT_EQ(proxy->count("/commit/"), 5u);
-  EXPECT_EQ(serve->log().find(kToken), std::string::npos);
+  EXPECT_EQ(serve->log().find(kPublishToken), std::string::npos);
 }
 
 TEST_F(HubPublish, NewBranchOrRepoIsNeverUnchanged) {
@@ -451,7 +451,7 @@ TEST(HubPublishReplies, ImplausibleRepliesAreErrors) {
     hub.preupload_reply = c.preupload;
     hub::ClientOptions o;
     o.endpoint = hub.url();
-    o.token = kToken;
+    o.token = kPublishToken;
     o.max_retries = 0;
     o.disk_reserve = 0;
     hub::PublishRequest pr;
@@ -464,7 +464,7 @@ TEST(HubPublishReplies, ImplausibleRepliesAreErrors) {
     EXPECT_NE(r.error().message.find("repo 'org/x'"), std::string::npos) << r.error().message;
     EXPECT_NE(r.error().message.find(hub.url()), std::string::npos) << r.error().message;
     EXPECT_NE(r.error().message.find(c.message), std::string::npos) << r.error().message;
-    EXPECT_EQ(r.error().message.find(kToken), std::string::npos);
+    EXPECT_EQ(r.error().message.find(kPublishToken), std::string::npos);
     // Nothing is committed unless the commit reply itself is the bad one.
     EXPECT_EQ(hub.commits.load(), c.commit.is_null() ? 0 : 1);
   }
@@ -474,7 +474,7 @@ TEST(HubPublishReplies, ImplausibleRepliesAreErrors) {
   hub.commit_reply = good_commit;
   hub::ClientOptions o;
   o.endpoint = hub.url();
-  o.token = kToken;
+  o.token = kPublishToken;
   o.disk_reserve = 0;
   hub::PublishRequest pr;
   pr.dir = tmp.path();

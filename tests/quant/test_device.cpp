@@ -19,20 +19,12 @@
 #include "support/matrices.h"
 
 using namespace loftqd::quant;
+using loftqd::testing::nf_options;
 using loftqd::testing::structured_matrix;
 
 namespace {
 
 using loftqd::testing::error_of;
-
-LoftqOptions opts(int bits, int iters, SvdMode mode, int rank) {
-  LoftqOptions o;
-  o.rank = rank;
-  o.iters = iters;
-  o.quant = QuantSpec{QuantMethod::NF, bits, 64};
-  o.svd = mode;
-  return o;
-}
 
 // A backend whose every allocation fails as a device out of memory would.
 class OutOfMemoryBackend final : public Backend {
@@ -128,7 +120,7 @@ TEST(Device, NoSuchCudaDevice) {
 TEST(Device, OutOfMemoryFallsBackToTheCpuForThatLayer) {
   const int m = 64, n = 128;
   const auto w = structured_matrix(m, n, 11);
-  const auto o = opts(4, 2, SvdMode::Randomized, 8);
+  const auto o = nf_options(4, 2, SvdMode::Randomized, 8);
   auto cpu = make_cpu_backend(1);
   OutOfMemoryBackend oom;
   std::vector<std::string> warnings;
@@ -147,8 +139,9 @@ TEST(Device, OutOfMemoryFallsBackToTheCpuForThatLayer) {
   EXPECT_NE(warnings[0].find("running it on cpu"), std::string::npos) << warnings[0];
   // Without a fallback the error propagates; other errors are never swallowed.
   EXPECT_THROW(loftq_with_fallback(oom, nullptr, w.data(), m, n, o), DeviceOutOfMemory);
-  EXPECT_THROW(loftq_with_fallback(*cpu, cpu.get(), w.data(), m, n, opts(4, 0, SvdMode::Exact, 8)),
-               std::invalid_argument);
+  EXPECT_THROW(
+      loftq_with_fallback(*cpu, cpu.get(), w.data(), m, n, nf_options(4, 0, SvdMode::Exact, 8)),
+      std::invalid_argument);
   // A healthy primary is used as is, without a warning.
   warnings.clear();
   const auto direct = loftq_with_fallback(*cpu, &oom, w.data(), m, n, o, "t",

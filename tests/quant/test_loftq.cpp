@@ -13,6 +13,7 @@ using namespace loftqd::quant;
 
 namespace {
 
+using loftqd::testing::nf_options;
 using loftqd::testing::structured_matrix;
 
 double rel_err(const std::vector<float>& w, const std::vector<float>& q,
@@ -29,22 +30,13 @@ double rel_err(const std::vector<float>& w, const std::vector<float>& q,
   return std::sqrt(num / den);
 }
 
-LoftqOptions opts(int bits, int iters, SvdMode mode, int rank = 16) {
-  LoftqOptions o;
-  o.rank = rank;
-  o.iters = iters;
-  o.quant = QuantSpec{QuantMethod::NF, bits, 64};
-  o.svd = mode;
-  return o;
-}
-
 }  // namespace
 
 TEST(Loftq, OneIterationIsQuantizeThenTruncatedSvd) {
   const int m = 96, n = 128, r = 8;
   auto w = structured_matrix(m, n, 1);
   auto be = make_cpu_backend(1);
-  auto res = loftq(*be, w.data(), m, n, opts(4, 1, SvdMode::Exact, r));
+  auto res = loftq(*be, w.data(), m, n, nf_options(4, 1, SvdMode::Exact, r));
 
   // Independent: NF4 by the scalar rules, residual SVD in double precision (LAPACK dgesvd).
   std::vector<float> q(w.size());
@@ -90,8 +82,8 @@ TEST(Loftq, BeatsQloraByThreePercentAt4BitsAndMoreAt2Bits) {
   const int m = 256, n = 384, r = 16;
   auto w = structured_matrix(m, n, 2);
   auto be = make_cpu_backend(2);
-  auto r4 = loftq(*be, w.data(), m, n, opts(4, 5, SvdMode::Exact, r));
-  auto r2 = loftq(*be, w.data(), m, n, opts(2, 5, SvdMode::Exact, r));
+  auto r4 = loftq(*be, w.data(), m, n, nf_options(4, 5, SvdMode::Exact, r));
+  auto r2 = loftq(*be, w.data(), m, n, nf_options(2, 5, SvdMode::Exact, r));
   const double gain4 = 1.0 - r4.loftq_error / r4.qlora_error;
   const double gain2 = 1.0 - r2.loftq_error / r2.qlora_error;
   EXPECT_GE(gain4, 0.03) << r4.qlora_error << " -> " << r4.loftq_error;
@@ -106,7 +98,7 @@ TEST(Loftq, KeepsTheBestIterate) {
   const int m = 128, n = 192;
   auto w = structured_matrix(m, n, 3);
   auto be = make_cpu_backend(1);
-  auto res = loftq(*be, w.data(), m, n, opts(2, 6, SvdMode::Exact, 8));
+  auto res = loftq(*be, w.data(), m, n, nf_options(2, 6, SvdMode::Exact, 8));
   ASSERT_EQ(res.iter_errors.size(), 6u);
   double mn = res.iter_errors[0];
   int arg = 1;
@@ -123,8 +115,8 @@ TEST(Loftq, RandomizedSketchWithinHalfAPercentOfExact) {
   auto w = structured_matrix(m, n, 4);
   auto be = make_cpu_backend(2);
   for (int bits : {4, 2}) {
-    auto ex = loftq(*be, w.data(), m, n, opts(bits, 5, SvdMode::Exact, r));
-    auto o = opts(bits, 5, SvdMode::Randomized, r);
+    auto ex = loftq(*be, w.data(), m, n, nf_options(bits, 5, SvdMode::Exact, r));
+    auto o = nf_options(bits, 5, SvdMode::Randomized, r);
     o.exact_where_cheap = false;  // the sketch itself, on a shape where the default runs exact
     auto rnd = loftq(*be, w.data(), m, n, o);
     EXPECT_EQ(rnd.svd, SvdMode::Randomized);
@@ -169,9 +161,9 @@ TEST(Loftq, DefaultWithinHalfAPercentOfExactOnSmallShapes) {
     const auto w = structured_matrix(c.m, c.n, 20 + uint32_t(c.m + c.n + c.r));
     const std::string what =
         std::to_string(c.m) + "x" + std::to_string(c.n) + " r=" + std::to_string(c.r);
-    const auto ex = loftq(*be, w.data(), c.m, c.n, opts(4, 5, SvdMode::Exact, c.r));
-    const auto def = loftq(*be, w.data(), c.m, c.n, opts(4, 5, SvdMode::Randomized, c.r));
-    EXPECT_EQ(def.svd, svd_mode_for(opts(4, 5, SvdMode::Randomized, c.r), c.m, c.n)) << what;
+    const auto ex = loftq(*be, w.data(), c.m, c.n, nf_options(4, 5, SvdMode::Exact, c.r));
+    const auto def = loftq(*be, w.data(), c.m, c.n, nf_options(4, 5, SvdMode::Randomized, c.r));
+    EXPECT_EQ(def.svd, svd_mode_for(nf_options(4, 5, SvdMode::Randomized, c.r), c.m, c.n)) << what;
     EXPECT_LE(def.loftq_error, ex.loftq_error * 1.005) << what;
     // The error is the one the returned factors give, computed here in double.
     EXPECT_NEAR(def.loftq_error, rel_err(w, def.q, def.a, def.b, c.m, c.n, c.r), 1e-5) << what;
@@ -182,7 +174,7 @@ TEST(Loftq, RankAboveMatrixSizeIsZeroPadded) {
   const int m = 8, n = 64, r = 16;
   auto w = structured_matrix(m, n, 5);
   auto be = make_cpu_backend(1);
-  auto res = loftq(*be, w.data(), m, n, opts(4, 2, SvdMode::Randomized, r));
+  auto res = loftq(*be, w.data(), m, n, nf_options(4, 2, SvdMode::Randomized, r));
   ASSERT_EQ(res.a.size(), size_t(r) * n);
   ASSERT_EQ(res.b.size(), size_t(m) * r);
   for (int c = m; c < r; ++c)
@@ -194,10 +186,15 @@ TEST(Loftq, RejectsBadInput) {
   auto be = make_cpu_backend(1);
   std::vector<float> w(64 * 4, 0.1f);
   w[7] = std::nanf("");
-  EXPECT_THROW(loftq(*be, w.data(), 4, 64, opts(4, 1, SvdMode::Exact, 2)), std::invalid_argument);
+  EXPECT_THROW(loftq(*be, w.data(), 4, 64, nf_options(4, 1, SvdMode::Exact, 2)),
+               std::invalid_argument);
   w[7] = 0.1f;
-  EXPECT_THROW(loftq(*be, w.data(), 4, 64, opts(4, 0, SvdMode::Exact, 2)), std::invalid_argument);
-  EXPECT_THROW(loftq(*be, w.data(), 4, 64, opts(4, 1, SvdMode::Exact, 0)), std::invalid_argument);
-  EXPECT_THROW(loftq(*be, w.data(), 4, 64, opts(5, 1, SvdMode::Exact, 2)), std::invalid_argument);
-  EXPECT_THROW(loftq(*be, w.data(), 3, 50, opts(4, 1, SvdMode::Exact, 2)), std::invalid_argument);
+  EXPECT_THROW(loftq(*be, w.data(), 4, 64, nf_options(4, 0, SvdMode::Exact, 2)),
+               std::invalid_argument);
+  EXPECT_THROW(loftq(*be, w.data(), 4, 64, nf_options(4, 1, SvdMode::Exact, 0)),
+               std::invalid_argument);
+  EXPECT_THROW(loftq(*be, w.data(), 4, 64, nf_options(5, 1, SvdMode::Exact, 2)),
+               std::invalid_argument);
+  EXPECT_THROW(loftq(*be, w.data(), 3, 50, nf_options(4, 1, SvdMode::Exact, 2)),
+               std::invalid_argument);
 }

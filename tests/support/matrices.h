@@ -5,7 +5,19 @@
 #include <random>
 #include <vector>
 
+#include "quant/loftq.h"
+
 namespace loftqd::testing {
+
+// LoftQ options for the NF quantizer at `bits` (blocks of 64), `iters` alternations, `rank`.
+inline quant::LoftqOptions nf_options(int bits, int iters, quant::SvdMode mode, int rank = 16) {
+  quant::LoftqOptions o;
+  o.rank = rank;
+  o.iters = iters;
+  o.quant = quant::QuantSpec{quant::QuantMethod::NF, bits, 64};
+  o.svd = mode;
+  return o;
+}
 
 // A weight-like m x n matrix: a decaying rank-24 part, Gaussian noise and outlier columns
 // (every 97th, scaled 6x) — the structure that makes a low-rank correction worth having.
