@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -267,10 +268,15 @@ Result<Ok> download_range(const Transport& t, const std::string& url, const fs::
   return RangeDownload(t, url, partial, begin, end, append_mode, c, on_bytes, sh).run();
 }
 
-// Downloads a file of `size` bytes in opt.parallel byte ranges into `partial`.parallel (not
-// resumable across runs; see docs/hub.md), then renames it to `partial`.
-Result<Ok> download_parallel(const Transport& t, const std::string& url, const fs::path& partial,
-                             uint64_t size, const Ctx& c, const BytesFn& on_bytes) {
+// Downloads a file of `size` bytes into `partial`.parallel (not resumable across runs; see
+// docs/hub.md) in chunks that opt.parallel workers take in file order, while this thread hashes
+// the finished chunks in order (read back from the page cache), so that verification overlaps
+// the transfer instead of following it: at the end only the last chunks are left to hash. Then
+// renames it to `partial`. Returns whether the bytes hash to `sh`'s digest (false: the caller
+// verifies the file itself and reports what it finds).
+Result<bool> download_parallel(const Transport& t, const std::string& url, const fs::path& partial,
+                               uint64_t size, const Ctx& c, const BytesFn& on_bytes,
+                               StreamHash& sh) {
   fs::path par = partial;
   par += ".parallel";
   std::error_code ec;
@@ -283,32 +289,70 @@ Result<Ok> download_parallel(const Transport& t, const std::string& url, const f
     }
     ::close(fd);
   }
-  int n = t.opt.parallel;
-  uint64_t part = (size + static_cast<uint64_t>(n) - 1) / static_cast<uint64_t>(n);
-  std::vector<std::optional<Error>> errs(static_cast<size_t>(n));
+  const int n = t.opt.parallel;
+  // About eight chunks per worker, at least 16 MiB (or a worker's share of a smaller file) and at
+  // most 256 MiB each: the hash trails the transfer by about one chunk per worker.
+  const uint64_t workers = static_cast<uint64_t>(n);
+  const uint64_t chunk = std::min<uint64_t>(
+      std::max<uint64_t>((size + 8 * workers - 1) / (8 * workers),
+                         std::min<uint64_t>(uint64_t{16} << 20, (size + workers - 1) / workers)),
+      uint64_t{256} << 20);
+  const size_t chunks = static_cast<size_t>((size + chunk - 1) / chunk);
   std::mutex mu;
+  std::condition_variable cv;
+  std::vector<char> done(chunks, 0);
+  std::optional<Error> failure;
+  std::atomic<size_t> next{0};
   BytesFn locked = [&](int64_t k) {
     std::lock_guard<std::mutex> g(mu);
     on_bytes(k);
   };
   std::vector<std::thread> threads;
-  for (int i = 0; i < n; ++i) {
-    uint64_t b = part * static_cast<uint64_t>(i), e = std::min(size, b + part);
-    if (b >= e) continue;
-    threads.emplace_back([&, i, b, e] {
-      auto r = download_range(t, url, par, b, e, false, c, locked);
-      if (!r) errs[static_cast<size_t>(i)] = r.error();
+  for (int w = 0; w < std::min<int>(n, static_cast<int>(chunks)); ++w)
+    threads.emplace_back([&] {
+      for (size_t i; (i = next.fetch_add(1)) < chunks;) {
+        const uint64_t b = chunk * i, e = std::min(size, b + chunk);
+        auto r = download_range(t, url, par, b, e, false, c, locked);
+        std::lock_guard<std::mutex> g(mu);
+        if (!r && !failure) failure = r.error();
+        if (r) done[i] = 1;
+        cv.notify_all();
+        if (failure) return;
+      }
     });
+  bool hashed = true;
+  {
+    int rfd = ::open(par.c_str(), O_RDONLY | O_CLOEXEC);
+    hashed = rfd >= 0;
+    sh.reset();
+    std::vector<char> buf(size_t{1} << 20);
+    for (size_t i = 0; i < chunks && hashed; ++i) {
+      {
+        std::unique_lock<std::mutex> lk(mu);
+        cv.wait(lk, [&] { return done[i] || failure; });
+        if (!done[i]) break;
+      }
+      for (uint64_t o = chunk * i, e = std::min(size, o + chunk); o < e && hashed;) {
+        ssize_t got =
+            ::pread(rfd, buf.data(), std::min<uint64_t>(e - o, buf.size()), static_cast<off_t>(o));
+        if (got <= 0) {
+          hashed = false;  // the caller's verify_file reads it again and names the problem
+          break;
+        }
+        sh.h->update(buf.data(), static_cast<size_t>(got));
+        o += static_cast<uint64_t>(got);
+      }
+    }
+    if (rfd >= 0) ::close(rfd);
   }
   for (auto& th : threads) th.join();
-  for (auto& e : errs)
-    if (e) {
-      fs::remove(par, ec);
-      return *e;
-    }
+  if (failure) {
+    fs::remove(par, ec);
+    return *failure;
+  }
   fs::rename(par, partial, ec);
   if (ec) return Error{ErrorKind::Io, c.describe() + ": cannot rename " + par.string()};
-  return Ok{};
+  return hashed && sh.h->hex() == sh.digest.hex;
 }
 
 // What one file download is: where from, where to, what it must hash to, where it goes then.
@@ -339,8 +383,14 @@ Result<uint64_t> fetch_file(const Transport& t, const FileFetch& f, Progress& pg
   };
   for (int round = 0; round < 2; ++round) {
     if (f.size >= t.opt.range_threshold && t.opt.parallel > 1) {
-      if (auto p = download_parallel(t, f.url, f.partial, f.size, f.c, on_bytes); !p)
-        return p.error();
+      StreamHash sh{f.digest, f.size, nullptr};
+      auto p = download_parallel(t, f.url, f.partial, f.size, f.c, on_bytes, sh);
+      if (!p) return p.error();
+      if (p.value()) {
+        auto m = f.commit(f.partial);  // verified while the chunks came in
+        if (!m) return from_storage(m.error(), f.c);
+        return fetched;
+      }
     } else {
       StreamHash sh{f.digest, f.size, nullptr};
       auto got = download_range(t, f.url, f.partial, 0, f.size, true, f.c, on_bytes, &sh);

@@ -111,6 +111,18 @@ void by_chunks(const float* x, size_t n, float* out, ChunkFn fn) {
   for (size_t i = 0; i < n; i += kChunk) fn(x + i, std::min(kChunk, n - i), out + i);
 }
 
+// Compiled three times on x86-64 (AVX-512, AVX2, baseline SSE2) and picked at load time by the
+// CPU (GCC/clang function multi-versioning): the chunk loops above vectorize 16, 8 or 4 values
+// wide. Each value goes through the same IEEE single-precision operations in every version (no
+// reductions are reordered, and -std=c++20 leaves -ffp-contract off, so no FMA), so the codes
+// and outputs are identical on every CPU (tests/quant/test_quantizer.cpp's known values).
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define LOFTQD_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define LOFTQD_VECTOR_CLONES
+#endif
+
+LOFTQD_VECTOR_CLONES
 void quant_dequant_range(const QuantSpec& s, const float* x, size_t first_block, size_t last_block,
                          float* out) {
   const size_t bs = static_cast<size_t>(s.block_size);

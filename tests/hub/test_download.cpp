@@ -233,6 +233,34 @@ TEST_F(HubClient, ParallelRangesForLargeFiles) {
   expect_clean_store(true);
 }
 
+// The parallel path hashes the chunks while they arrive; a corrupted range must still be caught
+// (the download is repeated once) and a file corrupted every time must still fail, leaving nothing.
+TEST_F(HubClient, ParallelRangesAreVerifiedLikeOneStream) {
+  auto o = opts();
+  o.range_threshold = 100000;
+  o.parallel = 3;
+  srv.corrupt("model.safetensors", 1);
+  {
+    hub::Client c(o);
+    auto r = c.snapshot_download(store_req());
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    EXPECT_EQ(slurp(snapshot() / "model.safetensors"), srv.content("model.safetensors"));
+    EXPECT_EQ(r.value().bytes, total_size() + srv.content("model.safetensors").size());
+  }
+  FaultServer other;
+  other.add_file("w.safetensors", random_bytes(300000, 3), true);
+  other.corrupt("w.safetensors", 100);
+  o.endpoint = other.url();
+  hub::SnapshotRequest req;
+  req.repo = "org/model";
+  req.store = tmp / "store3";
+  auto bad = hub::Client(o).snapshot_download(req);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.error().kind, hub::ErrorKind::HashMismatch);
+  EXPECT_NE(bad.error().message.find("file 'w.safetensors'"), std::string::npos);
+  EXPECT_TRUE(fs::is_empty(tmp / "store3/models--org--model/blobs"));
+}
+
 TEST_F(HubClient, OfflineUsesTheStoreOnly) {
   {
     hub::Client c(opts());
