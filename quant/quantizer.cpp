@@ -1,7 +1,16 @@
 #include "quant/quantizer.h"
 
+// x86-64 kernels chosen at run time by the CPU (LOFTQD_NO_X86_KERNELS leaves them out, for a
+// side-by-side timing of the portable path).
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && \
+    !defined(LOFTQD_NO_X86_KERNELS)
+#include <immintrin.h>
+#define LOFTQD_X86_KERNELS 1
+#endif
+
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -111,23 +120,76 @@ void by_chunks(const float* x, size_t n, float* out, ChunkFn fn) {
   for (size_t i = 0; i < n; i += kChunk) fn(x + i, std::min(kChunk, n - i), out + i);
 }
 
-// Compiled three times on x86-64 (AVX-512, AVX2, baseline SSE2) and picked at load time by the
-// CPU (GCC/clang function multi-versioning): the chunk loops above vectorize 16, 8 or 4 values
-// wide. Each value goes through the same IEEE single-precision operations in every version (no
-// reductions are reordered, and -std=c++20 leaves -ffp-contract off, so no FMA), so the codes
-// and outputs are identical on every CPU (tests/quant/test_quantizer.cpp's known values).
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define LOFTQD_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define LOFTQD_VECTOR_CLONES
+#ifdef LOFTQD_X86_KERNELS
+// NF4 with AVX-512, 16 values at a time: the code is found by a branch-free binary search over
+// the 15 thresholds (padded with +inf to 16, one register), which gives the number of thresholds
+// strictly below y exactly as nf4_code counts them, and the value by a register table lookup.
+// The scale, its inverse and both products are the same IEEE operations as the portable path,
+// so the output is bit-identical (QuantFused tests). Needs the block size to be a multiple of
+// 16.
+// (GCC 12 warns -Wmaybe-uninitialized inside its own AVX-512 intrinsics, from their
+// _mm512_undefined_ps() pass-through operands: a false positive, bug 105593.)
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+__attribute__((target("avx512f"))) void nf4_blocks_avx512(const float* x, size_t first_block,
+                                                          size_t last_block, size_t bs,
+                                                          float* out) {
+  alignas(64) float thr[16];
+  for (int k = 0; k < 15; ++k) thr[k] = kNF4Thresholds[k];
+  thr[15] = std::numeric_limits<float>::infinity();
+  const __m512 t = _mm512_load_ps(thr);
+  const __m512 table = _mm512_loadu_ps(kNF4Table);
+  const __m512i c7 = _mm512_set1_epi32(7), c3 = _mm512_set1_epi32(3), c1 = _mm512_set1_epi32(1);
+  const __m512i s8 = _mm512_set1_epi32(8), s4 = _mm512_set1_epi32(4), s2 = _mm512_set1_epi32(2);
+  for (size_t b = first_block; b < last_block; ++b) {
+    const float* xb = x + b * bs;
+    float* ob = out + b * bs;
+    __m512 m = _mm512_setzero_ps();
+    for (size_t i = 0; i < bs; i += 16)
+      m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(xb + i)));
+    const float scale = _mm512_reduce_max_ps(m);
+    if (scale == 0.0f) {
+      std::fill(ob, ob + bs, 0.0f);
+      continue;
+    }
+    const __m512 inv = _mm512_set1_ps(1.0f / scale), sc = _mm512_set1_ps(scale);
+    for (size_t i = 0; i < bs; i += 16) {
+      const __m512 y = _mm512_mul_ps(_mm512_loadu_ps(xb + i), inv);
+      __m512i c = _mm512_setzero_si512();
+      __mmask16 k = _mm512_cmp_ps_mask(y, _mm512_permutexvar_ps(c7, t), _CMP_GT_OQ);
+      c = _mm512_mask_add_epi32(c, k, c, s8);
+      k = _mm512_cmp_ps_mask(y, _mm512_permutexvar_ps(_mm512_add_epi32(c, c3), t), _CMP_GT_OQ);
+      c = _mm512_mask_add_epi32(c, k, c, s4);
+      k = _mm512_cmp_ps_mask(y, _mm512_permutexvar_ps(_mm512_add_epi32(c, c1), t), _CMP_GT_OQ);
+      c = _mm512_mask_add_epi32(c, k, c, s2);
+      k = _mm512_cmp_ps_mask(y, _mm512_permutexvar_ps(c, t), _CMP_GT_OQ);
+      c = _mm512_mask_add_epi32(c, k, c, c1);
+      _mm512_storeu_ps(ob + i, _mm512_mul_ps(_mm512_permutexvar_ps(c, table), sc));
+    }
+  }
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
 #endif
 
-LOFTQD_VECTOR_CLONES
+bool have_avx512f() {
+  static const bool yes = __builtin_cpu_supports("avx512f");
+  return yes;
+}
+#endif
+
 void quant_dequant_range(const QuantSpec& s, const float* x, size_t first_block, size_t last_block,
                          float* out) {
   const size_t bs = static_cast<size_t>(s.block_size);
   const auto table = code_table(s.method, s.bits);
   const bool nf4 = s.method == QuantMethod::NF && s.bits == 4;
+#ifdef LOFTQD_X86_KERNELS
+  if (nf4 && bs % 16 == 0 && have_avx512f())
+    return nf4_blocks_avx512(x, first_block, last_block, bs, out);
+#endif
   for (size_t b = first_block; b < last_block; ++b) {
     const float* xb = x + b * bs;
     float* ob = out + b * bs;

@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 #include <vector>
 
@@ -240,5 +241,39 @@ TEST(QuantFused, MatchesQuantizeThenDequantizeAcrossThreads) {
       quant_dequant(sp, x.data(), x.size(), b.data(), 3);
       EXPECT_EQ(a, b) << spec_name(sp);
     }
+  }
+}
+
+// quant_dequant has its own NF4 kernel on AVX-512 CPUs (a binary search over the thresholds):
+// values exactly on a threshold (times the block's scale) and one float either side of it, zero
+// and all-zero blocks, negative maxima and every block size that is a multiple of 16 must give
+// the bytes of quantize + dequantize, whose codes are bitsandbytes' (the tests above).
+TEST(QuantFused, Nf4OnAndAroundEveryThresholdMatchesTheScalarCodes) {
+  for (int bs : {16, 32, 64, 128, 48}) {
+    std::vector<float> x;
+    for (float scale : {1.0f, 0.0123f, 3.5f}) {
+      std::vector<float> vals;
+      for (float t : kNF4Thresholds)
+        for (float v : {t, std::nextafter(t, -2.0f), std::nextafter(t, 2.0f)})
+          vals.push_back(v * scale);
+      for (float v : {0.0f, -0.0f, 1e-40f, -1e-40f}) vals.push_back(v);
+      for (size_t i = 0; i < vals.size(); i += static_cast<size_t>(bs) - 1) {
+        // Each block: its scale first (+-scale alternately), then up to bs - 1 of the values.
+        x.push_back((i / bs) % 2 ? -scale : scale);
+        for (size_t k = 0; k + 1 < static_cast<size_t>(bs); ++k)
+          x.push_back(i + k < vals.size() ? vals[i + k] : 0.5f * scale);
+      }
+    }
+    x.insert(x.end(), static_cast<size_t>(bs), 0.0f);  // an all-zero block
+    QuantSpec sp{QuantMethod::NF, 4, bs};
+    std::vector<uint8_t> codes(x.size());
+    std::vector<float> scales(x.size() / static_cast<size_t>(bs)), a(x.size()), b(x.size(), 7.0f);
+    quantize(sp, x.data(), x.size(), codes.data(), scales.data());
+    dequantize(sp, codes.data(), scales.data(), x.size(), a.data());
+    quant_dequant(sp, x.data(), x.size(), b.data(), 1);
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); ++i)
+      ASSERT_EQ(std::bit_cast<uint32_t>(a[i]), std::bit_cast<uint32_t>(b[i]))
+          << "block size " << bs << ", element " << i << " (x = " << x[i] << ")";
   }
 }
