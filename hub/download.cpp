@@ -342,6 +342,14 @@ Result<bool> download_parallel(const Transport& t, const std::string& url, const
         sh.h->update(buf.data(), static_cast<size_t>(got));
         o += static_cast<uint64_t>(got);
       }
+#ifdef __linux__
+      // Start writing the hashed chunk back to disk now, so that the store's fsync before its
+      // rename finds little left to write (asynchronous: it does not wait for the disk).
+      if (hashed)
+        ::sync_file_range(rfd, static_cast<off_t>(chunk * i),
+                          static_cast<off_t>(std::min(size, chunk * (i + 1)) - chunk * i),
+                          SYNC_FILE_RANGE_WRITE);
+#endif
     }
     if (rfd >= 0) ::close(rfd);
   }
