@@ -84,8 +84,7 @@ TEST(CpuOrthonormalize, WellConditionedSketchIsOrthonormalAndKeepsItsSpan) {
 TEST(CpuOrthonormalize, IllConditionedSketchFallsBackAndIsStillOrthonormal) {
   const int m = 600, k = 40;
   for (double decades : {4.0, 6.0}) {
-    const auto y =
-        sketch(m, k, 2, [&](int j) { return std::pow(10.0, -decades * j / (k - 1)); });
+    const auto y = sketch(m, k, 2, [&](int j) { return std::pow(10.0, -decades * j / (k - 1)); });
     const auto q = orthonormalized(y, m, k);
     EXPECT_LT(orthogonality_error(q, m, k), 1e-5) << "spread 1e" << decades;
     EXPECT_LT(span_error(y, q, m, k), 1e-4) << "spread 1e" << decades;
