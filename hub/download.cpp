@@ -558,7 +558,9 @@ class SnapshotDownload {
     }
   }
 
-  // Room for what is still missing (partials count as had) plus the reserve.
+  // Room for what is still missing (partials count as had) plus the reserve. A snapshot with
+  // nothing left to fetch writes only its links and ref, so it is not held to the reserve (a
+  // cached model stays usable on a full disk, and the quantize step checks its own needs).
   Result<Ok> check_space() {
     fs::path space_dir = store_ ? *sr_.store : *sr_.local_dir;
     std::error_code ec;
@@ -570,6 +572,7 @@ class SnapshotDownload {
       auto sz = fs::file_size(j.partial, sec);
       if (!sec) have_partial_ += std::min<uint64_t>(sz, j.e->size);
     }
+    if (need_ <= have_partial_) return Ok{};
     if (auto s = st::check_space(space_dir, need_ - have_partial_, t_.opt.disk_reserve); !s)
       return from_storage(s.error(), c_);
     return Ok{};

@@ -495,13 +495,10 @@ TEST_F(PipelineTest, RetentionPlanProtectsJobsHostedReposAndAsksBeforePruning) {
 }
 
 // The disk reserve is checked before quantizing too (not only before downloads): with the
-// snapshot in the store already, a reserve that leaves room for the download but not for the
-// layout and its checkpoints fails the job before any tensor, naming the bytes.
+// snapshot in the store already, a reserve the disk cannot give fails the job before any
+// tensor, naming the bytes.
 TEST_F(PipelineTest, TheDiskReserveIsCheckedBeforeQuantizing) {
-  loftqd::model::SynthOptions so = Upstream::small();
-  so.hidden = 512;
-  so.intermediate = 2048;  // about 17 MB of weights: room for other writers on this disk
-  Upstream big(tmp_ / "big", 0, so);
+  Upstream big(tmp_ / "big", 0, Upstream::small());
   loftqd::hub::ClientOptions o;
   o.endpoint = big.url();
   o.disk_reserve = 0;
@@ -514,21 +511,25 @@ TEST_F(PipelineTest, TheDiskReserveIsCheckedBeforeQuantizing) {
   uint64_t size = 0;
   for (const auto& e : fs::recursive_directory_iterator(snap.value().dir))
     if (e.is_regular_file()) size += e.file_size();
-  const uint64_t free_now = loftqd::storage::free_bytes(tmp_ / "store").value();
-  ASSERT_GT(free_now, 3 * size);
+  // The snapshot is complete in the store, so the download fetches nothing and is not held to
+  // the reserve; the quantize step must still refuse. A reserve beyond any disk keeps the test
+  // independent of what other tests write to or free from the same disk meanwhile.
+  const uint64_t reserve = uint64_t{1} << 60;
   auto j = json{{"hub", {{"endpoint", big.url()}}},
                 {"store", (tmp_ / "store").string()},
                 {"device", "cpu"},
                 {"repos", {{{"repo", "up/tiny"}, {"publish_as", "me/big-loftq"}}}},
-                {"limits", {{"disk_reserve", free_now - size}}}};
+                {"limits", {{"disk_reserve", reserve}}}};
   const auto cfg = loftqd::config::parse_config(j);
   Pipeline p(cfg, *db_, options(cfg));
   const SyncReport r = p.sync_once();
   ASSERT_EQ(r.jobs_failed, 1) << log_;
-  EXPECT_THAT(log_, HasSubstr("step=download done"));  // the download was allowed
+  EXPECT_THAT(log_, HasSubstr("step=download done files=6 files_fetched=0"));
   const auto job = jobs().at(0);
   EXPECT_THAT(job.last_error, HasSubstr("quantize: not enough disk space in"));
   EXPECT_THAT(job.last_error, HasSubstr("need " + std::to_string(2 * size) + " bytes"));
+  EXPECT_THAT(job.last_error,
+              HasSubstr("plus a reserve of " + std::to_string(reserve) + " bytes"));
   EXPECT_THAT(job.last_error, HasSubstr("(limits.disk_reserve)"));
   EXPECT_TRUE(db_->tensors_done(job.id).empty());
 }

@@ -289,3 +289,24 @@ TEST_F(HubClient, DiskReserveIsChecked) {
   EXPECT_EQ(r.error().kind, hub::ErrorKind::NoSpace);
   EXPECT_NE(r.error().message.find("not enough disk space"), std::string::npos);
 }
+
+// A snapshot with nothing left to fetch writes no file, so a full disk does not refuse it: the
+// cached model stays usable (and whoever writes next checks its own needs).
+TEST_F(HubClient, ACompleteSnapshotIsNotHeldToTheReserve) {
+  ASSERT_TRUE(hub::Client(opts()).snapshot_download(store_req()).ok());
+  auto o = opts();
+  o.disk_reserve = uint64_t{1} << 62;
+  auto r = hub::Client(o).snapshot_download(store_req());
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r.value().commit, srv.commit());
+  EXPECT_EQ(r.value().downloaded, 0u);
+  // One file gone: it must be fetched, and the reserve refuses it.
+  fs::path gone;
+  for (const auto& e : fs::directory_iterator(tmp / "store" / "models--org--model" / "blobs"))
+    if (e.is_regular_file()) gone = e.path();
+  ASSERT_FALSE(gone.empty());
+  fs::remove(gone);
+  auto miss = hub::Client(o).snapshot_download(store_req());
+  ASSERT_FALSE(miss.ok());
+  EXPECT_EQ(miss.error().kind, hub::ErrorKind::NoSpace);
+}
