@@ -528,8 +528,7 @@ TEST_F(PipelineTest, TheDiskReserveIsCheckedBeforeQuantizing) {
   const auto job = jobs().at(0);
   EXPECT_THAT(job.last_error, HasSubstr("quantize: not enough disk space in"));
   EXPECT_THAT(job.last_error, HasSubstr("need " + std::to_string(2 * size) + " bytes"));
-  EXPECT_THAT(job.last_error,
-              HasSubstr("plus a reserve of " + std::to_string(reserve) + " bytes"));
+  EXPECT_THAT(job.last_error, HasSubstr("plus a reserve of " + std::to_string(reserve) + " bytes"));
   EXPECT_THAT(job.last_error, HasSubstr("(limits.disk_reserve)"));
   EXPECT_TRUE(db_->tensors_done(job.id).empty());
 }
