@@ -187,6 +187,10 @@ class TimingBackend final : public q::Backend {
     const bool big = std::min(m, n) >= 1024;
     timed(big ? "svd (full W)" : "svd (small)", [&] { in_.svd(a, m, n, u, s, vt); });
   }
+  int svd_top(q::Buffer& a, int m, int n, int r, std::unique_ptr<q::Buffer>& u,
+              std::vector<float>& s, std::unique_ptr<q::Buffer>& vt) override {
+    return timed("svd_top (exact)", [&] { return in_.svd_top(a, m, n, r, u, s, vt); });
+  }
   void make_factors(const q::Buffer& u, int m, int p, const std::vector<float>& s,
                     const q::Buffer& vt, int n, int r, q::Buffer& l, q::Buffer& r_out) override {
     timed("make_factors", [&] { in_.make_factors(u, m, p, s, vt, n, r, l, r_out); });

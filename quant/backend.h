@@ -48,6 +48,13 @@ class Backend {
   // Thin SVD of the m x n matrix a (destroyed): u (m x p), s (p, descending), vt (p x n),
   // p = min(m, n).
   virtual void svd(Buffer& a, int m, int n, Buffer& u, std::vector<float>& s, Buffer& vt) = 0;
+  // The largest r singular triplets of the m x n matrix a (destroyed), for the exact mode of
+  // the LoftQ loop: u (m x p), s (p, descending), vt (p x n), with min(r, min(m, n)) <= p <=
+  // min(m, n) the returned count; u and vt are allocated here. Singular values below what the
+  // method resolves (relative to s[0]) may come back as 0 with zero vectors. The default is the
+  // full thin svd(); the CPU backend solves the small Gram matrix's eigenproblem in double.
+  virtual int svd_top(Buffer& a, int m, int n, int r, std::unique_ptr<Buffer>& u,
+                      std::vector<float>& s, std::unique_ptr<Buffer>& vt);
   // l (m x r) = u[:, :r] * diag(sqrt(s[:r])), r_out (r x n) = diag(sqrt(s[:r])) * vt[:r, :],
   // where u is m x p and vt is p x n. Columns/rows at or past `valid` (<= r) are zero.
   virtual void make_factors(const Buffer& u, int m, int p, const std::vector<float>& s,

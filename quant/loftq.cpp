@@ -66,11 +66,10 @@ void truncated_svd(Backend& be, Buffer& e, int m, int n, int r, const LoftqOptio
   const int p = std::min(m, n);
   const int k = std::min(r + std::max(opt.oversample, 0), p);
   if (svd_mode_at_rank(opt, r, m, n) == SvdMode::Exact) {
-    auto u = be.alloc(size_t(m) * p);
-    auto vt = be.alloc(size_t(p) * n);
+    std::unique_ptr<Buffer> u, vt;
     std::vector<float> s;
-    be.svd(e, m, n, *u, s, *vt);
-    be.make_factors(*u, m, p, s, *vt, n, r, l, r_out);
+    const int got = be.svd_top(e, m, n, r, u, s, vt);
+    be.make_factors(*u, m, got, s, *vt, n, r, l, r_out);
     return;
   }
   // Halko-Martinsson-Tropp with re-orthonormalized power iterations, warm-started from the

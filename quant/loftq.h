@@ -87,7 +87,7 @@ void truncated_svd(Backend& be, Buffer& e, int m, int n, int r, const LoftqOptio
 // bytes that elementwise passes move at its memory bandwidth at best.
 struct LoftqWork {
   double gemm_flops = 0;   // the GEMMs: sketch passes over the residual, W - L R, U = Y Ub
-  double other_flops = 0;  // QR (orthonormalize) and SVD (svd), by textbook operation counts
+  double other_flops = 0;  // QR (orthonormalize), SVD (svd, svd_top), by textbook operation counts
   double bytes = 0;        // elementwise passes: read + written, as STREAM counts them
   int gemm_passes = 0;     // GEMMs whose operand is the whole m x n matrix
   double flops() const { return gemm_flops + other_flops; }
@@ -105,6 +105,13 @@ double qr_flops(int m, int k);           // Householder geqrf + orgqr: 4 m k^2 -
 // Thin SVD with U and V^T of an m x n matrix (a = max, b = min): the cheaper of Golub-Reinsch
 // (14 a b^2 + 8 b^3) and R-SVD (6 a b^2 + 20 b^3), Golub & Van Loan's counts.
 double svd_flops(int m, int n);
+// svd_top's top r triplets by the CPU backend's Gram method (d = min, D = max, p = min(r, d)):
+// the Gram matrix d^2 D, its tridiagonal reduction 4 d^3 / 3 and eigenvectors 2 d^2 p, the other
+// side 2 p d D. (A backend that runs the full svd() instead does more; the floor stays a bound.)
+double svd_top_flops(int m, int n, int r);
+inline double svd_top_bytes(size_t n) {  // E is read twice (Gram, then the other side)
+  return 8.0 * double(n);
+}
 inline double copy_bytes(size_t n) {  // upload, download, copy, quant_dequant
   return 8.0 * double(n);
 }

@@ -23,6 +23,11 @@ double svd_flops(int m, int n) {
   return std::min(14.0 * a * b * b + 8.0 * b * b * b, 6.0 * a * b * b + 20.0 * b * b * b);
 }
 
+double svd_top_flops(int m, int n, int r) {
+  const double d = std::min(m, n), big = std::max(m, n), p = std::min(r, std::min(m, n));
+  return d * d * big + 4.0 * d * d * d / 3.0 + 2.0 * d * d * p + 2.0 * p * d * big;
+}
+
 double make_factors_bytes(int m, int n, int r) {
   return 8.0 * double(r) * (double(m) + double(n));
 }
@@ -35,8 +40,8 @@ namespace {
 void svd_work(const LoftqOptions& opt, int m, int n, bool warm, LoftqWork& w) {
   const int r = opt.rank, p = std::min(m, n);
   if (svd_mode_for(opt, m, n) == SvdMode::Exact) {
-    w.other_flops += cost::svd_flops(m, n);
-    w.bytes += cost::make_factors_bytes(m, n, r);
+    w.other_flops += cost::svd_top_flops(m, n, r);
+    w.bytes += cost::svd_top_bytes(size_t(m) * n) + cost::make_factors_bytes(m, n, r);
     return;
   }
   const int k = std::min(r + std::max(opt.oversample, 0), p);

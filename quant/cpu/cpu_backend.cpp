@@ -1,9 +1,11 @@
-// The reference backend: OpenBLAS sgemm, LAPACKE sgeqrf/sorgqr/sgesdd.
+// The reference backend: OpenBLAS sgemm/ssyrk/strsm, LAPACKE spotrf/sgeqrf/sorgqr/sgesdd and,
+// for the exact mode's top triplets, dsyrk/dsyevr in double.
 #include <cblas.h>
 #include <lapacke.h>
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -203,6 +205,104 @@ class CpuBackend final : public Backend {
     lapack_check(LAPACKE_sgesdd(LAPACK_COL_MAJOR, 'S', n, m, cb(a).data(), n, s.data(),
                                 cb(vt).data(), n, cb(u).data(), p),
                  "sgesdd");
+  }
+
+  // The top r triplets from the d x d Gram matrix of the small side, d = min(m, n), in double:
+  // view E as X (d x D, D = max(m, n): X = E when m <= n, E^T otherwise), G = X X^T (dsyrk over
+  // panels of X converted to double), its top p = min(r, d) eigenpairs G z = l z (dsyevr, MRRR),
+  // s = sqrt(l), and the other side X^T z / s (dgemm over the same panels). Squaring the
+  // singular values costs nothing at this precision: l's rounding is about (d + D) eps_64 l_max,
+  // so every s above ~1e-6 s[0] comes out as accurate as sgesdd's float32 ones, and the rank-r
+  // product U S V^T is the projection of E on the top eigenvectors, whatever the spectrum. The
+  // values at or below that level are returned as 0 with zero vectors (their share of E is
+  // below float32 rounding). Memory: G, the eigenvectors and one panel.
+  int svd_top(Buffer& a, int m, int n, int r, std::unique_ptr<Buffer>& u, std::vector<float>& s,
+              std::unique_ptr<Buffer>& vt) override {
+    check_size(a, size_t(m) * n, "svd_top A");
+    if (r <= 0) throw std::logic_error("svd_top: rank must be > 0");
+    const bool wide = m <= n;
+    const int d = std::min(m, n), big = std::max(m, n), p = std::min(r, d);
+    const float* pa = cb(a).data();
+    // Panels of X's columns c0 .. c0 + w: wide, E[:, c0:c0+w] as d x w; tall, E[c0:c0+w, :] as
+    // w x d (X's panel transposed, so the BLAS calls below take it with Trans).
+    const int pw = std::max(64, int((size_t(1) << 19) / size_t(d)));  // ~4 MB of doubles
+    std::vector<double> panel;
+    auto load = [&](int c0, int w) {
+      panel.resize(size_t(d) * w);
+      if (wide) {
+        for (int i = 0; i < d; ++i)
+          std::copy_n(pa + size_t(i) * n + c0, w, panel.data() + size_t(i) * w);
+      } else {
+        std::copy_n(pa + size_t(c0) * n, size_t(w) * d, panel.data());
+      }
+    };
+    std::vector<double> g(size_t(d) * d, 0.0);
+    for (int c0 = 0; c0 < big; c0 += pw) {
+      const int w = std::min(pw, big - c0);
+      load(c0, w);
+      cblas_dsyrk(CblasRowMajor, CblasUpper, wide ? CblasNoTrans : CblasTrans, d, w, 1.0,
+                  panel.data(), wide ? w : d, c0 == 0 ? 0.0 : 1.0, g.data(), d);
+    }
+    std::vector<double> lam(static_cast<size_t>(d)), z(size_t(d) * p);
+    std::vector<lapack_int> support(2 * static_cast<size_t>(d));
+    lapack_int found = 0;
+    lapack_check(LAPACKE_dsyevr(LAPACK_ROW_MAJOR, 'V', 'I', 'U', d, g.data(), d, 0.0, 0.0,
+                                d - p + 1, d, 0.0, &found, lam.data(), z.data(), p, support.data()),
+                 "dsyevr");
+    if (found != p)
+      throw std::runtime_error("LAPACKE_dsyevr found " + std::to_string(found) + " of " +
+                               std::to_string(p) + " eigenpairs");
+    // Ascending -> descending; zero below the Gram's rounding level.
+    const double top = std::max(lam[size_t(p) - 1], 0.0);
+    const double floor = top * 64.0 * double(d + big) * std::numeric_limits<double>::epsilon();
+    std::vector<double> sv(static_cast<size_t>(p)), inv(static_cast<size_t>(p));
+    std::vector<double> zs(size_t(d) * p);  // the small side's vectors, descending
+    for (int j = 0; j < p; ++j) {
+      const double l = lam[size_t(p - 1 - j)];
+      const bool keep = l > floor && l > 0.0;
+      sv[size_t(j)] = keep ? std::sqrt(l) : 0.0;
+      inv[size_t(j)] = keep ? 1.0 / sv[size_t(j)] : 0.0;
+      for (int i = 0; i < d; ++i)
+        zs[size_t(i) * p + j] = keep ? z[size_t(i) * p + (p - 1 - j)] : 0.0;
+    }
+    s.resize(static_cast<size_t>(p));
+    for (int j = 0; j < p; ++j) s[size_t(j)] = static_cast<float>(sv[size_t(j)]);
+    u = alloc(size_t(m) * p);
+    vt = alloc(size_t(p) * n);
+    float* small_side = cb(wide ? *u : *vt).data();  // u is m x p; vt is p x n = zs^T
+    float* big_side = cb(wide ? *vt : *u).data();
+    for (int i = 0; i < d; ++i)
+      for (int j = 0; j < p; ++j) {
+        const float v = static_cast<float>(zs[size_t(i) * p + j]);
+        if (wide)
+          small_side[size_t(i) * p + j] = v;
+        else
+          small_side[size_t(j) * n + i] = v;
+      }
+    // The big side, panel by panel: wide, vt[:, c0:c0+w] = S^-1 zs^T E[:, c0:c0+w] (p x w);
+    // tall, u[c0:c0+w, :] = E[c0:c0+w, :] zs S^-1 (w x p).
+    std::vector<double> out;
+    for (int c0 = 0; c0 < big; c0 += pw) {
+      const int w = std::min(pw, big - c0);
+      load(c0, w);
+      out.resize(size_t(p) * w);
+      if (wide) {
+        cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, p, w, d, 1.0, zs.data(), p,
+                    panel.data(), w, 0.0, out.data(), w);
+        for (int j = 0; j < p; ++j)
+          for (int c = 0; c < w; ++c)
+            big_side[size_t(j) * n + c0 + c] =
+                static_cast<float>(out[size_t(j) * w + c] * inv[size_t(j)]);
+      } else {
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, w, p, d, 1.0, panel.data(), d,
+                    zs.data(), p, 0.0, out.data(), p);
+        for (int c = 0; c < w; ++c)
+          for (int j = 0; j < p; ++j)
+            big_side[size_t(c0 + c) * p + j] =
+                static_cast<float>(out[size_t(c) * p + j] * inv[size_t(j)]);
+      }
+    }
+    return p;
   }
 
   void make_factors(const Buffer& u, int m, int p, const std::vector<float>& s, const Buffer& vt,

@@ -10,20 +10,19 @@
 
 #include "quant/backend.h"
 #include "quant/loftq.h"
+#include "support/forwarding_backend.h"
 #include "support/matrices.h"
 
 using namespace loftqd::quant;
 
 namespace {
 
-class CountingBackend final : public Backend {
+class CountingBackend final : public loftqd::testing::ForwardingBackend {
  public:
-  explicit CountingBackend(Backend& in) : in_(in) {}
+  using ForwardingBackend::ForwardingBackend;
   LoftqWork work;
   int big_m = 0, big_n = 0;  // the weight's shape: GEMMs over the whole of it are passes
 
-  std::string name() const override { return in_.name(); }
-  std::unique_ptr<Buffer> alloc(size_t n) override { return in_.alloc(n); }
   void upload(Buffer& d, const float* s, size_t n) override {
     work.bytes += cost::copy_bytes(n);
     in_.upload(d, s, n);
@@ -72,14 +71,17 @@ class CountingBackend final : public Backend {
     work.other_flops += cost::svd_flops(m, n);
     in_.svd(a, m, n, u, s, vt);
   }
+  int svd_top(Buffer& a, int m, int n, int r, std::unique_ptr<Buffer>& u, std::vector<float>& s,
+              std::unique_ptr<Buffer>& vt) override {
+    work.other_flops += cost::svd_top_flops(m, n, r);
+    work.bytes += cost::svd_top_bytes(size_t(m) * n);
+    return in_.svd_top(a, m, n, r, u, s, vt);
+  }
   void make_factors(const Buffer& u, int m, int p, const std::vector<float>& s, const Buffer& vt,
                     int n, int r, Buffer& l, Buffer& ro) override {
     work.bytes += cost::make_factors_bytes(m, n, r);
     in_.make_factors(u, m, p, s, vt, n, r, l, ro);
   }
-
- private:
-  Backend& in_;
 };
 
 struct WorkCase {
