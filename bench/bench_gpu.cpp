@@ -213,6 +213,11 @@ class ProfilingBackend final : public q::Backend {
   void quant_dequant(const q::QuantSpec& s, const q::Buffer& i, q::Buffer& o, size_t n) override {
     timed("quant_dequant", [&] { in_.quant_dequant(s, i, o, n); });
   }
+  double residual_pass(const q::Buffer& w, const q::Buffer& l, const q::Buffer& r, int m, int n,
+                       int rank, const q::Buffer& qd, const NextIterate* next) override {
+    return timed("residual_pass " + std::to_string(m) + "x" + std::to_string(n),
+                 [&] { return in_.residual_pass(w, l, r, m, n, rank, qd, next); });
+  }
   void orthonormalize(q::Buffer& a, int m, int k) override {
     timed("orthonormalize " + std::to_string(m) + "x" + std::to_string(k),
           [&] { in_.orthonormalize(a, m, k); });

@@ -126,9 +126,11 @@ LoftqResult loftq(Backend& be, const float* w, int out_features, int in_features
     if (!std::isfinite(w[i]))
       throw std::invalid_argument("weight has a non-finite value at element " + std::to_string(i));
 
-  auto wb = be.alloc(mn), res = be.alloc(mn), qd = be.alloc(mn), e = be.alloc(mn);
+  // W, the current iterate's Qd and E = W - Qd, the next iterate's Qd (computed in the same pass
+  // as the current error, see Backend::residual_pass) and the best iterate so far.
+  auto wb = be.alloc(mn), qd = be.alloc(mn), e = be.alloc(mn);
   auto l = be.alloc(size_t(m) * r), rr = be.alloc(size_t(r) * n);
-  std::unique_ptr<Buffer> best_q, best_l, best_r;
+  std::unique_ptr<Buffer> qd_next, best_q, best_l, best_r;
   be.upload(*wb, w, mn);
   const double w2 = be.sq_norm(*wb, mn);
   const double wn = w2 > 0 ? std::sqrt(w2) : 1.0;
@@ -140,15 +142,18 @@ LoftqResult loftq(Backend& be, const float* w, int out_features, int in_features
   out.svd = svd_mode_for(opt, m, n);
   double best = std::numeric_limits<double>::infinity();
   SvdState state;
+  be.quant_dequant(opt.quant, *wb, *qd, mn);  // the first iterate starts from W itself
+  be.sub(*wb, *qd, *e, mn);
+  out.qlora_error = std::sqrt(be.sq_norm(*e, mn)) / wn;
   for (int t = 1; t <= opt.iters; ++t) {
-    // Qd = dequant(quant(res)); res is W itself at t = 1, so W is not copied into it first.
-    be.quant_dequant(opt.quant, t == 1 ? *wb : *res, *qd, mn);
-    be.sub(*wb, *qd, *e, mn);  // E = W - Qd
-    if (t == 1) out.qlora_error = std::sqrt(be.sq_norm(*e, mn)) / wn;
     truncated_svd(be, *e, m, n, r, opt, state, *l, *rr);
-    be.copy(*wb, *res, mn);
-    be.gemm(false, false, m, n, r, -1.0f, *l, *rr, 1.0f, *res);  // res = W - L R
-    const double err = std::sqrt(be.sq_dist(*res, *qd, mn)) / wn;
+    // The error of this iterate, ||W - L R - Qd||, and (but after the last) the next one's
+    // Qd = dequant(quant(W - L R)) and E = W - Qd.
+    const bool more = t < opt.iters;
+    if (more && !qd_next) qd_next = be.alloc(mn);
+    const Backend::NextIterate next{&opt.quant, qd_next.get(), e.get()};
+    const double err =
+        std::sqrt(be.residual_pass(*wb, *l, *rr, m, n, r, *qd, more ? &next : nullptr)) / wn;
     out.iter_errors.push_back(err);
     if (err < best) {  // keep the best iterate: swap it out of the working buffers
       best = err;
@@ -159,6 +164,7 @@ LoftqResult loftq(Backend& be, const float* w, int out_features, int in_features
       std::swap(best_l, l);
       std::swap(best_r, rr);
     }
+    if (more) std::swap(qd, qd_next);
   }
   out.loftq_error = best;
   out.q.resize(mn);

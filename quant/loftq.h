@@ -112,6 +112,11 @@ double svd_top_flops(int m, int n, int r);
 inline double svd_top_bytes(size_t n) {  // E is read twice (Gram, then the other side)
   return 8.0 * double(n);
 }
+// Backend::residual_pass: W and Qd read, and with a next iterate its Qd and E written (the
+// GEMM's 2 m n rank FLOPs count as gemm_flops).
+inline double residual_pass_bytes(size_t n, bool next) {
+  return (next ? 16.0 : 8.0) * double(n);
+}
 inline double copy_bytes(size_t n) {  // upload, download, copy, quant_dequant
   return 8.0 * double(n);
 }

@@ -67,14 +67,14 @@ LoftqWork loftq_work(const LoftqOptions& opt, int m, int n) {
   const size_t mn = size_t(m) * n;
   const int r = opt.rank;
   w.bytes += cost::copy_bytes(mn) + cost::sq_norm_bytes(mn);  // upload W, ||W||
+  // The first iterate's Qd = qd(W), E = W - Qd and its QLoRA error.
+  w.bytes += cost::copy_bytes(mn) + cost::sub_bytes(mn) + cost::sq_norm_bytes(mn);
   for (int t = 1; t <= opt.iters; ++t) {
-    w.bytes += cost::copy_bytes(mn) + cost::sub_bytes(mn);  // Qd = qd(res), E = W - Qd
-    if (t == 1) w.bytes += cost::sq_norm_bytes(mn);         // the QLoRA error
     svd_work(opt, m, n, t > 1, w);
-    w.bytes += cost::copy_bytes(mn);            // res = W
-    w.gemm_flops += cost::gemm_flops(m, n, r);  // res -= L R
+    // residual_pass: the error of this iterate and the next one's Qd and E.
+    w.gemm_flops += cost::gemm_flops(m, n, r);  // W - L R
     w.gemm_passes += 1;
-    w.bytes += cost::sq_dist_bytes(mn);  // the error of this iterate
+    w.bytes += cost::residual_pass_bytes(mn, t < opt.iters);
   }
   w.bytes += cost::copy_bytes(mn) + cost::copy_bytes(size_t(r) * n) +
              cost::copy_bytes(size_t(m) * r);  // download Q, A, B

@@ -1,12 +1,6 @@
 #include "quant/quantizer.h"
 
-// x86-64 kernels chosen at run time by the CPU (LOFTQD_NO_X86_KERNELS leaves them out, for a
-// side-by-side timing of the portable path).
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && \
-    !defined(LOFTQD_NO_X86_KERNELS)
-#include <immintrin.h>
-#define LOFTQD_X86_KERNELS 1
-#endif
+#include "quant/x86.h"  // the x86-64 kernels chosen at run time
 
 #include <algorithm>
 #include <cmath>
@@ -127,12 +121,7 @@ void by_chunks(const float* x, size_t n, float* out, ChunkFn fn) {
 // The scale, its inverse and both products are the same IEEE operations as the portable path,
 // so the output is bit-identical (QuantFused tests). Needs the block size to be a multiple of
 // 16.
-// (GCC 12 warns -Wmaybe-uninitialized inside its own AVX-512 intrinsics, from their
-// _mm512_undefined_ps() pass-through operands: a false positive, bug 105593.)
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+LOFTQD_AVX512_BEGIN
 __attribute__((target("avx512f"))) void nf4_blocks_avx512(const float* x, size_t first_block,
                                                           size_t last_block, size_t bs,
                                                           float* out) {
@@ -171,14 +160,8 @@ __attribute__((target("avx512f"))) void nf4_blocks_avx512(const float* x, size_t
   }
 }
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+LOFTQD_AVX512_END
 
-bool have_avx512f() {
-  static const bool yes = __builtin_cpu_supports("avx512f");
-  return yes;
-}
 #endif
 
 void quant_dequant_range(const QuantSpec& s, const float* x, size_t first_block, size_t last_block,
@@ -187,7 +170,7 @@ void quant_dequant_range(const QuantSpec& s, const float* x, size_t first_block,
   const auto table = code_table(s.method, s.bits);
   const bool nf4 = s.method == QuantMethod::NF && s.bits == 4;
 #ifdef LOFTQD_X86_KERNELS
-  if (nf4 && bs % 16 == 0 && have_avx512f())
+  if (nf4 && bs % 16 == 0 && x86::have_avx512f())
     return nf4_blocks_avx512(x, first_block, last_block, bs, out);
 #endif
   for (size_t b = first_block; b < last_block; ++b) {
