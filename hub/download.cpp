@@ -42,6 +42,16 @@ using BytesFn = std::function<void(int64_t)>;
 // Moves a verified partial into place (the store's blobs, or the local dir).
 using CommitFn = std::function<st::Status(const fs::path&)>;
 
+// Starts writing [offset, offset + len) of fd back to disk without waiting for it, so that the
+// store's fsync before its rename finds little left (a no-op where sync_file_range is missing).
+void start_writeback(int fd, uint64_t offset, uint64_t len) {
+#ifdef __linux__
+  ::sync_file_range(fd, static_cast<off_t>(offset), static_cast<off_t>(len), SYNC_FILE_RANGE_WRITE);
+#else
+  (void)fd, (void)offset, (void)len;
+#endif
+}
+
 // Hashes a download as it streams in (append mode), so that verification costs no second read.
 struct StreamHash {
   st::Digest digest;
@@ -208,15 +218,12 @@ class RangeDownload {
       left -= static_cast<size_t>(w);
       pos_ += static_cast<uint64_t>(w);
     }
-#ifdef __linux__
     // A stream that is verified as it arrives also starts its writeback every 32 MiB, so that the
     // fsync before the store's rename finds little left (the ranged path does it per chunk).
     if (sh_ && pos_ >= written_back_ + (uint64_t{32} << 20)) {
-      ::sync_file_range(fd_, static_cast<off_t>(written_back_),
-                        static_cast<off_t>(pos_ - written_back_), SYNC_FILE_RANGE_WRITE);
+      start_writeback(fd_, written_back_, pos_ - written_back_);
       written_back_ = pos_;
     }
-#endif
     on_bytes_(static_cast<int64_t>(take));
     return take == n;  // more than expected: stop (the hash check decides)
   }
@@ -309,6 +316,9 @@ Result<bool> download_parallel(const Transport& t, const std::string& url, const
                          std::min<uint64_t>(uint64_t{16} << 20, (size + workers - 1) / workers)),
       uint64_t{256} << 20);
   const size_t chunks = static_cast<size_t>((size + chunk - 1) / chunk);
+  auto bounds = [chunk, size](size_t i) {  // [begin, end) of chunk i
+    return std::pair<uint64_t, uint64_t>{chunk * i, std::min(size, chunk * (i + 1))};
+  };
   std::mutex mu;
   std::condition_variable cv;
   std::vector<char> done(chunks, 0);
@@ -322,7 +332,7 @@ Result<bool> download_parallel(const Transport& t, const std::string& url, const
   for (int w = 0; w < std::min<int>(n, static_cast<int>(chunks)); ++w)
     threads.emplace_back([&] {
       for (size_t i; (i = next.fetch_add(1)) < chunks;) {
-        const uint64_t b = chunk * i, e = std::min(size, b + chunk);
+        const auto [b, e] = bounds(i);
         auto r = download_range(t, url, par, b, e, false, c, locked);
         std::lock_guard<std::mutex> g(mu);
         if (!r && !failure) failure = r.error();
@@ -343,9 +353,10 @@ Result<bool> download_parallel(const Transport& t, const std::string& url, const
         cv.wait(lk, [&] { return done[i] || failure; });
         if (!done[i]) break;
       }
-      for (uint64_t o = chunk * i, e = std::min(size, o + chunk); o < e && hashed;) {
-        ssize_t got =
-            ::pread(rfd, buf.data(), std::min<uint64_t>(e - o, buf.size()), static_cast<off_t>(o));
+      const auto [begin, end] = bounds(i);
+      for (uint64_t o = begin; o < end && hashed;) {
+        ssize_t got = ::pread(rfd, buf.data(), std::min<uint64_t>(end - o, buf.size()),
+                              static_cast<off_t>(o));
         if (got <= 0) {
           hashed = false;  // the caller's verify_file reads it again and names the problem
           break;
@@ -353,14 +364,7 @@ Result<bool> download_parallel(const Transport& t, const std::string& url, const
         sh.h->update(buf.data(), static_cast<size_t>(got));
         o += static_cast<uint64_t>(got);
       }
-#ifdef __linux__
-      // Start writing the hashed chunk back to disk now, so that the store's fsync before its
-      // rename finds little left to write (asynchronous: it does not wait for the disk).
-      if (hashed)
-        ::sync_file_range(rfd, static_cast<off_t>(chunk * i),
-                          static_cast<off_t>(std::min(size, chunk * (i + 1)) - chunk * i),
-                          SYNC_FILE_RANGE_WRITE);
-#endif
+      if (hashed) start_writeback(rfd, begin, end - begin);
     }
     if (rfd >= 0) ::close(rfd);
   }
