@@ -214,9 +214,10 @@ class ProfilingBackend final : public q::Backend {
     timed("quant_dequant", [&] { in_.quant_dequant(s, i, o, n); });
   }
   double residual_pass(const q::Buffer& w, const q::Buffer& l, const q::Buffer& r, int m, int n,
-                       int rank, const q::Buffer& qd, const NextIterate* next) override {
+                       int rank, const q::Buffer& qd, q::Buffer& e,
+                       const NextIterate* next) override {
     return timed("residual_pass " + std::to_string(m) + "x" + std::to_string(n),
-                 [&] { return in_.residual_pass(w, l, r, m, n, rank, qd, next); });
+                 [&] { return in_.residual_pass(w, l, r, m, n, rank, qd, e, next); });
   }
   void orthonormalize(q::Buffer& a, int m, int k) override {
     timed("orthonormalize " + std::to_string(m) + "x" + std::to_string(k),

@@ -180,8 +180,10 @@ class TimingBackend final : public q::Backend {
     timed("quant_dequant", [&] { in_.quant_dequant(spec, in, out, n); });
   }
   double residual_pass(const q::Buffer& w, const q::Buffer& l, const q::Buffer& r, int m, int n,
-                       int rank, const q::Buffer& qd, const NextIterate* next) override {
-    return timed("residual_pass", [&] { return in_.residual_pass(w, l, r, m, n, rank, qd, next); });
+                       int rank, const q::Buffer& qd, q::Buffer& e,
+                       const NextIterate* next) override {
+    return timed("residual_pass",
+                 [&] { return in_.residual_pass(w, l, r, m, n, rank, qd, e, next); });
   }
   void orthonormalize(q::Buffer& a, int m, int k) override {
     timed("orthonormalize", [&] { in_.orthonormalize(a, m, k); });

@@ -15,15 +15,14 @@ int Backend::svd_top(Buffer& a, int m, int n, int /*r*/, std::unique_ptr<Buffer>
 }
 
 double Backend::residual_pass(const Buffer& w, const Buffer& l, const Buffer& r, int m, int n,
-                              int rank, const Buffer& qd, const NextIterate* next) {
+                              int rank, const Buffer& qd, Buffer& e, const NextIterate* next) {
   const size_t mn = size_t(m) * n;
-  auto x = alloc(mn);
-  copy(w, *x, mn);
-  gemm(false, false, m, n, rank, -1.0f, l, r, 1.0f, *x);  // x = w - l r
-  const double err = sq_dist(*x, qd, mn);
+  copy(w, e, mn);
+  gemm(false, false, m, n, rank, -1.0f, l, r, 1.0f, e);  // x = w - l r, in e
+  const double err = sq_dist(e, qd, mn);
   if (next) {
-    quant_dequant(*next->spec, *x, *next->qd, mn);
-    sub(w, *next->qd, *next->e, mn);
+    quant_dequant(*next->spec, e, *next->qd, mn);
+    sub(w, *next->qd, e, mn);
   }
   return err;
 }

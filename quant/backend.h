@@ -49,17 +49,17 @@ class Backend {
   // p = min(m, n).
   virtual void svd(Buffer& a, int m, int n, Buffer& u, std::vector<float>& s, Buffer& vt) = 0;
   // One LoftQ iterate's pass over the m x n weight w, with x = w - l r (l: m x rank, r: rank x
-  // n): returns sum (x - qd)^2 in double (the iterate's error). With `next`, also the next
-  // iterate's start: next->qd = quant_dequant(*next->spec, x) and next->e = w - next->qd (x is
-  // never stored). The default runs copy, gemm, sq_dist, quant_dequant and sub on a temporary x;
-  // the CPU backend makes it one pass over row tiles of x that stay in cache.
+  // n): returns sum (x - qd)^2 in double (the iterate's error). e is the iterate's E, already
+  // consumed by the SVD, and is overwritten. With `next`, the pass also starts the next
+  // iterate: next->qd = quant_dequant(*next->spec, x) and e = w - next->qd. The default runs
+  // copy, gemm, sq_dist, quant_dequant and sub with x in e (no other buffer); the CPU backend
+  // makes it one pass over row tiles of x that stay in cache, x never stored.
   struct NextIterate {
     const QuantSpec* spec;
     Buffer* qd;
-    Buffer* e;
   };
   virtual double residual_pass(const Buffer& w, const Buffer& l, const Buffer& r, int m, int n,
-                               int rank, const Buffer& qd, const NextIterate* next);
+                               int rank, const Buffer& qd, Buffer& e, const NextIterate* next);
   // The largest r singular triplets of the m x n matrix a (destroyed), for the exact mode of
   // the LoftQ loop: u (m x p), s (p, descending), vt (p x n), with min(r, min(m, n)) <= p <=
   // min(m, n) the returned count; u and vt are allocated here. Singular values below what the

@@ -151,9 +151,9 @@ LoftqResult loftq(Backend& be, const float* w, int out_features, int in_features
     // Qd = dequant(quant(W - L R)) and E = W - Qd.
     const bool more = t < opt.iters;
     if (more && !qd_next) qd_next = be.alloc(mn);
-    const Backend::NextIterate next{&opt.quant, qd_next.get(), e.get()};
+    const Backend::NextIterate next{&opt.quant, qd_next.get()};
     const double err =
-        std::sqrt(be.residual_pass(*wb, *l, *rr, m, n, r, *qd, more ? &next : nullptr)) / wn;
+        std::sqrt(be.residual_pass(*wb, *l, *rr, m, n, r, *qd, *e, more ? &next : nullptr)) / wn;
     out.iter_errors.push_back(err);
     if (err < best) {  // keep the best iterate: swap it out of the working buffers
       best = err;

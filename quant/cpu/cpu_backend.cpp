@@ -193,17 +193,17 @@ class CpuBackend final : public Backend {
   // of x, sq_dist, quant_dequant, sub) and never writes x. With more than one thread the
   // separate calls (each threaded) are kept.
   double residual_pass(const Buffer& w, const Buffer& l, const Buffer& r, int m, int n, int rank,
-                       const Buffer& qd, const NextIterate* next) override {
-    if (threads_ > 1) return Backend::residual_pass(w, l, r, m, n, rank, qd, next);
+                       const Buffer& qd, Buffer& e, const NextIterate* next) override {
+    if (threads_ > 1) return Backend::residual_pass(w, l, r, m, n, rank, qd, e, next);
     const size_t mn = size_t(m) * n;
     check_size(w, mn, "residual_pass W");
     check_size(qd, mn, "residual_pass Qd");
     check_size(l, size_t(m) * rank, "residual_pass L");
     check_size(r, size_t(rank) * n, "residual_pass R");
+    check_size(e, mn, "residual_pass E");
     if (next) {
       check_spec(*next->spec, mn);
       check_size(*next->qd, mn, "residual_pass next Qd");
-      check_size(*next->e, mn, "residual_pass next E");
     }
     const size_t bs = next ? size_t(next->spec->block_size) : 1;
     const size_t align = bs / std::gcd(size_t(n), bs);  // rows per whole number of blocks
@@ -222,7 +222,7 @@ class CpuBackend final : public Backend {
       if (!next) continue;
       float* nq = cb(*next->qd).data() + at;
       quant::quant_dequant(*next->spec, x, cnt, nq, 1);
-      sub_values(pw + at, nq, cb(*next->e).data() + at, cnt);
+      sub_values(pw + at, nq, cb(e).data() + at, cnt);
     }
     return err;
   }

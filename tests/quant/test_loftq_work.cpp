@@ -64,11 +64,11 @@ class CountingBackend final : public loftqd::testing::ForwardingBackend {
     in_.quant_dequant(s, i, o, n);
   }
   double residual_pass(const Buffer& w, const Buffer& l, const Buffer& r, int m, int n, int rank,
-                       const Buffer& qd, const NextIterate* next) override {
+                       const Buffer& qd, Buffer& e, const NextIterate* next) override {
     work.gemm_flops += cost::gemm_flops(m, n, rank);
     if (m == big_m && n == big_n) ++work.gemm_passes;
     work.bytes += cost::residual_pass_bytes(size_t(m) * n, next != nullptr);
-    return in_.residual_pass(w, l, r, m, n, rank, qd, next);
+    return in_.residual_pass(w, l, r, m, n, rank, qd, e, next);
   }
   void orthonormalize(Buffer& a, int m, int k) override {
     work.other_flops += cost::qr_flops(m, k);

@@ -41,11 +41,11 @@ PassOut run_pass(const std::vector<float>& w, const std::vector<float>& l,
   auto bw = up(w), bl = up(l), br = up(r), bq = up(qd);
   const size_t mn = size_t(m) * n;
   auto nq = be->alloc(mn), ne = be->alloc(mn);
-  const Backend::NextIterate next{spec, nq.get(), ne.get()};
+  const Backend::NextIterate next{spec, nq.get()};
   const Backend::NextIterate* np = spec ? &next : nullptr;
   PassOut o;
-  o.err = base ? be->Backend::residual_pass(*bw, *bl, *br, m, n, rank, *bq, np)
-               : be->residual_pass(*bw, *bl, *br, m, n, rank, *bq, np);
+  o.err = base ? be->Backend::residual_pass(*bw, *bl, *br, m, n, rank, *bq, *ne, np)
+               : be->residual_pass(*bw, *bl, *br, m, n, rank, *bq, *ne, np);
   if (spec) {
     o.qd.resize(mn);
     o.e.resize(mn);

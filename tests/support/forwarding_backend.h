@@ -33,8 +33,8 @@ class ForwardingBackend : public quant::Backend {
     in_.quant_dequant(s, i, o, n);
   }
   double residual_pass(const Buffer& w, const Buffer& l, const Buffer& r, int m, int n, int rank,
-                       const Buffer& qd, const NextIterate* next) override {
-    return in_.residual_pass(w, l, r, m, n, rank, qd, next);
+                       const Buffer& qd, Buffer& e, const NextIterate* next) override {
+    return in_.residual_pass(w, l, r, m, n, rank, qd, e, next);
   }
   void orthonormalize(Buffer& a, int m, int k) override { in_.orthonormalize(a, m, k); }
   void svd(Buffer& a, int m, int n, Buffer& u, std::vector<float>& s, Buffer& vt) override {
