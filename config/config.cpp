@@ -484,8 +484,11 @@ void read_mirror(Reader& r, const json& j, Config& c) {
 void read_limits(Reader& r, const json& j, Config& c) {
   r.field(j, "", "limits", [&](const json& v, const std::string& p) {
     if (!r.object(v, p)) return;
-    r.known_keys(v, p, {"concurrent_downloads", "concurrent_jobs", "disk_reserve", "max_attempts"});
+    r.known_keys(v, p,
+                 {"concurrent_downloads", "concurrent_uploads", "concurrent_jobs", "disk_reserve",
+                  "max_attempts"});
     r.integer(v, p, "concurrent_downloads", c.limits.concurrent_downloads, 1, 64);
+    r.integer(v, p, "concurrent_uploads", c.limits.concurrent_uploads, 1, 64);
     r.integer(v, p, "concurrent_jobs", c.limits.concurrent_jobs, 1, 64);
     r.integer(v, p, "max_attempts", c.limits.max_attempts, 1, 1000);
     r.field(v, p, "disk_reserve", [&](const json& d, const std::string& dp) {

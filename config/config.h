@@ -66,6 +66,7 @@ struct MirrorSettings {
 
 struct Limits {
   int concurrent_downloads = 4;
+  int concurrent_uploads = 4;  // publishing: files hashed and LFS objects uploaded at once
   int concurrent_jobs = 1;
   uint64_t disk_reserve_bytes = 10ull << 30;
   int max_attempts = 5;

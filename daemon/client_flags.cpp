@@ -22,7 +22,8 @@ void add_client_flags(CLI::App* c, ClientFlags& f) {
 hub::Client make_client(const ClientFlags& f) {
   auto o = hub::options_from_env(f.endpoint.empty() ? std::nullopt
                                                     : std::optional<std::string>(f.endpoint));
-  o.parallel = f.parallel;
+  o.parallel = f.parallel;          // fetch: files and ranges at once
+  o.parallel_uploads = f.parallel;  // publish: files hashed and LFS objects uploaded at once
   o.disk_reserve = common::parse_size_or_throw("--disk-reserve", f.disk_reserve);
   o.range_threshold = common::parse_size_or_throw("--range-threshold", f.range_threshold);
   o.max_recv_bytes_per_s = common::parse_size_or_throw("--limit-rate", f.limit_rate);

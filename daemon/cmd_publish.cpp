@@ -65,6 +65,8 @@ Command add_publish_command(CLI::App& app) {
   c->add_option("--message", a->message, "commit title");
   c->add_flag("--keep-remote", a->keep_remote,
               "keep files on the branch that DIR lacks (default: delete them)");
+  c->add_option("--parallel", a->client.parallel, "files hashed and LFS objects uploaded at once")
+      ->capture_default_str();
   add_client_flags(c, a->client);
   return {c, [a] { return publish(*a); }};
 }

@@ -400,7 +400,9 @@ std::string Pipeline::publish_to(const JobContext& ctx, const PublishEndpoint& e
                                  const std::string& where, bool is_private) {
   const storage::Job& job = ctx.job;
   const Stopwatch sw;
-  hub::Client client(publish_client_options(ep));
+  hub::ClientOptions co = publish_client_options(ep);
+  co.parallel_uploads = cfg_.limits.concurrent_uploads;
+  hub::Client client(co);
   hub::PublishRequest pr;
   pr.dir = ctx.out;
   pr.repo = job.target;

@@ -69,6 +69,7 @@ struct ClientOptions {
   long stall_timeout_s = 30;  // a transfer with no byte for this long is cut and retried
   long api_timeout_s = 120;   // whole-request limit for API calls (not downloads)
   int parallel = 4;           // files downloaded at once; also ranges per large file
+  int parallel_uploads = 4;   // publishing: files hashed, and LFS objects uploaded, at once
   uint64_t range_threshold = uint64_t{256} << 20;  // files at least this large use ranges
   uint64_t disk_reserve = uint64_t{1} << 30;       // keep this much free after a download
   uint64_t max_recv_bytes_per_s = 0;               // per connection; 0: unlimited

@@ -4,10 +4,10 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <atomic>
 #include <charconv>
 #include <fstream>
 #include <map>
+#include <mutex>
 #include <set>
 
 #include "hub/hub.h"
@@ -221,19 +221,21 @@ class Publish {
     return Ok{};
   }
 
-  // The sha256 and the preupload sample of every local file; their total size.
+  // The sha256 and the preupload sample of every local file, opt.parallel_uploads files at
+  // once; their total size.
   Result<Ok> hash_locals() {
-    for (auto& l : locals_) {
+    for (const auto& l : locals_) total_ += l.size;
+    return detail::parallel_each(locals_.size(), t_.opt.parallel_uploads, [&](size_t i) {
+      Local& l = locals_[i];
       auto h = st::hash_file(l.file, st::HashAlgo::Sha256);
-      if (!h) return from_storage(h.error(), c_);
+      if (!h) return Result<Ok>(from_storage(h.error(), c_));
       l.sha256 = h.value();
       std::ifstream f(l.file, std::ios::binary);
       l.sample.resize(512);
       f.read(l.sample.data(), 512);
       l.sample.resize(static_cast<size_t>(f.gcount()));
-      total_ += l.size;
-    }
-    return Ok{};
+      return Result<Ok>(Ok{});
+    });
   }
 
   // The repo and the branch, made when missing (then the publish is never "unchanged"), and
@@ -359,12 +361,17 @@ class Publish {
         if (!answered.insert(o["oid"].get<std::string>()).second)
           return bad_reply("LFS batch",
                            "object " + o["oid"].get<std::string>() + " answered twice");
-        if (auto u = upload_object(o, by_oid); !u) return u.error();
       }
       // Every object asked for is answered: one left out would be missing from the commit.
       for (const auto& [oid, l] : by_oid)
         if (!answered.count(oid))
           return bad_reply("LFS batch", "no answer for '" + l->path + "' (oid " + oid + ")");
+      // The objects, opt.parallel_uploads at once (huggingface_hub's upload_folder uploads its
+      // LFS files on a thread pool too); the first failure stops the rest and the commit.
+      const json& objects = reply["objects"];
+      auto up = detail::parallel_each(objects.size(), t_.opt.parallel_uploads,
+                                      [&](size_t k) { return upload_object(objects[k], by_oid); });
+      if (!up) return up.error();
     }
     return Ok{};
   }
@@ -400,6 +407,7 @@ class Publish {
       return Error{ErrorKind::BadRequest, fc.describe() + ": LFS batch refused the object: " +
                                               o["error"].value("message", o["error"].dump())};
     if (!o.contains("actions") || !o["actions"].contains("upload")) {
+      std::lock_guard<std::mutex> g(count_mu_);
       done_ += l.size;  // already stored
       if (progress_) progress_(done_, total_, l.path);
       return Ok{};
@@ -414,6 +422,7 @@ class Publish {
     if (o["actions"].contains("verify")) {
       if (auto v = verify(o["actions"]["verify"], oid, l, fc); !v) return v.error();
     }
+    std::lock_guard<std::mutex> g(count_mu_);
     ++out_.lfs_uploaded;
     return Ok{};
   }
@@ -481,8 +490,9 @@ class Publish {
     return Ok{};
   }
 
-  // Counts uploaded bytes and reports progress.
+  // Counts uploaded bytes and reports progress (from any upload worker).
   void sent(uint64_t n, const std::string& path) {
+    std::lock_guard<std::mutex> g(count_mu_);
     done_ += n;
     out_.bytes_uploaded += n;
     if (progress_) progress_(done_, total_, path);
@@ -554,7 +564,8 @@ class Publish {
   bool fresh_ = false;  // the repo or the branch was made by this call
   std::string parent_;
   std::vector<std::string> deletions_;
-  std::atomic<uint64_t> done_{0};
+  std::mutex count_mu_;  // done_, out_'s counters and progress_ calls, from upload workers
+  uint64_t done_ = 0;
   CommitInfo out_;
 };
 

@@ -38,6 +38,7 @@ TEST(Config, ExampleConfigIsValid) {
   ASSERT_TRUE(c.schedule.nightly);
   EXPECT_EQ(c.schedule.nightly->start_minute, 120);
   EXPECT_EQ(c.limits.disk_reserve_bytes, 20ull << 30);
+  EXPECT_EQ(c.limits.concurrent_uploads, 4);
   EXPECT_EQ(render_publish_as(c.repos[0].publish_as, c.repos[0], c.publish.hub_org),
             "my-org/Llama-2-7b-hf-loftq-avg3bit-64rank");
   EXPECT_EQ(render_publish_as(c.repos[2].publish_as, c.repos[2], c.publish.hub_org),
@@ -74,7 +75,7 @@ TEST(Config, EveryProblemIsReportedWithItsPath) {
     ],
     "schedule": {"poll_interval": "soon", "nightly": "25:00-03:00", "timezone": "Mars/Olympus"},
     "mirror": {"listen": "localhost"},
-    "limits": {"disk_reserve": "lots", "concurrent_downloads": 0}
+    "limits": {"disk_reserve": "lots", "concurrent_downloads": 0, "concurrent_uploads": 65}
   })"));
   const std::vector<std::string> expected_paths = {
       "/colour: unknown key",
@@ -93,6 +94,7 @@ TEST(Config, EveryProblemIsReportedWithItsPath) {
       "/mirror/listen: must be HOST:PORT",
       "/limits/disk_reserve: must be a size",
       "/limits/concurrent_downloads: must be >= 1",
+      "/limits/concurrent_uploads: must be <= 64",
   };
   for (const auto& e : expected_paths)
     EXPECT_TRUE(

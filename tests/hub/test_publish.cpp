@@ -315,13 +315,16 @@ using nlohmann::json;
 
 // A Hub that answers upload_folder's steps with what a test scripts: a new repo at a known head,
 // preupload sending *.bin to LFS, and the LFS batch, the upload PUT and the commit replies set by
-// the case. It counts the uploads and the commits it was sent.
+// the case. It counts the uploads and the commits it was sent, and the most PUTs it had in flight
+// at once (each held put_delay_ms; a PUT whose path contains fail_put gets 403).
 class ScriptedHub {
  public:
   static constexpr const char* kHead = "0123456789abcdef0123456789abcdef01234567";
   std::function<json(const json& objects, const std::string& base)> batch;
   json preupload_reply, commit_reply;
-  std::atomic<int> puts{0}, commits{0};
+  std::atomic<int> puts{0}, commits{0}, in_flight{0}, peak_in_flight{0};
+  int put_delay_ms = 0;
+  std::string fail_put;
 
   ScriptedHub() {
     svr_.Post("/api/repos/create", [](const httplib::Request&, httplib::Response& res) {
@@ -350,8 +353,17 @@ class ScriptedHub {
     svr_.Post("/up/.*", [](const httplib::Request&, httplib::Response& res) {
       res.set_content("{}", "application/json");
     });
-    svr_.Put(".*", [this](const httplib::Request&, httplib::Response& res) {
+    svr_.Put(".*", [this](const httplib::Request& req, httplib::Response& res) {
       ++puts;
+      const int now = ++in_flight;
+      for (int seen = peak_in_flight.load(); now > seen;)
+        if (peak_in_flight.compare_exchange_weak(seen, now)) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(put_delay_ms));
+      --in_flight;
+      if (!fail_put.empty() && req.path.find(fail_put) != std::string::npos) {
+        res.status = 403;
+        return;
+      }
       res.set_header("ETag", "\"e\"");
       res.status = 200;
     });
@@ -485,4 +497,49 @@ TEST(HubPublishReplies, ImplausibleRepliesAreErrors) {
   EXPECT_EQ(r.value().commit_oid, std::string(40, 'a'));
   EXPECT_EQ(hub.puts.load(), 3);  // parts 1..3 of 25 bytes in chunks of 10
   EXPECT_EQ(hub.commits.load(), 1);
+}
+
+// LFS objects go up ClientOptions::parallel_uploads at a time: with each PUT held 250 ms, the
+// server sees that many in flight at once and never more. A refused upload stops the publish
+// before its commit, naming the file.
+TEST(HubPublishReplies, LfsObjectsUploadParallelUploadsAtATime) {
+  TempDir tmp;
+  for (int i = 0; i < 6; ++i)
+    spit(tmp / ("w" + std::to_string(i) + ".bin"), random_bytes(100 + i, 30 + i));
+  const json good_commit = {{"commitOid", std::string(40, 'b')}, {"commitUrl", "u"}};
+  auto publish = [&](ScriptedHub& hub, int parallel) {
+    hub.batch = batch_with(json::object());
+    hub.commit_reply = good_commit;
+    hub.put_delay_ms = 250;
+    hub::ClientOptions o;
+    o.endpoint = hub.url();
+    o.token = kPublishToken;
+    o.max_retries = 0;
+    o.disk_reserve = 0;
+    o.parallel_uploads = parallel;
+    hub::PublishRequest pr;
+    pr.dir = tmp.path();
+    pr.repo = "org/x";
+    pr.delete_missing = false;
+    return hub::Client(o).upload_folder(pr);
+  };
+  for (int parallel : {1, 3}) {
+    ScriptedHub hub;
+    auto r = publish(hub, parallel);
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    EXPECT_EQ(r.value().lfs_uploaded, 6u);
+    EXPECT_EQ(hub.puts.load(), 6);
+    EXPECT_EQ(hub.commits.load(), 1);
+    if (parallel == 1)
+      EXPECT_EQ(hub.peak_in_flight.load(), 1);
+    else
+      EXPECT_GE(hub.peak_in_flight.load(), 2);
+    EXPECT_LE(hub.peak_in_flight.load(), parallel);
+  }
+  ScriptedHub hub;
+  hub.fail_put = st::sha256_hex(slurp(tmp / "w0.bin"));
+  auto r = publish(hub, 3);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message.find("w0.bin"), std::string::npos) << r.error().message;
+  EXPECT_EQ(hub.commits.load(), 0);
 }
