@@ -589,28 +589,19 @@ class SnapshotDownload {
     std::vector<const Job*> small, large;
     for (const auto& j : jobs_)
       (j.e->size >= t_.opt.range_threshold && t_.opt.parallel > 1 ? large : small).push_back(&j);
-    std::atomic<size_t> next{0};
-    std::vector<std::thread> pool;
-    int n = std::min<int>(t_.opt.parallel, static_cast<int>(small.size()));
-    for (int i = 0; i < n; ++i)
-      pool.emplace_back([&] {
-        for (size_t k; (k = next++) < small.size();) {
-          if (failed()) return;
-          run_job(*small[k]);
-        }
-      });
-    for (auto& th : pool) th.join();
+    // run_job keeps the first error; parallel_each starts no new file once there is one.
+    (void)detail::parallel_each(small.size(), t_.opt.parallel, [&](size_t k) -> Result<Ok> {
+      run_job(*small[k]);
+      std::lock_guard<std::mutex> g(err_mu_);
+      if (first_error_) return *first_error_;
+      return Ok{};
+    });
     for (const Job* j : large) {
       if (first_error_) break;
       run_job(*j);
     }
     if (first_error_) return *first_error_;
     return Ok{};
-  }
-
-  bool failed() {
-    std::lock_guard<std::mutex> g(err_mu_);
-    return first_error_.has_value();
   }
 
   // Downloads one job's file; the first error is kept.
