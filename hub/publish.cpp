@@ -366,12 +366,35 @@ class Publish {
       for (const auto& [oid, l] : by_oid)
         if (!answered.count(oid))
           return bad_reply("LFS batch", "no answer for '" + l->path + "' (oid " + oid + ")");
-      // The objects, opt.parallel_uploads at once (huggingface_hub's upload_folder uploads its
-      // LFS files on a thread pool too); the first failure stops the rest and the commit.
-      const json& objects = reply["objects"];
-      auto up = detail::parallel_each(objects.size(), t_.opt.parallel_uploads,
-                                      [&](size_t k) { return upload_object(objects[k], by_oid); });
+      // Every object checked before a byte goes up; then the uploads: each basic object and
+      // each part of a multipart one is a unit, opt.parallel_uploads units at once
+      // (huggingface_hub's upload_folder uploads its LFS files on a thread pool too, and one
+      // large file gains from its parts going up side by side); then each multipart object's
+      // completion and each verify. The first failure stops the rest, and there is no commit.
+      std::vector<Pending> todo;
+      for (const auto& o : reply["objects"]) {
+        auto p = plan_object(o, by_oid);
+        if (!p) return p.error();
+        if (p.value()) todo.push_back(std::move(*p.value()));
+      }
+      std::vector<std::pair<size_t, uint64_t>> units;  // (object, part number; 0: basic)
+      for (size_t k = 0; k < todo.size(); ++k) {
+        Pending& p = todo[k];
+        if (!p.a.chunk) {
+          units.emplace_back(k, 0);
+          continue;
+        }
+        p.etags.resize(p.a.parts.size());
+        for (const auto& part : p.a.parts) units.emplace_back(k, part.first);
+      }
+      auto up = detail::parallel_each(units.size(), t_.opt.parallel_uploads, [&](size_t u) {
+        Pending& p = todo[units[u].first];
+        return units[u].second ? upload_part(p, units[u].second) : upload_basic(*p.l, p.a, p.fc);
+      });
       if (!up) return up.error();
+      auto fin = detail::parallel_each(todo.size(), t_.opt.parallel_uploads,
+                                       [&](size_t k) { return finish_object(todo[k]); });
+      if (!fin) return fin.error();
     }
     return Ok{};
   }
@@ -391,8 +414,20 @@ class Publish {
     return t_.call_json(req, c_);
   }
 
-  // One object of a batch answer: nothing when the server has it, else upload and verify.
-  Result<Ok> upload_object(const json& o, const std::map<std::string, const Local*>& by_oid) {
+  // An object of a batch answer that is to be uploaded.
+  struct Pending {
+    const Local* l = nullptr;
+    std::string oid;
+    Ctx fc;
+    UploadAction a;
+    const json* verify = nullptr;    // the verify action, when the answer has one
+    std::vector<std::string> etags;  // multipart: part n's ETag at n - 1
+  };
+
+  // One object of a batch answer, checked: nullopt when the server has it already (counted as
+  // done), else what to upload.
+  Result<std::optional<Pending>> plan_object(const json& o,
+                                             const std::map<std::string, const Local*>& by_oid) {
     std::string oid = o["oid"].get<std::string>();
     auto it = by_oid.find(oid);
     if (it == by_oid.end()) return bad_reply("LFS batch", "answered an unknown oid " + oid);
@@ -410,50 +445,54 @@ class Publish {
       std::lock_guard<std::mutex> g(count_mu_);
       done_ += l.size;  // already stored
       if (progress_) progress_(done_, total_, l.path);
-      return Ok{};
+      return std::optional<Pending>();
     }
     // Upload URLs are presigned: our token goes there only when it is the endpoint's host.
-    UploadAction a;
-    if (auto p = read_upload_action(o["actions"]["upload"], l.size, a))
-      return bad_reply("LFS upload of '" + l.path + "'", *p);
-    auto up =
-        a.chunk && !a.parts.empty() ? upload_multipart(l, oid, a, fc) : upload_basic(l, a, fc);
-    if (!up) return up.error();
-    if (o["actions"].contains("verify")) {
-      if (auto v = verify(o["actions"]["verify"], oid, l, fc); !v) return v.error();
-    }
-    std::lock_guard<std::mutex> g(count_mu_);
-    ++out_.lfs_uploaded;
+    Pending p{&l, oid, fc, {}, nullptr, {}};
+    if (auto bad = read_upload_action(o["actions"]["upload"], l.size, p.a))
+      return bad_reply("LFS upload of '" + l.path + "'", *bad);
+    if (o["actions"].contains("verify")) p.verify = &o["actions"]["verify"];
+    return std::optional<Pending>(std::move(p));
+  }
+
+  // Part `num` of a multipart upload PUT to its URL; its ETag kept for the completion.
+  Result<Ok> upload_part(Pending& p, uint64_t num) {
+    const Local& l = *p.l;
+    const uint64_t off = (num - 1) * *p.a.chunk;
+    if (off >= l.size)
+      return Error{ErrorKind::InvalidResponse, p.fc.describe() + ": multipart part out of range"};
+    http::Request put;
+    put.method = "PUT";
+    put.url = p.a.parts.at(num);
+    put.upload_file = l.file;
+    put.upload_offset = off;
+    put.upload_length = std::min(*p.a.chunk, l.size - off);
+    auto r = t_.call(put, p.fc, false);
+    if (!r) return r.error();
+    p.etags[num - 1] = detail::unquote_etag(r.value().header("etag"));
+    sent(put.upload_length, l.path);
     return Ok{};
   }
 
-  // Multipart: each part PUT to its URL, then the part etags POSTed to `href`.
-  Result<Ok> upload_multipart(const Local& l, const std::string& oid, const UploadAction& a,
-                              const Ctx& fc) {
-    json done_parts = json::array();
-    for (auto& [num, url] : a.parts) {
-      uint64_t off = (num - 1) * *a.chunk;
-      if (off >= l.size)
-        return Error{ErrorKind::InvalidResponse, fc.describe() + ": multipart part out of range"};
-      http::Request put;
-      put.method = "PUT";
-      put.url = url;
-      put.upload_file = l.file;
-      put.upload_offset = off;
-      put.upload_length = std::min(*a.chunk, l.size - off);
-      auto r = t_.call(put, fc, false);
+  // After its bytes: a multipart object's part ETags POSTed to `href`, then the verify action.
+  Result<Ok> finish_object(const Pending& p) {
+    if (p.a.chunk) {
+      json done_parts = json::array();
+      for (size_t k = 0; k < p.etags.size(); ++k)
+        done_parts.push_back({{"partNumber", k + 1}, {"etag", p.etags[k]}});
+      http::Request fin;
+      fin.method = "POST";
+      fin.url = p.a.href;
+      fin.headers = kLfsJson;
+      fin.body = json{{"oid", p.oid}, {"parts", done_parts}}.dump();
+      auto r = t_.call(fin, p.fc, false);
       if (!r) return r.error();
-      done_parts.push_back(
-          {{"partNumber", num}, {"etag", detail::unquote_etag(r.value().header("etag"))}});
-      sent(put.upload_length, l.path);
     }
-    http::Request fin;
-    fin.method = "POST";
-    fin.url = a.href;
-    fin.headers = kLfsJson;
-    fin.body = json{{"oid", oid}, {"parts", done_parts}}.dump();
-    auto r = t_.call(fin, fc, false);
-    if (!r) return r.error();
+    if (p.verify) {
+      if (auto v = verify(*p.verify, p.oid, *p.l, p.fc); !v) return v.error();
+    }
+    std::lock_guard<std::mutex> g(count_mu_);
+    ++out_.lfs_uploaded;
     return Ok{};
   }
 

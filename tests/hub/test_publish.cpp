@@ -325,6 +325,8 @@ class ScriptedHub {
   std::atomic<int> puts{0}, commits{0}, in_flight{0}, peak_in_flight{0};
   int put_delay_ms = 0;
   std::string fail_put;
+  std::mutex mu;
+  std::vector<json> completions;  // multipart completion bodies
 
   ScriptedHub() {
     svr_.Post("/api/repos/create", [](const httplib::Request&, httplib::Response& res) {
@@ -350,7 +352,11 @@ class ScriptedHub {
                 res.set_content(batch(json::parse(req.body)["objects"], url()).dump(),
                                 "application/vnd.git-lfs+json");
               });
-    svr_.Post("/up/.*", [](const httplib::Request&, httplib::Response& res) {
+    svr_.Post("/up/.*", [this](const httplib::Request& req, httplib::Response& res) {
+      {
+        std::lock_guard<std::mutex> g(mu);
+        completions.push_back(json::parse(req.body));
+      }
       res.set_content("{}", "application/json");
     });
     svr_.Put(".*", [this](const httplib::Request& req, httplib::Response& res) {
@@ -364,7 +370,7 @@ class ScriptedHub {
         res.status = 403;
         return;
       }
-      res.set_header("ETag", "\"e\"");
+      res.set_header("ETag", "\"" + req.path + "\"");  // tells the parts apart
       res.status = 200;
     });
     svr_.Post(R"(/api/models/org/x/commit/.*)",
@@ -499,9 +505,10 @@ TEST(HubPublishReplies, ImplausibleRepliesAreErrors) {
   EXPECT_EQ(hub.commits.load(), 1);
 }
 
-// LFS objects go up ClientOptions::parallel_uploads at a time: with each PUT held 250 ms, the
-// server sees that many in flight at once and never more. A refused upload stops the publish
-// before its commit, naming the file.
+// LFS objects, and the parts of a multipart one, go up ClientOptions::parallel_uploads at a time:
+// with each PUT held 250 ms, the server sees that many in flight at once and never more, and the
+// completion lists every part's ETag in part order. A refused upload stops the publish before its
+// commit, naming the file.
 TEST(HubPublishReplies, LfsObjectsUploadParallelUploadsAtATime) {
   TempDir tmp;
   for (int i = 0; i < 6; ++i)
@@ -535,6 +542,35 @@ TEST(HubPublishReplies, LfsObjectsUploadParallelUploadsAtATime) {
     else
       EXPECT_GE(hub.peak_in_flight.load(), 2);
     EXPECT_LE(hub.peak_in_flight.load(), parallel);
+  }
+  {
+    TempDir one;
+    spit(one / "big.bin", random_bytes(25, 9));
+    ScriptedHub hub;
+    hub.batch =
+        batch_with({{"chunk_size", "10"}, {"1", "{part}"}, {"2", "{part}"}, {"3", "{part}"}});
+    hub.commit_reply = good_commit;
+    hub.put_delay_ms = 250;
+    hub::ClientOptions o;
+    o.endpoint = hub.url();
+    o.token = kPublishToken;
+    o.max_retries = 0;
+    o.parallel_uploads = 3;
+    hub::PublishRequest pr;
+    pr.dir = one.path();
+    pr.repo = "org/x";
+    pr.delete_missing = false;
+    auto r = hub::Client(o).upload_folder(pr);
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    EXPECT_EQ(hub.puts.load(), 3);
+    EXPECT_GE(hub.peak_in_flight.load(), 2);
+    ASSERT_EQ(hub.completions.size(), 1u);
+    const json& parts = hub.completions[0]["parts"];
+    ASSERT_EQ(parts.size(), 3u);
+    for (int k = 0; k < 3; ++k) {
+      EXPECT_EQ(parts[size_t(k)]["partNumber"], k + 1);
+      EXPECT_EQ(parts[size_t(k)]["etag"], "/up/" + std::to_string(k + 1));
+    }
   }
   ScriptedHub hub;
   hub.fail_put = st::sha256_hex(slurp(tmp / "w0.bin"));
