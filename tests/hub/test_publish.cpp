@@ -417,6 +417,22 @@ std::function<json(const json&, const std::string&)> batch_with(json header, jso
   };
 }
 
+// upload_folder of `dir` to the scripted Hub's org/x: no retries, nothing deleted.
+hub::Result<hub::CommitInfo> publish_scripted(const ScriptedHub& hub, const fs::path& dir,
+                                              int parallel_uploads = 4) {
+  hub::ClientOptions o;
+  o.endpoint = hub.url();
+  o.token = kPublishToken;
+  o.max_retries = 0;
+  o.disk_reserve = 0;
+  o.parallel_uploads = parallel_uploads;
+  hub::PublishRequest pr;
+  pr.dir = dir;
+  pr.repo = "org/x";
+  pr.delete_missing = false;
+  return hub::Client(o).upload_folder(pr);
+}
+
 }  // namespace
 
 // Implausible or malformed replies (an empty commit id, chunk_size 0 or "abc", sizes that do not
@@ -467,16 +483,7 @@ TEST(HubPublishReplies, ImplausibleRepliesAreErrors) {
     hub.batch = c.batch;
     hub.commit_reply = c.commit.is_null() ? good_commit : c.commit;
     hub.preupload_reply = c.preupload;
-    hub::ClientOptions o;
-    o.endpoint = hub.url();
-    o.token = kPublishToken;
-    o.max_retries = 0;
-    o.disk_reserve = 0;
-    hub::PublishRequest pr;
-    pr.dir = tmp.path();
-    pr.repo = "org/x";
-    pr.delete_missing = false;
-    auto r = hub::Client(o).upload_folder(pr);
+    auto r = publish_scripted(hub, tmp.path());
     ASSERT_FALSE(r.ok()) << "accepted: " << r.value().commit_oid;
     EXPECT_EQ(r.error().kind, hub::ErrorKind::InvalidResponse) << r.error().message;
     EXPECT_NE(r.error().message.find("repo 'org/x'"), std::string::npos) << r.error().message;
@@ -490,15 +497,7 @@ TEST(HubPublishReplies, ImplausibleRepliesAreErrors) {
   ScriptedHub hub;
   hub.batch = batch_with({{"chunk_size", "10"}, {"1", "{part}"}, {"2", "{part}"}, {"3", "{part}"}});
   hub.commit_reply = good_commit;
-  hub::ClientOptions o;
-  o.endpoint = hub.url();
-  o.token = kPublishToken;
-  o.disk_reserve = 0;
-  hub::PublishRequest pr;
-  pr.dir = tmp.path();
-  pr.repo = "org/x";
-  pr.delete_missing = false;
-  auto r = hub::Client(o).upload_folder(pr);
+  auto r = publish_scripted(hub, tmp.path());
   ASSERT_TRUE(r.ok()) << r.error().message;
   EXPECT_EQ(r.value().commit_oid, std::string(40, 'a'));
   EXPECT_EQ(hub.puts.load(), 3);  // parts 1..3 of 25 bytes in chunks of 10
@@ -518,17 +517,7 @@ TEST(HubPublishReplies, LfsObjectsUploadParallelUploadsAtATime) {
     hub.batch = batch_with(json::object());
     hub.commit_reply = good_commit;
     hub.put_delay_ms = 250;
-    hub::ClientOptions o;
-    o.endpoint = hub.url();
-    o.token = kPublishToken;
-    o.max_retries = 0;
-    o.disk_reserve = 0;
-    o.parallel_uploads = parallel;
-    hub::PublishRequest pr;
-    pr.dir = tmp.path();
-    pr.repo = "org/x";
-    pr.delete_missing = false;
-    return hub::Client(o).upload_folder(pr);
+    return publish_scripted(hub, tmp.path(), parallel);
   };
   for (int parallel : {1, 3}) {
     ScriptedHub hub;
@@ -551,16 +540,7 @@ TEST(HubPublishReplies, LfsObjectsUploadParallelUploadsAtATime) {
         batch_with({{"chunk_size", "10"}, {"1", "{part}"}, {"2", "{part}"}, {"3", "{part}"}});
     hub.commit_reply = good_commit;
     hub.put_delay_ms = 250;
-    hub::ClientOptions o;
-    o.endpoint = hub.url();
-    o.token = kPublishToken;
-    o.max_retries = 0;
-    o.parallel_uploads = 3;
-    hub::PublishRequest pr;
-    pr.dir = one.path();
-    pr.repo = "org/x";
-    pr.delete_missing = false;
-    auto r = hub::Client(o).upload_folder(pr);
+    auto r = publish_scripted(hub, one.path(), 3);
     ASSERT_TRUE(r.ok()) << r.error().message;
     EXPECT_EQ(hub.puts.load(), 3);
     EXPECT_GE(hub.peak_in_flight.load(), 2);
