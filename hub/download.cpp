@@ -589,23 +589,16 @@ class SnapshotDownload {
     std::vector<const Job*> small, large;
     for (const auto& j : jobs_)
       (j.e->size >= t_.opt.range_threshold && t_.opt.parallel > 1 ? large : small).push_back(&j);
-    // run_job keeps the first error; parallel_each starts no new file once there is one.
-    (void)detail::parallel_each(small.size(), t_.opt.parallel, [&](size_t k) -> Result<Ok> {
-      run_job(*small[k]);
-      std::lock_guard<std::mutex> g(err_mu_);
-      if (first_error_) return *first_error_;
-      return Ok{};
-    });
-    for (const Job* j : large) {
-      if (first_error_) break;
-      run_job(*j);
-    }
-    if (first_error_) return *first_error_;
+    auto got = detail::parallel_each(small.size(), t_.opt.parallel,
+                                     [&](size_t k) { return run_job(*small[k]); });
+    if (!got) return got.error();
+    for (const Job* j : large)
+      if (auto r = run_job(*j); !r) return r.error();
     return Ok{};
   }
 
-  // Downloads one job's file; the first error is kept.
-  void run_job(const Job& j) {
+  // Downloads one job's file.
+  Result<Ok> run_job(const Job& j) {
     const TreeEntry& e = *j.e;
     FileFetch f;
     f.url = t_.resolve_url(sr_.repo, commit_, e.path);
@@ -625,13 +618,10 @@ class SnapshotDownload {
     }
     Progress pg{done_, progress_, need_};
     auto r = fetch_file(t_, f, pg);
-    if (!r) {
-      std::lock_guard<std::mutex> g(err_mu_);
-      if (!first_error_) first_error_ = r.error();
-      return;
-    }
+    if (!r) return r.error();
     bytes_ += r.value();
     ++downloaded_;
+    return Ok{};
   }
 
   // Local dir: the verified partial becomes the file, with huggingface_hub's metadata
@@ -681,8 +671,6 @@ class SnapshotDownload {
   std::atomic<uint64_t> done_{0};
   std::atomic<uint64_t> bytes_{0};
   std::atomic<size_t> downloaded_{0};
-  std::mutex err_mu_;
-  std::optional<Error> first_error_;
 };
 
 }  // namespace

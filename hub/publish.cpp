@@ -354,29 +354,27 @@ class Publish {
       const json& reply = batch.value();
       if (!reply.is_object() || !reply.contains("objects") || !reply["objects"].is_array())
         return bad_reply("LFS batch", "the reply has no \"objects\" array");
+      // Every object checked before a byte goes up; then the uploads: each basic object and
+      // each part of a multipart one is a unit, opt.parallel_uploads units at once
+      // (huggingface_hub's upload_folder uploads its LFS files on a thread pool too, and one
+      // large file gains from its parts going up side by side); then each multipart object's
+      // completion and each verify. The first failure stops the rest, and there is no commit.
       std::set<std::string> answered;
+      std::vector<Pending> todo;
       for (const auto& o : reply["objects"]) {
         if (!o.is_object() || !o.contains("oid") || !o["oid"].is_string())
           return bad_reply("LFS batch", "an object without a string oid: " + o.dump());
         if (!answered.insert(o["oid"].get<std::string>()).second)
           return bad_reply("LFS batch",
                            "object " + o["oid"].get<std::string>() + " answered twice");
+        auto p = plan_object(o, by_oid);
+        if (!p) return p.error();
+        if (p.value()) todo.push_back(std::move(*p.value()));
       }
       // Every object asked for is answered: one left out would be missing from the commit.
       for (const auto& [oid, l] : by_oid)
         if (!answered.count(oid))
           return bad_reply("LFS batch", "no answer for '" + l->path + "' (oid " + oid + ")");
-      // Every object checked before a byte goes up; then the uploads: each basic object and
-      // each part of a multipart one is a unit, opt.parallel_uploads units at once
-      // (huggingface_hub's upload_folder uploads its LFS files on a thread pool too, and one
-      // large file gains from its parts going up side by side); then each multipart object's
-      // completion and each verify. The first failure stops the rest, and there is no commit.
-      std::vector<Pending> todo;
-      for (const auto& o : reply["objects"]) {
-        auto p = plan_object(o, by_oid);
-        if (!p) return p.error();
-        if (p.value()) todo.push_back(std::move(*p.value()));
-      }
       std::vector<std::pair<size_t, uint64_t>> units;  // (object, part number; 0: basic)
       for (size_t k = 0; k < todo.size(); ++k) {
         Pending& p = todo[k];
