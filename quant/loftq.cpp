@@ -3,7 +3,6 @@
 #include "common/stopwatch.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <limits>
 #include <numbers>

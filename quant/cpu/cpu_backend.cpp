@@ -308,18 +308,18 @@ class CpuBackend final : public Backend {
     // Ascending -> descending; zero below the Gram's rounding level.
     const double top = std::max(lam[size_t(p) - 1], 0.0);
     const double floor = top * 64.0 * double(d + big) * std::numeric_limits<double>::epsilon();
-    std::vector<double> sv(static_cast<size_t>(p)), inv(static_cast<size_t>(p));
-    std::vector<double> zs(size_t(d) * p);  // the small side's vectors, descending
+    std::vector<double> inv(static_cast<size_t>(p));  // 1 / s, 0 for a zeroed value
+    std::vector<double> zs(size_t(d) * p);            // the small side's vectors, descending
+    s.resize(static_cast<size_t>(p));
     for (int j = 0; j < p; ++j) {
       const double l = lam[size_t(p - 1 - j)];
       const bool keep = l > floor && l > 0.0;
-      sv[size_t(j)] = keep ? std::sqrt(l) : 0.0;
-      inv[size_t(j)] = keep ? 1.0 / sv[size_t(j)] : 0.0;
+      const double sj = keep ? std::sqrt(l) : 0.0;
+      s[size_t(j)] = static_cast<float>(sj);
+      inv[size_t(j)] = keep ? 1.0 / sj : 0.0;
       for (int i = 0; i < d; ++i)
         zs[size_t(i) * p + j] = keep ? z[size_t(i) * p + (p - 1 - j)] : 0.0;
     }
-    s.resize(static_cast<size_t>(p));
-    for (int j = 0; j < p; ++j) s[size_t(j)] = static_cast<float>(sv[size_t(j)]);
     u = alloc(size_t(m) * p);
     vt = alloc(size_t(p) * n);
     float* small_side = cb(wide ? *u : *vt).data();  // u is m x p; vt is p x n = zs^T

@@ -48,15 +48,8 @@ constexpr double kSvdVectorCos2 = 1 - 1e-4;  // leading singular subspaces, floa
 #define REQUIRE_CUDA_DEVICE() GTEST_SKIP() << "loftqd was built without CUDA"
 #endif
 
+using loftqd::testing::gaussian;
 using loftqd::testing::structured_matrix;
-
-std::vector<float> gaussian(size_t n, uint32_t seed, float sd = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> g(0.0f, sd);
-  std::vector<float> v(n);
-  for (auto& x : v) x = g(rng);
-  return v;
-}
 
 // Blocks that probe the decision rules: an all-zero block, blocks whose values sit exactly on
 // NF4 thresholds and on midpoints of the NF2/NF3/uniform tables (scale 1), a constant block.

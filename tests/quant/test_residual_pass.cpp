@@ -5,22 +5,15 @@
 
 #include <cmath>
 #include <memory>
-#include <random>
 #include <vector>
 
 #include "quant/backend.h"
+#include "support/matrices.h"
 
 using namespace loftqd::quant;
+using loftqd::testing::gaussian;
 
 namespace {
-
-std::vector<float> gaussian_values(size_t n, unsigned seed, float scale) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> g(0.0f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = g(rng);
-  return v;
-}
 
 struct PassOut {
   double err = 0;
@@ -66,8 +59,8 @@ class ResidualPass : public ::testing::TestWithParam<PassShape> {};
 TEST_P(ResidualPass, FusedTilesMatchTheDefinitionAndTheSeparateCalls) {
   const auto [m, n, rank, block] = GetParam();
   const size_t mn = size_t(m) * n;
-  const auto w = gaussian_values(mn, 1, 0.02f), l = gaussian_values(size_t(m) * rank, 2, 0.05f),
-             r = gaussian_values(size_t(rank) * n, 3, 0.05f), qd = gaussian_values(mn, 4, 0.02f);
+  const auto w = gaussian(mn, 1, 0.02f), l = gaussian(size_t(m) * rank, 2, 0.05f),
+             r = gaussian(size_t(rank) * n, 3, 0.05f), qd = gaussian(mn, 4, 0.02f);
   const QuantSpec spec{QuantMethod::NF, 4, block};
   const PassOut got = run_pass(w, l, r, qd, m, n, rank, &spec, false);
   const PassOut sep = run_pass(w, l, r, qd, m, n, rank, &spec, true);
@@ -114,7 +107,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, ResidualPass,
 TEST(CpuElementwise, SubAndSqDistMatchTheDefinitionAtEveryTailLength) {
   auto be = make_cpu_backend(1);
   for (size_t n : {size_t(1), size_t(7), size_t(8), size_t(15), size_t(33), size_t(1000003)}) {
-    const auto a = gaussian_values(n, 5, 1.0f), b = gaussian_values(n, 6, 3.0f);
+    const auto a = gaussian(n, 5, 1.0f), b = gaussian(n, 6, 3.0f);
     auto ba = be->alloc(n), bb = be->alloc(n), bo = be->alloc(n);
     be->upload(*ba, a.data(), n);
     be->upload(*bb, b.data(), n);

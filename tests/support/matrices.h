@@ -19,6 +19,15 @@ inline quant::LoftqOptions nf_options(int bits, int iters, quant::SvdMode mode, 
   return o;
 }
 
+// n values drawn from N(0, sd^2) with mt19937(seed).
+inline std::vector<float> gaussian(size_t n, uint32_t seed, float sd = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> g(0.0f, sd);
+  std::vector<float> v(n);
+  for (auto& x : v) x = g(rng);
+  return v;
+}
+
 // A weight-like m x n matrix: a decaying rank-24 part, Gaussian noise and outlier columns
 // (every 97th, scaled 6x) — the structure that makes a low-rank correction worth having.
 inline std::vector<float> structured_matrix(int m, int n, uint32_t seed) {
