@@ -148,11 +148,16 @@ class BackboneWriter {
         tp_(tp),
         report_(report) {}
 
-  void write(const model::Checkpoint& ckpt, const fs::path& stage) {
+  void write(model::Checkpoint& ckpt, const fs::path& stage) {
     for (size_t i = 0; i < ckpt.num_shards(); ++i) total_ += ckpt.shard(i).tensors().size();
     std::unique_ptr<quant::CpuWorkers> workers = make_workers();
-    for (size_t i = 0; i < ckpt.num_shards(); ++i)
+    for (size_t i = 0; i < ckpt.num_shards(); ++i) {
+      if (ckpt.pending(i)) {  // still downloading: wait for it, then hold it to its header
+        opt_.wait_for_shard(ckpt.shard_names()[i]);
+        ckpt.load(i);
+      }
       write_shard(ckpt.shard(i), stage / ckpt.shard_names()[i], workers.get());
+    }
     if (opt_.progress) opt_.progress(total_, total_, "");
   }
   std::vector<OwnedTensor>& adapter() { return adapter_; }
@@ -422,7 +427,9 @@ QuantizeReport quantize_model(const fs::path& model_dir, const fs::path& out_dir
 
   // 2. The checkpoint, its targets and the plan for every one of them, checked up front.
   const json config = detail::read_config(model_dir);
-  const model::Checkpoint ckpt = model::Checkpoint::open(model_dir);
+  if (!opt.pending_shards.empty() && !opt.wait_for_shard)
+    throw std::invalid_argument("pending_shards without wait_for_shard");
+  model::Checkpoint ckpt = model::Checkpoint::open(model_dir, opt.pending_shards);
   const detail::TargetPlan tp = detail::plan_targets(model_dir, config, ckpt, opt.settings);
   QuantizeReport report;
   report.model_type = tp.model_type;

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <stdexcept>
@@ -60,6 +61,14 @@ struct QuantizeOptions {
   // files are byte-identical to those of tensor_jobs = 1 on a one-thread CPU backend. With 1, or
   // on another backend, tensors are computed one after the other on `backend`.
   int tensor_jobs = 1;
+  // Shards still being downloaded (the daemon quantizes the first shards while the rest
+  // arrive): shard file name -> its header block (the file's first 8 + N bytes, fetched ahead).
+  // The targets are planned from these headers before the data is there. Before the backbone
+  // reads such a shard, wait_for_shard(name) is called: it returns once the file is in
+  // model_dir, or throws to abandon the run (what it throws propagates; OUT_DIR is left as it
+  // was). A shard whose file then differs from its header is a FormatError.
+  std::map<std::string, std::string> pending_shards;
+  std::function<void(const std::string& shard)> wait_for_shard;
 };
 
 struct LayerReport {

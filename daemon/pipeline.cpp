@@ -5,11 +5,17 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <set>
 
 #include <spdlog/spdlog.h>
 
+#include "common/ids.h"
 #include "common/stopwatch.h"
 #include "convert/convert.h"
+#include "daemon/shard_feed.h"
 #include "hub/hub.h"
 #include "model/safetensors.h"
 #include "quant/device.h"
@@ -174,14 +180,60 @@ struct Pipeline::JobContext {
         out(work / "out") {}
 };
 
+struct Pipeline::Snapshot {
+  fs::path dir;
+  Stopwatch since;                             // the download's clock
+  hub::SnapshotResult got;                     // what the calls made so far fetched
+  std::map<std::string, std::string> pending;  // shard -> header block, for those still coming
+  uint64_t pending_bytes = 0;                  // their sizes
+  std::unique_ptr<ShardFeed> feed;             // null: the snapshot is complete
+  double before_feed_s = 0;                    // the download's seconds before the feed began
+};
+
+namespace {
+
+// The shard files that a sharded snapshot's index lists and the snapshot lacks, in the order
+// model::Checkpoint reads them (sorted). None when there is no index or it cannot be read:
+// the quantize step then reports the problem itself.
+std::vector<std::string> missing_shards(const fs::path& dir) {
+  std::set<std::string> names;
+  try {
+    std::ifstream in(dir / "model.safetensors.index.json");
+    if (!in) return {};
+    const auto j = nlohmann::json::parse(in);
+    for (const auto& [tensor, shard] : j.at("weight_map").items())
+      names.insert(shard.get<std::string>());
+  } catch (const std::exception&) {
+    return {};
+  }
+  std::vector<std::string> out;
+  for (const auto& n : names) {
+    std::error_code ec;
+    if (common::path_problem(n) || n.find('/') != std::string::npos) return {};
+    if (!fs::exists(dir / n, ec)) out.push_back(n);
+  }
+  return out;
+}
+
+void add_fetched(hub::SnapshotResult& to, const hub::SnapshotResult& r) {
+  to.bytes += r.bytes;
+  to.downloaded += r.downloaded;
+  to.files = r.files;
+  to.dir = r.dir;
+}
+
+}  // namespace
+
 void Pipeline::run_job(const storage::Job& job, SyncReport& report) {
   const JobContext ctx(job, cfg_.store);
   try {
-    const config::RepoConfig& rc = job_config(job);         // still watched, same settings
-    const fs::path snapshot = download(ctx, rc);            // 1. the upstream snapshot
-    if (!quantize_step(ctx, rc, snapshot, report)) return;  // 2. LoftQ (false: stopped)
-    const std::string commit = publish(ctx);                // 3. one commit per target
-    finish(ctx, commit, report);                            // 4. recorded; work dir freed
+    const config::RepoConfig& rc = job_config(job);  // still watched, same settings
+    Snapshot snap = download(ctx, rc);               // 1. the upstream snapshot, its missing shards
+    if (!snap.feed) download_done(ctx, snap);        // still coming (snap.feed) while step 2
+    if (!quantize_step(ctx, rc, snap, report)) return;  // 2. LoftQ (false: stopped)
+    if (snap.feed) download_done(ctx, snap);
+    const std::string commit = publish(ctx);  // 3. one commit per target
+    finish(ctx, commit, report);              // 4. recorded; work dir freed
   } catch (const JobFailure& f) {
     fail(ctx, f.message, f.permanent, backoff_s(job.attempts + 1), report);
   } catch (const std::exception& e) {
@@ -199,9 +251,9 @@ const config::RepoConfig& Pipeline::job_config(const storage::Job& job) const {
   return *rc;
 }
 
-fs::path Pipeline::download(const JobContext& ctx, const config::RepoConfig& rc) {
+Pipeline::Snapshot Pipeline::download(const JobContext& ctx, const config::RepoConfig& rc) {
   const storage::Job& job = ctx.job;
-  const Stopwatch sw;
+  Snapshot snap;
   db_.set_state(job.id, storage::JobState::Downloading, now_s());
   log(ctx.tag + " step=download");
   set_status("downloading " + job.repo + "@" + job.upstream_commit.substr(0, 12));
@@ -212,21 +264,77 @@ fs::path Pipeline::download(const JobContext& ctx, const config::RepoConfig& rc)
   sr.allow = rc.allow_patterns;
   sr.ignore = rc.ignore_patterns;
   sr.store = fs::path(cfg_.store);
-  auto snap =
-      upstream.snapshot_download(sr, [this](uint64_t, uint64_t, const std::string&) { beat(); });
-  if (!snap) throw JobFailure{snap.error().message, permanent(snap.error().kind)};
-  if (opt_.metrics) {
-    opt_.metrics->add_downloaded(snap.value().bytes);
-    opt_.metrics->step_finished("download", sw.seconds());
+  const hub::ProgressFn progress = [this](uint64_t, uint64_t, const std::string&) { beat(); };
+  auto fetch = [&](const hub::SnapshotRequest& req) {
+    auto r = upstream.snapshot_download(req, progress);
+    if (!r) throw JobFailure{r.error().message, permanent(r.error().kind)};
+    add_fetched(snap.got, r.value());
+  };
+  // Online, for a layout still to make, the shards come last and in the background: first
+  // everything else (the index among it), then each missing shard's header, so that the
+  // quantize step can plan every target and start on the first shard.
+  std::error_code ec;
+  const bool overlap = !opt_.upstream.offline && !fs::exists(ctx.out / "loftq.json", ec);
+  hub::SnapshotRequest first = sr;
+  if (overlap) first.ignore.push_back("*.safetensors");
+  fetch(first);
+  snap.dir = snap.got.dir;
+  if (!overlap) return snap;
+  const std::vector<std::string> shards = missing_shards(snap.dir);
+  std::string why_not;  // why the shards come in the foreground after all
+  for (const auto& shard : shards) {
+    auto head = upstream.safetensors_header(job.repo, job.upstream_commit, shard);
+    if (!head) {
+      why_not = head.error().message;
+      break;
+    }
+    try {
+      snap.pending_bytes +=
+          model::SafetensorsFile::from_header(snap.dir / shard, head.value())->file_size();
+    } catch (const std::exception& e) {  // the download and the quantize step say it again
+      why_not = e.what();
+      break;
+    }
+    snap.pending.emplace(shard, std::move(head.value()));
   }
-  log(ctx.tag + " step=download done files=" + std::to_string(snap.value().files) +
-      " files_fetched=" + std::to_string(snap.value().downloaded) +
-      " bytes_fetched=" + std::to_string(snap.value().bytes) + " seconds=" + sw.str());
-  return snap.value().dir;
+  if (shards.empty() || !why_not.empty()) {
+    if (!why_not.empty())
+      log(ctx.tag + " step=download shards_in_background=0 reason=\"" + why_not + "\"",
+          spdlog::level::warn);
+    snap.pending.clear();
+    snap.pending_bytes = 0;
+    fetch(sr);
+    return snap;
+  }
+  log(ctx.tag + " step=download shards_in_background=" + std::to_string(shards.size()) +
+      " bytes=" + std::to_string(snap.pending_bytes));
+  snap.before_feed_s = snap.since.seconds();
+  snap.feed = std::make_unique<ShardFeed>(opt_.upstream, sr, shards, progress);
+  return snap;
 }
 
-bool Pipeline::quantize_step(const JobContext& ctx, const config::RepoConfig& rc,
-                             const fs::path& model_dir, SyncReport& report) {
+void Pipeline::download_done(const JobContext& ctx, Snapshot& snap) {
+  double seconds = snap.since.seconds();
+  const size_t background = snap.pending.size();
+  if (snap.feed) {
+    auto r = snap.feed->finish();
+    seconds = snap.before_feed_s + snap.feed->seconds();
+    snap.feed.reset();
+    if (!r) throw JobFailure{r.error().message, permanent(r.error().kind)};
+    add_fetched(snap.got, r.value());
+  }
+  if (opt_.metrics) {
+    opt_.metrics->add_downloaded(snap.got.bytes);
+    opt_.metrics->step_finished("download", seconds);
+  }
+  log(ctx.tag + " step=download done files=" + std::to_string(snap.got.files) + " files_fetched=" +
+      std::to_string(snap.got.downloaded) + " bytes_fetched=" + std::to_string(snap.got.bytes) +
+      (background ? " shards_in_background=" + std::to_string(background) : "") +
+      " seconds=" + std::to_string(seconds));
+}
+
+bool Pipeline::quantize_step(const JobContext& ctx, const config::RepoConfig& rc, Snapshot& snap,
+                             SyncReport& report) {
   // The finished layout appears in the work dir in one rename, so a job that got past this
   // step before a crash publishes those same bytes again (the publish then finds them
   // unchanged and makes no second commit).
@@ -237,22 +345,23 @@ bool Pipeline::quantize_step(const JobContext& ctx, const config::RepoConfig& rc
   }
   // The step writes the layout (a backbone the snapshot's size) and a checkpoint of every
   // finished target tensor beside it (at most the weights again): twice the snapshot, checked
-  // against the disk reserve now rather than hours in.
-  uint64_t snapshot = 0;
+  // against the disk reserve now rather than hours in, with the shards still to come.
+  uint64_t snapshot = snap.pending_bytes;
   std::error_code ec;
-  for (const auto& e : fs::recursive_directory_iterator(model_dir, ec))
+  for (const auto& e : fs::recursive_directory_iterator(snap.dir, ec))
     if (e.is_regular_file(ec)) snapshot += e.file_size(ec);  // follows the snapshot's symlinks
-  if (auto space = storage::check_space(cfg_.store, 2 * snapshot, cfg_.limits.disk_reserve_bytes);
+  if (auto space = storage::check_space(cfg_.store, 2 * snapshot + snap.pending_bytes,
+                                        cfg_.limits.disk_reserve_bytes);
       !space)
     throw JobFailure{"quantize: " + space.error().message + " (limits.disk_reserve)", false};
-  if (quantize(ctx, rc, model_dir, report)) return true;
+  if (quantize(ctx, rc, snap, report)) return true;
   log(ctx.tag + " step=interrupted tensors_done=" +
       std::to_string(db_.tensors_done(ctx.job.id).size()) + " seconds=" + ctx.since_start.str());
   return false;
 }
 
-bool Pipeline::quantize(const JobContext& ctx, const config::RepoConfig& rc,
-                        const fs::path& model_dir, SyncReport& report) {
+bool Pipeline::quantize(const JobContext& ctx, const config::RepoConfig& rc, Snapshot& snap,
+                        SyncReport& report) {
   const storage::Job& job = ctx.job;
   db_.set_state(job.id, storage::JobState::Quantizing, now_s());
   log(ctx.tag + " step=quantize");
@@ -269,6 +378,13 @@ bool Pipeline::quantize(const JobContext& ctx, const config::RepoConfig& rc,
   // source of truth for that; the state db only records progress for the log and status).
   qo.checkpoint_dir = ctx.work / "tensors";
   qo.should_stop = [this] { return opt_.stop && opt_.stop->load(); };
+  qo.pending_shards = snap.pending;
+  qo.wait_for_shard = [&, this](const std::string& shard) {
+    const Stopwatch waited;
+    set_status("quantizing " + job.repo + ": waiting for " + shard);
+    if (auto e = snap.feed->wait(shard)) throw JobFailure{e->message, permanent(e->kind)};
+    log(ctx.tag + " step=quantize shard=" + shard + " waited_s=" + waited.str());
+  };
   qo.on_tensor_done = [this, &job](const std::string& tensor) {
     db_.tensor_done(job.id, tensor);
     failpoint("tensor");
@@ -305,7 +421,7 @@ bool Pipeline::quantize(const JobContext& ctx, const config::RepoConfig& rc,
     log(ctx.tag + " step=quantize resume_from=" + std::to_string(recorded) + " tensors");
   convert::QuantizeReport qr;
   try {
-    qr = convert::quantize_model(model_dir, ctx.out, qo, *backends.primary);
+    qr = convert::quantize_model(snap.dir, ctx.out, qo, *backends.primary);
   } catch (const convert::Interrupted&) {
     ++report.jobs_interrupted;
     return false;

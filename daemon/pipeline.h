@@ -77,15 +77,21 @@ class Pipeline {
   void run_job(const storage::Job& job, SyncReport& report);
   // The job's repo config, checked against the config hash it was queued with.
   const config::RepoConfig& job_config(const storage::Job& job) const;
-  // The upstream snapshot (partials resumed, verified blobs never fetched twice); its dir.
-  std::filesystem::path download(const JobContext& ctx, const config::RepoConfig& rc);
+  struct Snapshot;  // the upstream snapshot, complete or with shards still coming
+
+  // The upstream snapshot (partials resumed, verified blobs never fetched twice). A sharded
+  // checkpoint's missing shards come on a ShardFeed, in the background, while the first ones
+  // are quantized: then everything else is in place and the shards' headers are fetched.
+  Snapshot download(const JobContext& ctx, const config::RepoConfig& rc);
+  // Waits for the shards still coming: the download's done line and metrics.
+  void download_done(const JobContext& ctx, Snapshot& snap);
   // The LoftQ layout in the work dir, made or reused; false when a stop request interrupted it.
-  bool quantize_step(const JobContext& ctx, const config::RepoConfig& rc,
-                     const std::filesystem::path& model_dir, SyncReport& report);
+  bool quantize_step(const JobContext& ctx, const config::RepoConfig& rc, Snapshot& snap,
+                     SyncReport& report);
   // LoftQ of the downloaded snapshot into `out` (checkpointing each tensor beside it); false
   // when a stop request interrupted it. Throws JobFailure-worthy errors as exceptions.
-  bool quantize(const JobContext& ctx, const config::RepoConfig& rc,
-                const std::filesystem::path& model_dir, SyncReport& report);
+  bool quantize(const JobContext& ctx, const config::RepoConfig& rc, Snapshot& snap,
+                SyncReport& report);
   // One commit per configured target, carrying the upstream commit; the last commit id.
   std::string publish(const JobContext& ctx);
   // The upstream as the card names it: repo, revision, commit, and from the Hub its licence

@@ -164,4 +164,79 @@ Result<FileMetadata> Client::file_metadata(const std::string& repo, const std::s
   }
 }
 
+namespace {
+
+// The first `len` bytes of a file (fewer when it is shorter): a GET with Range that reads no
+// more than that, whatever the server sends.
+Result<std::string> file_prefix(const Transport& t, const std::string& url, uint64_t len,
+                                const Ctx& c) {
+  std::string body;
+  bool too_long = false;
+  http::Request req;
+  req.url = url;
+  req.headers.push_back("Range: bytes=0-" + std::to_string(len - 1));
+  req.headers.push_back("Accept-Encoding: identity");
+  req.on_headers = [&](int, const std::multimap<std::string, std::string>&) {
+    body.clear();  // each attempt starts over
+    too_long = false;
+  };
+  req.sink = [&](const char* p, size_t n) {
+    if (body.size() + n > len) {
+      too_long = true;
+      return false;
+    }
+    body.append(p, n);
+    return true;
+  };
+  auto r = t.call(std::move(req), c);
+  if (too_long)
+    return Error{ErrorKind::InvalidResponse,
+                 c.describe() + ": the server sent more than the " + std::to_string(len) +
+                     " bytes a Range request asked for (it ignores Range)"};
+  if (!r) return r.error();
+  return body;
+}
+
+}  // namespace
+
+Result<std::string> Client::safetensors_header(const std::string& repo, const std::string& revision,
+                                               const std::string& path) {
+  constexpr uint64_t kFirst = 100'000, kMaxHeader = 100'000'000;
+  const Ctx c{repo, revision, path};
+  if (auto e = detail::check_repo_id(repo)) return *e;
+  const Transport t(opt_);
+  const std::string url = t.resolve_url(repo, revision, path);
+  auto first = file_prefix(t, url, kFirst, c);
+  if (!first) return first.error();
+  std::string& head = first.value();
+  if (head.size() < 8)
+    return Error{ErrorKind::InvalidResponse,
+                 c.describe() + ": " + std::to_string(head.size()) +
+                     " bytes, too short for a safetensors header length"};
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i)
+    n = (n << 8) | static_cast<unsigned char>(head[static_cast<size_t>(i)]);
+  if (n > kMaxHeader)
+    return Error{ErrorKind::InvalidResponse, c.describe() + ": safetensors header length " +
+                                                 std::to_string(n) + " exceeds the limit of " +
+                                                 std::to_string(kMaxHeader)};
+  if (8 + n > head.size()) {
+    if (head.size() < kFirst)  // the whole file came, and the header goes past its end
+      return Error{ErrorKind::InvalidResponse, c.describe() + ": safetensors header length " +
+                                                   std::to_string(n) +
+                                                   " goes past the end of the file (" +
+                                                   std::to_string(head.size()) + " bytes)"};
+    auto all = file_prefix(t, url, 8 + n, c);
+    if (!all) return all.error();
+    if (all.value().size() != 8 + n)
+      return Error{ErrorKind::InvalidResponse, c.describe() + ": safetensors header length " +
+                                                   std::to_string(n) +
+                                                   " goes past the end of the file (" +
+                                                   std::to_string(all.value().size()) + " bytes)"};
+    return std::move(all.value());
+  }
+  head.resize(8 + n);
+  return std::move(head);
+}
+
 }  // namespace loftqd::hub

@@ -520,8 +520,19 @@ class SnapshotDownload {
       if (!etag_ok)
         return Error{ErrorKind::InvalidResponse, c_.describe() + ": file '" + e.path +
                                                      "' has no valid oid in the tree listing"};
-      if (st::path_selected(e.path, sr_.allow, sr_.ignore)) files_.push_back(std::move(e));
+      if (!st::path_selected(e.path, sr_.allow, sr_.ignore)) continue;
+      if (!sr_.files.empty() &&
+          std::find(sr_.files.begin(), sr_.files.end(), e.path) == sr_.files.end())
+        continue;
+      files_.push_back(std::move(e));
     }
+    for (const auto& want : sr_.files)
+      if (std::none_of(files_.begin(), files_.end(),
+                       [&](const TreeEntry& e) { return e.path == want; }))
+        return Error{ErrorKind::EntryNotFound,
+                     c_.describe() + ": '" + want +
+                         "' is not among the files selected (not in the repo at this revision, "
+                         "or left out by the allow/ignore patterns)"};
     return Ok{};
   }
 

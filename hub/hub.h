@@ -123,6 +123,10 @@ struct SnapshotRequest {
   std::vector<std::string> allow, ignore;          // fnmatch patterns (as snapshot_download)
   std::optional<std::filesystem::path> store;      // HF cache layout
   std::optional<std::filesystem::path> local_dir;  // plain files (snapshot_download local_dir)
+  // When not empty, only these paths of the selection are downloaded and linked (the daemon
+  // fetches a snapshot's shards one call at a time); one that the selection lacks is
+  // EntryNotFound. Offline, the store's snapshot is returned as it is (as for the patterns).
+  std::vector<std::string> files;
 };
 
 struct SnapshotResult {
@@ -171,6 +175,12 @@ class Client {
   // HEAD on resolve (relative redirects followed; an absolute one is returned as `location`).
   Result<FileMetadata> file_metadata(const std::string& repo, const std::string& revision,
                                      const std::string& path);
+  // The header block of a safetensors file (its first 8 + N bytes; N, from the first 8, at
+  // most 100,000,000 as the format allows), read with Range requests as huggingface_hub's
+  // get_safetensors_metadata does: 100,000 bytes first, the rest of a longer header after. No
+  // more than asked is ever read: a server that ignores Range is InvalidResponse.
+  Result<std::string> safetensors_header(const std::string& repo, const std::string& revision,
+                                         const std::string& path);
   // Downloads the selected files of a revision into the store or a local dir: partials
   // resumed with Range, every file verified before it is moved into place, the snapshot
   // linked and the ref written only when every file is there.

@@ -361,6 +361,29 @@ void check_buffer(const std::filesystem::path& p, std::vector<TensorInfo>& tenso
   }
 }
 
+// The entries (checked to tile the data buffer, sorted by offset) and metadata of a parsed
+// header. `avail`: the bytes after the header block; nullopt for a file still to come, whose
+// entries must then tile [0, their largest end) (returned in `avail`).
+std::vector<TensorInfo> read_entries(const std::filesystem::path& p, const json& j,
+                                     std::optional<uint64_t>& avail,
+                                     std::map<std::string, std::string>& metadata) {
+  std::vector<TensorInfo> tensors;
+  tensors.reserve(j.size());
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    if (it.key() == "__metadata__")
+      read_metadata(p, it.value(), metadata);
+    else
+      tensors.push_back(read_entry(p, it.key(), it.value()));
+  }
+  if (!avail) {
+    uint64_t end = 0;
+    for (const auto& t : tensors) end = std::max(end, t.end);
+    avail = end;
+  }
+  check_buffer(p, tensors, *avail);
+  return tensors;
+}
+
 }  // namespace
 
 std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::path& p) {
@@ -370,18 +393,40 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::pa
   uint64_t n = 0;
   const json j = read_header(p, f->map_, f->size_, n);
   f->data_start_ = static_cast<size_t>(8 + n);
-  std::vector<TensorInfo> tensors;
-  tensors.reserve(j.size());
-  for (auto it = j.begin(); it != j.end(); ++it) {
-    if (it.key() == "__metadata__")
-      read_metadata(p, it.value(), f->metadata_);
-    else
-      tensors.push_back(read_entry(p, it.key(), it.value()));
-  }
-  check_buffer(p, tensors, f->size_ - 8 - n);
-  for (size_t i = 0; i < tensors.size(); ++i) f->index_.emplace(tensors[i].name, i);
-  f->tensors_ = std::move(tensors);
+  std::optional<uint64_t> avail = f->size_ - 8 - n;
+  f->index_tensors(read_entries(p, j, avail, f->metadata_));
   return f;
+}
+
+std::unique_ptr<SafetensorsFile> SafetensorsFile::from_header(const std::filesystem::path& p,
+                                                              std::string_view head) {
+  std::unique_ptr<SafetensorsFile> f(new SafetensorsFile());
+  f->path_ = p;
+  f->head_.assign(head);
+  if (head.size() < 8)
+    fail(p, "header block is " + std::to_string(head.size()) +
+                " bytes, too short for the 8-byte header length");
+  uint64_t n = 0;
+  const json j =
+      read_header(p, reinterpret_cast<const std::byte*>(f->head_.data()), head.size(), n);
+  if (8 + n != head.size())
+    fail(p, "header block is " + std::to_string(head.size()) +
+                " bytes, but its length field says " + std::to_string(8 + n));
+  f->data_start_ = static_cast<size_t>(8 + n);
+  std::optional<uint64_t> avail;
+  f->index_tensors(read_entries(p, j, avail, f->metadata_));
+  f->size_ = f->data_start_ + *avail;
+  return f;
+}
+
+void SafetensorsFile::index_tensors(std::vector<TensorInfo> tensors) {
+  for (size_t i = 0; i < tensors.size(); ++i) index_.emplace(tensors[i].name, i);
+  tensors_ = std::move(tensors);
+}
+
+std::string_view SafetensorsFile::header_bytes() const {
+  if (pending()) return head_;
+  return {reinterpret_cast<const char*>(map_), data_start_};
 }
 
 SafetensorsFile::~SafetensorsFile() {
@@ -395,6 +440,9 @@ const TensorInfo* SafetensorsFile::find(std::string_view name) const {
 }
 
 std::span<const std::byte> SafetensorsFile::bytes(const TensorInfo& t) const {
+  if (pending())
+    throw std::logic_error(path_.string() + ": tensor '" + t.name +
+                           "': the file is not there yet (opened from its header)");
   if (t.begin > t.end || t.end > size_ - data_start_) {
     throw std::out_of_range(path_.string() + ": tensor '" + t.name +
                             "': offsets outside this file's buffer");
@@ -609,9 +657,29 @@ bool checkpoint_file_present(const std::filesystem::path& p) {
   fail(p, *why);
 }
 
+// Shard `name` of `dir`: the file when it is there, else from its header block in `pending`
+// (nullptr when neither). A file that is there and also pending must have that header.
+std::shared_ptr<SafetensorsFile> open_shard(const std::filesystem::path& dir,
+                                            const std::string& name,
+                                            const std::map<std::string, std::string>& pending) {
+  const auto p = dir / name;
+  const auto it = pending.find(name);
+  if (!checkpoint_file_present(p)) {
+    if (it == pending.end()) return nullptr;
+    return SafetensorsFile::from_header(p, it->second);
+  }
+  std::shared_ptr<SafetensorsFile> f = SafetensorsFile::open(p);
+  if (it != pending.end() && f->header_bytes() != it->second)
+    fail(p, "its header is not the one fetched ahead of the download (" +
+                std::to_string(f->header_bytes().size()) + " bytes against " +
+                std::to_string(it->second.size()) + "): the file changed upstream");
+  return f;
+}
+
 }  // namespace
 
-Checkpoint Checkpoint::open(const std::filesystem::path& dir) {
+Checkpoint Checkpoint::open(const std::filesystem::path& dir,
+                            const std::map<std::string, std::string>& pending) {
   Checkpoint c;
   c.dir_ = dir;
   const auto index = dir / "model.safetensors.index.json";
@@ -649,14 +717,14 @@ Checkpoint Checkpoint::open(const std::filesystem::path& dir) {
     }
     for (const auto& s : names) {
       const auto sp = dir / s;
-      if (!checkpoint_file_present(sp)) {
+      if (!checkpoint_file_present(sp) && !pending.count(s)) {
         fail(index, "shard '" + s + "' listed in weight_map is missing (" + sp.string() + ")");
       }
     }
     std::map<std::string_view, size_t> where;  // tensor -> shard index
     for (const auto& s : names) {
       c.shard_names_.push_back(s);
-      c.shards_.push_back(SafetensorsFile::open(dir / s));
+      c.shards_.push_back(open_shard(dir, s, pending));
       const size_t i = c.shards_.size() - 1;
       for (const auto& t : c.shards_.back()->tensors()) {
         auto [it, fresh] = where.emplace(t.name, i);
@@ -683,12 +751,22 @@ Checkpoint Checkpoint::open(const std::filesystem::path& dir) {
   if (const auto stray = shard_files_on_disk(dir); !stray.empty())
     fail(dir, "shard file '" + stray.front() + "' without model.safetensors.index.json (" +
                   "the index that lists the shards is missing)");
-  if (checkpoint_file_present(single)) {
+  if (auto f = open_shard(dir, "model.safetensors", pending)) {
     c.shard_names_.push_back("model.safetensors");
-    c.shards_.push_back(SafetensorsFile::open(single));
+    c.shards_.push_back(std::move(f));
     return c;
   }
   fail(dir, "no model.safetensors or model.safetensors.index.json");
+}
+
+void Checkpoint::load(size_t i) {
+  if (!shards_[i]->pending()) return;
+  const auto p = dir_ / shard_names_[i];
+  if (!checkpoint_file_present(p)) fail(p, "the shard is still not there");
+  std::shared_ptr<SafetensorsFile> was = shards_[i];
+  shards_[i] =
+      open_shard(dir_, shard_names_[i], {{shard_names_[i], std::string(was->header_bytes())}});
+  loaded_from_.push_back(std::move(was));
 }
 
 std::vector<std::pair<size_t, const TensorInfo*>> Checkpoint::all_tensors() const {

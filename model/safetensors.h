@@ -9,6 +9,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "model/dtype.h"
@@ -41,6 +42,12 @@ struct TensorInfo {
 class SafetensorsFile {
  public:
   static std::unique_ptr<SafetensorsFile> open(const std::filesystem::path& p);
+  // A file still to come (a shard being downloaded), from its header block alone: `head` is
+  // the file's first 8 + N bytes, validated by the same rules, the entries tiling [0, E) for
+  // the largest end E (the file will be 8 + N + E bytes). tensors(), find() and metadata() work;
+  // bytes(), read_f32() and release() throw std::logic_error until the file is opened.
+  static std::unique_ptr<SafetensorsFile> from_header(const std::filesystem::path& p,
+                                                      std::string_view head);
   ~SafetensorsFile();
   SafetensorsFile(const SafetensorsFile&) = delete;
   SafetensorsFile& operator=(const SafetensorsFile&) = delete;
@@ -49,6 +56,10 @@ class SafetensorsFile {
   const std::vector<TensorInfo>& tensors() const { return tensors_; }  // in offset order
   const TensorInfo* find(std::string_view name) const;                 // nullptr if absent
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  bool pending() const { return map_ == nullptr; }  // made by from_header
+  uint64_t file_size() const { return size_; }      // the file's, or the one it will have
+  // The header block (the first 8 + N bytes) as in the file.
+  std::string_view header_bytes() const;
 
   // Raw little-endian bytes of a tensor (valid while this object lives).
   std::span<const std::byte> bytes(const TensorInfo& t) const;
@@ -60,11 +71,13 @@ class SafetensorsFile {
 
  private:
   SafetensorsFile() = default;
+  void index_tensors(std::vector<TensorInfo> tensors);
   std::filesystem::path path_;
   int fd_ = -1;
   const std::byte* map_ = nullptr;
   size_t size_ = 0;
   size_t data_start_ = 0;  // 8 + N
+  std::string head_;       // pending: the header block
   std::vector<TensorInfo> tensors_;
   std::map<std::string, size_t, std::less<>> index_;
   std::map<std::string, std::string> metadata_;
@@ -108,9 +121,16 @@ void write_safetensors(const std::filesystem::path& p, const std::vector<OwnedTe
 // map is in its shard and no tensor is in two shards, and that every shard-named file in the
 // directory (STEM-NNNNN-of-NNNNN.safetensors) is in the map (a shard-named file without an index
 // is an error too). Other .safetensors files (e.g. consolidated.safetensors) are ignored.
+//
+// `pending` names shards that are still being downloaded, each with its header block (the
+// file's first 8 + N bytes, e.g. fetched with a Range request): a listed shard that is not in
+// the directory yet is opened from its header (SafetensorsFile::from_header), so the tensors
+// of every shard are known before its data is there; load() opens it once it is. A listed
+// shard that is already there is opened and held to that header like load() does.
 class Checkpoint {
  public:
-  static Checkpoint open(const std::filesystem::path& dir);
+  static Checkpoint open(const std::filesystem::path& dir,
+                         const std::map<std::string, std::string>& pending = {});
 
   const std::filesystem::path& dir() const { return dir_; }
   bool sharded() const { return sharded_; }
@@ -118,6 +138,11 @@ class Checkpoint {
   const std::vector<std::string>& shard_names() const { return shard_names_; }
   const SafetensorsFile& shard(size_t i) const { return *shards_[i]; }
   size_t num_shards() const { return shards_.size(); }
+  bool pending(size_t i) const { return shards_[i]->pending(); }
+  // Opens the i-th shard, pending until now, from the directory: FormatError naming the file
+  // when its header block is not byte for byte the one it was planned from (the tensors of a
+  // pending shard stay valid: pointers into them may be kept).
+  void load(size_t i);
   // All tensors with the shard index that holds each.
   std::vector<std::pair<size_t, const TensorInfo*>> all_tensors() const;
   const std::filesystem::path& index_path() const { return index_path_; }  // empty if unsharded
@@ -128,6 +153,7 @@ class Checkpoint {
   bool sharded_ = false;
   std::vector<std::string> shard_names_;
   std::vector<std::shared_ptr<SafetensorsFile>> shards_;
+  std::vector<std::shared_ptr<SafetensorsFile>> loaded_from_;  // the pending ones load() replaced
 };
 
 }  // namespace loftqd::model

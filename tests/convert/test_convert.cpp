@@ -5,8 +5,10 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -196,6 +198,90 @@ TEST_F(ConvertTest, InterruptedRunLeavesOutputAsItWas) {
   o.should_stop = [&] { return ++polls > 3; };
   EXPECT_THROW(quantize_model(model_, tmp_ / "out", o, *backend_), Interrupted);
   EXPECT_FALSE(fs::exists(tmp_ / "out"));
+  for (const auto& e : fs::directory_iterator(tmp_.path()))
+    EXPECT_FALSE(e.path().filename().string().starts_with(".")) << e.path();
+}
+
+// The daemon quantizes the first shards while the rest download: a run planned from the
+// pending shards' header blocks, each waited for before it is read, writes the same bytes as a
+// run over the complete checkpoint; a wait that throws, or a shard that arrives with another
+// header, leaves OUT_DIR as it was.
+TEST_F(ConvertTest, PendingShardsAreWaitedForAndGiveTheSameLayout) {
+  model::SynthOptions so;
+  so.arch = "llama";
+  so.layers = 3;
+  so.hidden = 64;
+  so.intermediate = 128;
+  so.heads = 4;
+  so.vocab = 64;
+  so.shards = 3;
+  const fs::path dir = tmp_ / "sharded", away = tmp_ / "away";
+  model::synth_checkpoint(so, dir);
+  std::vector<std::string> shards;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().filename().string().starts_with("model-")) shards.push_back(e.path().filename());
+  std::sort(shards.begin(), shards.end());
+  ASSERT_EQ(shards.size(), 3u);
+  quantize_model(dir, tmp_ / "whole", options(), *backend_);
+
+  // Shards 2 and 3 are "downloading": away, known by their header blocks (read by hand).
+  fs::create_directories(away);
+  std::map<std::string, std::string> pending;
+  for (size_t i = 1; i < 3; ++i) {
+    const std::string all = slurp(dir / shards[i]);
+    uint64_t n = 0;
+    for (int b = 7; b >= 0; --b) n = (n << 8) | static_cast<unsigned char>(all[b]);
+    pending[shards[i]] = all.substr(0, 8 + n);
+    fs::rename(dir / shards[i], away / shards[i]);
+  }
+  QuantizeOptions o = options();
+  o.pending_shards = pending;
+  std::vector<std::string> waited;
+  size_t targets_before_wait = 0, done = 0;
+  o.on_tensor_done = [&](const std::string&) { ++done; };
+  o.wait_for_shard = [&](const std::string& s) {
+    if (waited.empty()) targets_before_wait = done;
+    waited.push_back(s);
+    fs::rename(away / s, dir / s);
+  };
+  quantize_model(dir, tmp_ / "overlapped", o, *backend_);
+  EXPECT_EQ(waited, (std::vector<std::string>{shards[1], shards[2]}));
+  EXPECT_GT(targets_before_wait, 0u);  // shard 1 was quantized before shard 2 was there
+  for (const std::string& f :
+       {shards[0], shards[1], shards[2], std::string("model.safetensors.index.json"),
+        std::string("loftq_init/adapter_model.safetensors"),
+        std::string("loftq_init/adapter_config.json")})
+    EXPECT_EQ(slurp(tmp_ / "overlapped" / f), slurp(tmp_ / "whole" / f)) << f;
+
+  // Unplanned without a way to wait.
+  QuantizeOptions no_wait = options();
+  no_wait.pending_shards = pending;
+  EXPECT_THROW(quantize_model(dir, tmp_ / "x", no_wait, *backend_), std::invalid_argument);
+
+  // The wait gives up: what it throws comes out, and nothing is left behind.
+  fs::rename(dir / shards[2], away / shards[2]);
+  struct Gone {};
+  o.wait_for_shard = [&](const std::string& s) {
+    if (s == shards[2]) throw Gone{};
+  };
+  EXPECT_THROW(quantize_model(dir, tmp_ / "failed", o, *backend_), Gone);
+  EXPECT_FALSE(fs::exists(tmp_ / "failed"));
+  // The shard arrives changed (one byte of its header): refused, naming it.
+  std::string changed = slurp(away / shards[2]);
+  const size_t at = changed.find("\"pt\"");  // __metadata__ {"format": "pt"}
+  ASSERT_NE(at, std::string::npos);
+  changed[at + 2] = 'u';  // a valid header of the same length, not the one planned from
+  o.wait_for_shard = [&](const std::string& s) {
+    if (s == shards[2]) spit(dir / s, changed);
+  };
+  try {
+    quantize_model(dir, tmp_ / "changed", o, *backend_);
+    ADD_FAILURE() << "a changed shard was accepted";
+  } catch (const model::FormatError& e) {
+    EXPECT_THAT(e.what(), HasSubstr(shards[2]));
+    EXPECT_THAT(e.what(), HasSubstr("not the one fetched ahead"));
+  }
+  EXPECT_FALSE(fs::exists(tmp_ / "changed"));
   for (const auto& e : fs::directory_iterator(tmp_.path()))
     EXPECT_FALSE(e.path().filename().string().starts_with(".")) << e.path();
 }

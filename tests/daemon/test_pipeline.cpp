@@ -28,6 +28,7 @@ using loftqd::daemon::PipelineOptions;
 using loftqd::daemon::SyncReport;
 using loftqd::storage::JobState;
 using loftqd::testing::count_of;
+using loftqd::testing::slurp;
 using loftqd::testing::TempDir;
 using loftqd::testing::Upstream;
 using nlohmann::json;
@@ -40,8 +41,8 @@ constexpr const char* kWriteToken = "pipeline-test-write-token";
 
 class PipelineTest : public ::testing::Test {
  protected:
-  explicit PipelineTest(loftqd::model::SynthOptions so = Upstream::small())
-      : up_(tmp_.path(), 0, so) {
+  explicit PipelineTest(loftqd::model::SynthOptions so = Upstream::small(), uint64_t rate = 0)
+      : up_(tmp_.path(), rate, so) {
     loftqd::mirror::MirrorOptions mo;
     mo.store = tmp_ / "store";
     mo.port = 0;
@@ -102,7 +103,91 @@ class PipelineMixtralTest : public PipelineTest {
   }
 };
 
+// An upstream sharded in three, served at 600 kB/s a file: each shard takes about half a second.
+class PipelineShardedTest : public PipelineTest {
+ protected:
+  PipelineShardedTest() : PipelineTest(sharded(), 600'000) {}
+  static loftqd::model::SynthOptions sharded() {
+    auto so = Upstream::small();
+    so.shards = 3;
+    return so;
+  }
+  // The upstream snapshot's shard files, in order.
+  std::vector<std::string> shards() const {
+    std::vector<std::string> out;
+    for (const auto& e : fs::directory_iterator(up_snapshot()))
+      if (e.path().filename().string().starts_with("model-")) out.push_back(e.path().filename());
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+  fs::path up_snapshot() const {
+    return up_.store() / "models--up--tiny" / "snapshots" / up_.commit();
+  }
+  fs::path our_snapshot() const {
+    return tmp_ / "store" / "models--up--tiny" / "snapshots" / up_.commit();
+  }
+};
+
 }  // namespace
+
+// The shards come in the background: everything else and the shards' headers first, then the
+// first tensors are quantized while the later shards are still downloading; the job publishes
+// every target.
+TEST_F(PipelineShardedTest, LaterShardsDownloadWhileTheFirstIsQuantized) {
+  const auto cfg = config();
+  auto po = options(cfg);
+  const std::vector<std::string> names = shards();
+  ASSERT_EQ(names.size(), 3u);
+  int tensors = 0;
+  bool last_shard_there_at_first_tensor = true;
+  po.failpoint = [&](const std::string& name) {
+    if (name != "tensor" || tensors++ > 0) return;
+    last_shard_there_at_first_tensor = fs::exists(our_snapshot() / names[2]);
+  };
+  Pipeline p(cfg, *db_, po);
+  const SyncReport r = p.sync_once();
+  ASSERT_TRUE(r.ok()) << ::testing::PrintToString(r.errors) << log_;
+  EXPECT_EQ(r.jobs_done, 1);
+  EXPECT_FALSE(last_shard_there_at_first_tensor) << log_;
+  EXPECT_THAT(log_, HasSubstr("step=download shards_in_background=3 bytes="));
+  EXPECT_THAT(log_, HasSubstr("step=quantize shard=" + names[1] + " waited_s="));
+  EXPECT_THAT(log_, HasSubstr(" shards_in_background=3 seconds="));  // the done line
+  // LoftQ began before the download was done.
+  EXPECT_LT(log_.find(" step=quantize\n"), log_.find("step=download done")) << log_;
+  EXPECT_EQ(problems_, "");
+  const auto job = jobs().at(0);
+  const fs::path published =
+      tmp_ / "store" / "models--me--tiny-loftq" / "snapshots" / job.published_commit;
+  for (const auto& n : names) EXPECT_EQ(slurp(our_snapshot() / n), slurp(up_snapshot() / n)) << n;
+  const json rec = json::parse(slurp(published / "loftq.json"));
+  EXPECT_EQ(rec.at("layers").size(), 14u);  // 2 layers x 7 projections, from all three shards
+  for (const auto& n : names) EXPECT_TRUE(fs::exists(published / n)) << n;
+}
+
+// A shard that fails its download while LoftQ runs fails the job with that shard's error;
+// nothing is published and the retry starts over from what was kept.
+TEST_F(PipelineShardedTest, AShardThatFailsInTheBackgroundFailsTheJob) {
+  const std::vector<std::string> names = shards();
+  ASSERT_EQ(names.size(), 3u);
+  // The upstream's last shard blob changes after its header: it no longer hashes to its oid.
+  const fs::path blob = fs::canonical(up_snapshot() / names[2]);
+  fs::permissions(blob, fs::perms::owner_write, fs::perm_options::add);
+  std::string bytes = slurp(blob);
+  bytes[bytes.size() - 3] ^= 0x5a;
+  loftqd::testing::spit(blob, bytes);
+  const auto cfg = config();
+  Pipeline p(cfg, *db_, options(cfg));
+  const SyncReport r = p.sync_once();
+  ASSERT_EQ(r.jobs_failed, 1) << log_;
+  const auto job = jobs().at(0);
+  EXPECT_EQ(job.state, JobState::Queued);  // a hash mismatch is worth a retry
+  EXPECT_THAT(job.last_error, HasSubstr(names[2]));
+  EXPECT_THAT(job.last_error, HasSubstr("sha256"));
+  EXPECT_FALSE(fs::exists(work_dir(job.id) / "out"));
+  EXPECT_FALSE(fs::exists(tmp_ / "store" / "models--me--tiny-loftq"));
+  EXPECT_FALSE(fs::exists(our_snapshot() / names[2]));
+  EXPECT_TRUE(fs::exists(our_snapshot() / names[1]));
+}
 
 // The weights a job leaves out are logged at warn with the job, and counted in its done line.
 TEST_F(PipelineMixtralTest, LeftOutWeightsAreWarnedAboutWithTheJob) {

@@ -14,7 +14,7 @@ namespace st = loftqd::storage;
 namespace loftqd::testing {
 
 struct Fault {
-  enum Kind { Fail, Drop, Truncate, Corrupt, Stall } kind = Fail;
+  enum Kind { Fail, Drop, Truncate, Corrupt, Stall, IgnoreRange } kind = Fail;
   std::string path_part;
   int times = 1;
   int status = 500;
@@ -79,6 +79,19 @@ struct FaultServer::Impl {
     if (fault && fault->kind == Fault::Truncate) {
       res.set_content(content.substr(0, std::min(fault->bytes, content.size())),
                       "application/octet-stream");
+      return;
+    }
+    if (fault && fault->kind == Fault::IgnoreRange) {  // 200, chunked, the whole file
+      auto whole = std::make_shared<std::string>(content);
+      res.set_chunked_content_provider(
+          "application/octet-stream", [whole](size_t offset, httplib::DataSink& sink) {
+            if (offset >= whole->size()) {
+              sink.done();
+              return true;
+            }
+            const size_t n = std::min<size_t>(whole->size() - offset, 4096);
+            return sink.write(whole->data() + offset, n);
+          });
       return;
     }
     std::string body = content;
@@ -262,6 +275,15 @@ void FaultServer::drop_after(const std::string& part, size_t bytes, int times) {
   f.path_part = part;
   f.times = times;
   f.bytes = bytes;
+  impl_->faults.push_back(f);
+}
+
+void FaultServer::ignore_range(const std::string& part, int times) {
+  std::lock_guard<std::mutex> g(impl_->mu);
+  Fault f;
+  f.kind = Fault::IgnoreRange;
+  f.path_part = part;
+  f.times = times;
   impl_->faults.push_back(f);
 }
 

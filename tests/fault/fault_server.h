@@ -40,6 +40,7 @@ class FaultServer {
   void truncate(const std::string& path_part, size_t bytes, int times);    // short body, then close
   void corrupt(const std::string& path_part, int times);                   // flip bytes
   void stall(const std::string& path_part, size_t bytes, int seconds, int times);
+  void ignore_range(const std::string& path_part, int times);  // 200 with the whole file, chunked
   // resolve requests answer 302 to `base` + "/cdn/" + path (absolute URL on another host).
   void redirect_resolve_to(const std::string& base);
   // resolve requests answer a relative 307 to /alias/... first (same host).

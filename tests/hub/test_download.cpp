@@ -310,3 +310,79 @@ TEST_F(HubClient, ACompleteSnapshotIsNotHeldToTheReserve) {
   ASSERT_FALSE(miss.ok());
   EXPECT_EQ(miss.error().kind, hub::ErrorKind::NoSpace);
 }
+
+// The daemon fetches a snapshot's shards one call at a time: `files` narrows the selection to
+// the paths it names, and a path the selection lacks is an error, never an empty success.
+TEST_F(HubClient, FilesNarrowTheSelectionToTheNamedPaths) {
+  hub::Client c(opts());
+  auto req = store_req();
+  req.files = {"model.safetensors"};
+  auto r = c.snapshot_download(req);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r.value().files, 1u);
+  EXPECT_EQ(r.value().downloaded, 1u);
+  EXPECT_EQ(slurp(snapshot() / "model.safetensors"), srv.content("model.safetensors"));
+  EXPECT_FALSE(fs::exists(snapshot() / "config.json"));
+  EXPECT_EQ(srv.count("GET", "/resolve/"), 1u);
+  for (auto files :
+       {std::vector<std::string>{"nope.bin"}, std::vector<std::string>{"config.json", "sub"}}) {
+    req.files = files;
+    auto bad = c.snapshot_download(req);
+    ASSERT_FALSE(bad.ok());
+    EXPECT_EQ(bad.error().kind, hub::ErrorKind::EntryNotFound);
+    EXPECT_NE(bad.error().message.find("'" + files.back() + "' is not among the files selected"),
+              std::string::npos)
+        << bad.error().message;
+  }
+  req.files = {"config.json"};
+  req.ignore = {"*.json"};  // named, but left out by the patterns
+  auto ignored = c.snapshot_download(req);
+  ASSERT_FALSE(ignored.ok());
+  EXPECT_EQ(ignored.error().kind, hub::ErrorKind::EntryNotFound);
+  EXPECT_FALSE(fs::exists(snapshot() / "config.json"));
+}
+
+namespace {
+
+// A safetensors file built by hand: the length field, `header` and `buffer` bytes.
+std::string st_bytes(const std::string& header, size_t buffer) {
+  std::string out;
+  for (int i = 0; i < 8; ++i)
+    out.push_back(static_cast<char>((uint64_t{header.size()} >> (8 * i)) & 0xFF));
+  return out + header + random_bytes(buffer, 3);
+}
+
+}  // namespace
+
+// The header block comes with Range requests and no more: 100,000 bytes first, then exactly
+// the rest of a longer header; a server that ignores Range is refused without reading the file.
+// (Files shorter than the first read: tests/mirror/test_read_api.cpp, whose server clips ranges
+// as the Hub does.)
+TEST_F(HubClient, SafetensorsHeaderReadsTheHeaderBlockAndNoMore) {
+  const std::string short_h = R"({"w":{"dtype":"U8","shape":[400000],"data_offsets":[0,400000]}})";
+  srv.add_file("a.safetensors", st_bytes(short_h, 400000), true);
+  const std::string long_h = R"({"__metadata__":{"k":")" + std::string(150000, 'm') +
+                             R"("},"w":{"dtype":"U8","shape":[10],"data_offsets":[0,10]}})";
+  srv.add_file("b.safetensors", st_bytes(long_h, 10), true);
+  hub::Client c(opts());
+  auto a = c.safetensors_header(srv.repo(), "main", "a.safetensors");
+  ASSERT_TRUE(a.ok()) << a.error().message;
+  EXPECT_EQ(a.value(), srv.content("a.safetensors").substr(0, 8 + short_h.size()));
+  auto b = c.safetensors_header(srv.repo(), "main", "b.safetensors");
+  ASSERT_TRUE(b.ok()) << b.error().message;
+  EXPECT_EQ(b.value(), srv.content("b.safetensors").substr(0, 8 + long_h.size()));
+  std::vector<std::string> ranges;
+  for (const auto& q : srv.requests())
+    if (q.path.find("/resolve/") != std::string::npos) ranges.push_back(q.range);
+  EXPECT_EQ(ranges, (std::vector<std::string>{"bytes=0-99999", "bytes=0-99999",
+                                              "bytes=0-" + std::to_string(8 + long_h.size() - 1)}));
+  srv.ignore_range("a.safetensors", 1);
+  auto ignored = c.safetensors_header(srv.repo(), "main", "a.safetensors");
+  ASSERT_FALSE(ignored.ok());
+  EXPECT_EQ(ignored.error().kind, hub::ErrorKind::InvalidResponse);
+  EXPECT_NE(ignored.error().message.find("ignores Range"), std::string::npos)
+      << ignored.error().message;
+  auto missing = c.safetensors_header(srv.repo(), "main", "nope.safetensors");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.error().kind, hub::ErrorKind::EntryNotFound);
+}

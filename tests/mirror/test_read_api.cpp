@@ -19,6 +19,7 @@
 using loftqd::testing::slurp;
 using nlohmann::json;
 namespace st = loftqd::storage;
+namespace hub = loftqd::hub;
 using loftqd::mirror::MirrorOptions;
 using mirror_test::bearer;
 using mirror_test::MirrorRead;
@@ -314,4 +315,39 @@ TEST_F(MirrorRead, RootPageSaysWhatThisIs) {
   EXPECT_NE(r->body.find("HF_ENDPOINT=http://127.0.0.1:" + std::to_string(mirror->port())),
             std::string::npos);
   EXPECT_NE(r->body.find("HF_HUB_DISABLE_XET=1"), std::string::npos);
+}
+
+// hub::Client::safetensors_header on files shorter than its first 100,000-byte Range, which
+// the mirror clips like the Hub: the whole small file is the header block; a file too short
+// for the length field, or whose header goes past its end, is refused naming it.
+TEST_F(MirrorRead, SafetensorsHeadersOfFilesShorterThanTheFirstRange) {
+  auto st_bytes = [](const std::string& header) {
+    std::string out;
+    for (int i = 0; i < 8; ++i)
+      out.push_back(static_cast<char>((uint64_t{header.size()} >> (8 * i)) & 0xFF));
+    return out + header;
+  };
+  const std::map<std::string, std::string> content = {
+      {"tiny.safetensors", st_bytes(R"({"a":{"dtype":"U8","shape":[0],"data_offsets":[0,0]}})")},
+      {"short.safetensors", "12345"},
+      {"past.safetensors", st_bytes(std::string(30, ' ')).substr(0, 20)}};
+  std::map<std::string, std::string> files;
+  for (const auto& [path, bytes] : content) {
+    auto d = st::Digest::lfs(st::sha256_hex(bytes), bytes.size());
+    ASSERT_TRUE(store.put_blob("org/h", bytes, d).ok());
+    files[path] = d.hex;
+  }
+  ASSERT_TRUE(store.write_meta("org/h", {false, false, st::iso8601_now(), st::iso8601_now()}).ok());
+  ASSERT_TRUE(store.commit_snapshot("org/h", "main", files, std::nullopt).ok());
+  start();
+  hub::Client c(client_opts());
+  auto tiny = c.safetensors_header("org/h", "main", "tiny.safetensors");
+  ASSERT_TRUE(tiny.ok()) << tiny.error().message;
+  EXPECT_EQ(tiny.value(), content.at("tiny.safetensors"));
+  for (const char* bad : {"short.safetensors", "past.safetensors"}) {
+    auto r = c.safetensors_header("org/h", "main", bad);
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_EQ(r.error().kind, hub::ErrorKind::InvalidResponse);
+    EXPECT_NE(r.error().message.find(bad), std::string::npos) << r.error().message;
+  }
 }

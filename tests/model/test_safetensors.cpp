@@ -25,6 +25,7 @@ namespace fs = std::filesystem;
 using loftqd::testing::slurp;
 using loftqd::testing::spit;
 using loftqd::testing::TempDir;
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 
 // 8-byte little-endian length + header + buffer. `n` overrides the length field.
@@ -741,6 +742,97 @@ TEST(Checkpoint, UnrelatedSafetensorsFilesAreIgnored) {
   write_u8_shard(single / "model.safetensors", {"a"});
   write_u8_shard(single / "consolidated.safetensors", {"tok_embeddings.weight"});
   EXPECT_EQ(Checkpoint::open(single.path()).all_tensors().size(), 1u);
+}
+
+// The header block of a file as the daemon fetches it ahead (first 8 + N bytes), written by
+// hand from the file's length field, not by the reader under test.
+std::string header_block(const fs::path& p) {
+  const std::string all = slurp(p);
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i)
+    n = (n << 8) | static_cast<unsigned char>(all[static_cast<size_t>(i)]);
+  return all.substr(0, static_cast<size_t>(8 + n));
+}
+
+// A shard still downloading is planned from its header block: its tensors, offsets and file
+// size are known, its data is not readable, and load() opens the file once it is there.
+TEST(Checkpoint, APendingShardIsKnownFromItsHeaderAndLoadedLater) {
+  TempDir dir, away;
+  std::vector<OwnedTensor> ts = {{{"b", DType::F16, {2, 3}}, std::vector<std::byte>(12)},
+                                 {{"c", DType::U8, {5}}, std::vector<std::byte>(5)}};
+  for (size_t i = 0; i < ts[0].data.size(); ++i) ts[0].data[i] = static_cast<std::byte>(i + 1);
+  write_safetensors(away / kShard2, ts, {{"format", "pt"}});
+  write_u8_shard(dir / kShard1, {"a"});
+  spit(dir / "model.safetensors.index.json",
+       index_json({{"a", kShard1}, {"b", kShard2}, {"c", kShard2}}));
+  const std::string head = header_block(away / kShard2);
+  auto c = Checkpoint::open(dir.path(), {{kShard2, head}});
+  ASSERT_EQ(c.num_shards(), 2u);
+  EXPECT_FALSE(c.pending(0));
+  ASSERT_TRUE(c.pending(1));
+  const SafetensorsFile& p = c.shard(1);
+  EXPECT_EQ(p.path(), dir / kShard2);
+  EXPECT_EQ(p.file_size(), fs::file_size(away / kShard2));
+  EXPECT_EQ(p.header_bytes(), head);
+  EXPECT_EQ(p.metadata().at("format"), "pt");
+  ASSERT_EQ(p.tensors().size(), 2u);
+  const TensorInfo* b = p.find("b");
+  ASSERT_NE(b, nullptr);
+  EXPECT_EQ(b->shape, (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(b->nbytes(), 12u);
+  EXPECT_THROW(p.bytes(*b), std::logic_error);
+  EXPECT_THROW(p.read_f32(*b), std::logic_error);
+  EXPECT_EQ(c.all_tensors().size(), 3u);
+  EXPECT_THAT(format_error([&] { c.load(1); }), HasSubstr("still not there"));
+  EXPECT_TRUE(c.pending(1));
+  fs::rename(away / kShard2, dir / kShard2);
+  c.load(1);
+  EXPECT_FALSE(c.pending(1));
+  EXPECT_EQ(b->name, "b");  // the planned entries stay valid
+  const auto got = c.shard(1).bytes(*c.shard(1).find("b"));
+  EXPECT_EQ(std::vector<std::byte>(got.begin(), got.end()), ts[0].data);
+}
+
+// A shard that arrives with another header than the one planned from is refused, naming it;
+// so is a shard already there that does not match its pending header.
+TEST(Checkpoint, AShardWhoseHeaderChangedIsRefused) {
+  TempDir dir, other;
+  write_u8_shard(dir / kShard1, {"a"});
+  spit(dir / "model.safetensors.index.json", index_json({{"a", kShard1}, {"b", kShard2}}));
+  write_u8_shard(other / kShard2, {"b"});
+  std::string head = header_block(other / kShard2);
+  auto c = Checkpoint::open(dir.path(), {{kShard2, head}});
+  // The same tensor, now with metadata: a different header block.
+  write_safetensors(dir / kShard2, {{{"b", DType::U8, {1}}, as_bytes("x")}}, {{"k", "v"}});
+  EXPECT_THAT(format_error([&] { c.load(1); }),
+              AllOf(HasSubstr((dir / kShard2).string()), HasSubstr("not the one fetched ahead")));
+  EXPECT_THAT(format_error([&] {
+                Checkpoint::open(dir.path(), {{kShard2, head}});
+              }),
+              HasSubstr("not the one fetched ahead"));
+  EXPECT_NO_THROW(Checkpoint::open(dir.path(), {{kShard2, header_block(dir / kShard2)}}));
+  // A missing shard without a header is still missing.
+  fs::remove(dir / kShard2);
+  expect_checkpoint_rejected(dir, {kShard2, "missing"});
+}
+
+// A header block is held to the file rules: exactly 8 + N bytes, entries without holes or
+// overlaps.
+TEST(Checkpoint, AHeaderBlockIsValidatedLikeAFile) {
+  const fs::path p = "/nonexistent/x.safetensors";
+  const std::string ok = raw_file(R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}})", "");
+  EXPECT_EQ(SafetensorsFile::from_header(p, ok)->file_size(), ok.size() + 2);
+  EXPECT_THAT(format_error([&] { SafetensorsFile::from_header(p, ok + "xx"); }),
+              HasSubstr("its length field says"));
+  EXPECT_THAT(format_error([&] { SafetensorsFile::from_header(p, ok.substr(0, 20)); }),
+              HasSubstr("past the end"));
+  EXPECT_THAT(format_error([&] { SafetensorsFile::from_header(p, "abc"); }),
+              HasSubstr("too short"));
+  const std::string hole = raw_file(R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},)"
+                                    R"("b":{"dtype":"U8","shape":[2],"data_offsets":[4,6]}})",
+                                    "");
+  EXPECT_THAT(format_error([&] { SafetensorsFile::from_header(p, hole); }),
+              AllOf(HasSubstr(p.string()), HasSubstr("hole")));
 }
 
 TEST(Checkpoint, ShardTensorNotInWeightMap) {

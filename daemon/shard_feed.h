@@ -1,0 +1,61 @@
+// The shards of an upstream snapshot, downloaded on a thread of their own in the order the
+// quantize step reads them, so that shard k + 1 arrives while shard k is quantized (issue 14).
+// Each shard is one snapshot_download call (SnapshotRequest::files): verified, installed and
+// linked into the snapshot before wait() lets the reader open it. The rest of the selection
+// follows the shards in one last call, which also finds everything in place and links it.
+#pragma once
+
+#include <condition_variable>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/stopwatch.h"
+#include "hub/hub.h"
+
+namespace loftqd::daemon {
+
+class ShardFeed {
+ public:
+  // Starts at once. `sr` is the whole selection; `shards` the shard files still to fetch, in
+  // the order they will be waited for. `progress` is called from the feed's thread.
+  ShardFeed(hub::ClientOptions opt, hub::SnapshotRequest sr, std::vector<std::string> shards,
+            hub::ProgressFn progress = {});
+  // Asks the thread to stop after the call in flight (a download is not cut half-way: its
+  // partial would be resumed anyway) and joins it.
+  ~ShardFeed();
+  ShardFeed(const ShardFeed&) = delete;
+  ShardFeed& operator=(const ShardFeed&) = delete;
+
+  // Blocks until `shard` is in the snapshot: nullopt then, or the error that ended the feed
+  // before it got there (a shard the feed does not fetch returns at once).
+  std::optional<hub::Error> wait(const std::string& shard);
+  // Blocks until the whole selection is in place: the last call's result with the files
+  // fetched and bytes received by every call added up, or the first error.
+  hub::Result<hub::SnapshotResult> finish();
+  // Shards in place so far.
+  size_t shards_done() const;
+  // How long the feed ran (once finish() has returned).
+  double seconds() const;
+
+ private:
+  void run();
+
+  const hub::ClientOptions opt_;
+  const hub::SnapshotRequest sr_;
+  const std::vector<std::string> shards_;
+  const hub::ProgressFn progress_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  size_t done_ = 0;  // shards in place
+  bool finished_ = false, stop_ = false;
+  std::optional<hub::Error> error_;
+  hub::SnapshotResult result_;  // the sums so far; the last call's dir and commit
+  const common::Stopwatch clock_;
+  double seconds_ = 0;
+  std::thread thread_;  // last: started once every member above exists
+};
+
+}  // namespace loftqd::daemon
