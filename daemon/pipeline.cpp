@@ -274,7 +274,8 @@ Pipeline::Snapshot Pipeline::download(const JobContext& ctx, const config::RepoC
   // everything else (the index among it), then each missing shard's header, so that the
   // quantize step can plan every target and start on the first shard.
   std::error_code ec;
-  const bool overlap = !opt_.upstream.offline && !fs::exists(ctx.out / "loftq.json", ec);
+  const bool overlap =
+      opt_.overlap_download && !opt_.upstream.offline && !fs::exists(ctx.out / "loftq.json", ec);
   hub::SnapshotRequest first = sr;
   if (overlap) first.ignore.push_back("*.safetensors");
   fetch(first);
@@ -282,6 +283,7 @@ Pipeline::Snapshot Pipeline::download(const JobContext& ctx, const config::RepoC
   if (!overlap) return snap;
   const std::vector<std::string> shards = missing_shards(snap.dir);
   std::string why_not;  // why the shards come in the foreground after all
+  uint64_t largest = 0;
   for (const auto& shard : shards) {
     auto head = upstream.safetensors_header(job.repo, job.upstream_commit, shard);
     if (!head) {
@@ -289,8 +291,10 @@ Pipeline::Snapshot Pipeline::download(const JobContext& ctx, const config::RepoC
       break;
     }
     try {
-      snap.pending_bytes +=
+      const uint64_t size =
           model::SafetensorsFile::from_header(snap.dir / shard, head.value())->file_size();
+      snap.pending_bytes += size;
+      largest = std::max(largest, size);
     } catch (const std::exception& e) {  // the download and the quantize step say it again
       why_not = e.what();
       break;
@@ -309,7 +313,10 @@ Pipeline::Snapshot Pipeline::download(const JobContext& ctx, const config::RepoC
   log(ctx.tag + " step=download shards_in_background=" + std::to_string(shards.size()) +
       " bytes=" + std::to_string(snap.pending_bytes));
   snap.before_feed_s = snap.since.seconds();
-  snap.feed = std::make_unique<ShardFeed>(opt_.upstream, sr, shards, progress);
+  // Shards below the range threshold come `parallel` at a time, as snapshot_download fetches
+  // small files; larger ones one at a time, each in `parallel` byte ranges.
+  const int jobs = largest < opt_.upstream.range_threshold ? opt_.upstream.parallel : 1;
+  snap.feed = std::make_unique<ShardFeed>(opt_.upstream, sr, shards, jobs, progress);
   return snap;
 }
 

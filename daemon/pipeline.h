@@ -34,6 +34,9 @@ struct PipelineOptions {
   Metrics* metrics = nullptr;  // counters for /metrics; may be null
   // A short human-readable state for sd_notify STATUS= ("quantizing org/name 12/154").
   std::function<void(const std::string&)> status;
+  // A sharded snapshot's missing shards download while the first ones are quantized (false:
+  // the whole snapshot first, as before; bench_pipeline's baseline).
+  bool overlap_download = true;
   // Called whenever work makes progress (a tensor, download bytes): the watchdog's heartbeat.
   std::function<void()> heartbeat;
   // Called with one line per event (repo, commit, job id, step, duration) and its level: warn

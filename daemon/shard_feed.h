@@ -1,8 +1,11 @@
-// The shards of an upstream snapshot, downloaded on a thread of their own in the order the
+// The shards of an upstream snapshot, downloaded on threads of their own in the order the
 // quantize step reads them, so that shard k + 1 arrives while shard k is quantized (issue 14).
 // Each shard is one snapshot_download call (SnapshotRequest::files): verified, installed and
-// linked into the snapshot before wait() lets the reader open it. The rest of the selection
-// follows the shards in one last call, which also finds everything in place and links it.
+// linked into the snapshot before wait() lets the reader open it. `jobs` shards are fetched at
+// once (started in order), as snapshot_download fetches files below its range threshold; a
+// large shard is already fetched in parallel byte ranges, so those come one at a time. After
+// the first failure no shard starts. The rest of the selection follows the shards in one last
+// call, which also finds everything in place and links it.
 #pragma once
 
 #include <condition_variable>
@@ -22,7 +25,7 @@ class ShardFeed {
   // Starts at once. `sr` is the whole selection; `shards` the shard files still to fetch, in
   // the order they will be waited for. `progress` is called from the feed's thread.
   ShardFeed(hub::ClientOptions opt, hub::SnapshotRequest sr, std::vector<std::string> shards,
-            hub::ProgressFn progress = {});
+            int jobs = 1, hub::ProgressFn progress = {});
   // Asks the thread to stop after the call in flight (a download is not cut half-way: its
   // partial would be resumed anyway) and joins it.
   ~ShardFeed();
@@ -35,21 +38,22 @@ class ShardFeed {
   // Blocks until the whole selection is in place: the last call's result with the files
   // fetched and bytes received by every call added up, or the first error.
   hub::Result<hub::SnapshotResult> finish();
-  // Shards in place so far.
-  size_t shards_done() const;
   // How long the feed ran (once finish() has returned).
   double seconds() const;
 
  private:
   void run();
+  void fetch_shards(hub::Client& client);  // one worker: the next shard until none is left
 
   const hub::ClientOptions opt_;
   const hub::SnapshotRequest sr_;
   const std::vector<std::string> shards_;
+  const int jobs_;
   const hub::ProgressFn progress_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  size_t done_ = 0;  // shards in place
+  size_t next_ = 0;         // the next shard to start
+  std::vector<bool> done_;  // per shard: in place
   bool finished_ = false, stop_ = false;
   std::optional<hub::Error> error_;
   hub::SnapshotResult result_;  // the sums so far; the last call's dir and commit
