@@ -1,7 +1,8 @@
 // libFuzzer: the safetensors reader (model/safetensors.cpp). The first byte picks the input: a
 // single model.safetensors, or a sharded checkpoint's model.safetensors.index.json beside two
 // small valid shards. Bad input must be a FormatError (or runtime_error naming the file), never
-// a crash, a hang or undefined behaviour.
+// a crash, a hang or undefined behaviour. The same bytes are also read as a pending shard's
+// header block (SafetensorsFile::from_header).
 #include <unistd.h>
 
 #include <cstddef>
@@ -69,6 +70,22 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
   } catch (const loftqd::model::FormatError&) {
   } catch (const std::runtime_error&) {  // I/O errors naming the file
+  }
+  // The same bytes as the header block of a shard still downloading: accepted only when they
+  // are exactly 8 + N bytes of a valid header, whose entries then end within the file it
+  // announces; reading data from it is refused.
+  try {
+    auto h = loftqd::model::SafetensorsFile::from_header(dir / "pending.safetensors", body);
+    if (h->header_bytes() != body) __builtin_trap();
+    for (const auto& t : h->tensors()) {
+      if (t.end > h->file_size() - body.size()) __builtin_trap();
+      try {
+        (void)h->bytes(t);
+        __builtin_trap();
+      } catch (const std::logic_error&) {
+      }
+    }
+  } catch (const loftqd::model::FormatError&) {
   }
   return 0;
 }
