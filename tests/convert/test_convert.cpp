@@ -33,16 +33,21 @@ const std::set<std::string> kLlamaTargets = {"q_proj",    "k_proj",  "v_proj",  
 class ConvertTest : public ::testing::Test {
  protected:
   void SetUp() override {
+    model::SynthOptions so = small_llama(4);
+    so.dtype = model::DType::F32;  // exact effective-weight checks
+    model::synth_checkpoint(so, model_);
+    backend_ = quant::make_cpu_backend(1);
+  }
+
+  static model::SynthOptions small_llama(int layers) {
     model::SynthOptions so;
     so.arch = "llama";
-    so.layers = 4;
+    so.layers = layers;
     so.hidden = 64;
     so.intermediate = 128;
     so.heads = 4;
     so.vocab = 64;
-    so.dtype = model::DType::F32;  // exact effective-weight checks
-    model::synth_checkpoint(so, model_);
-    backend_ = quant::make_cpu_backend(1);
+    return so;
   }
 
   QuantizeOptions options() const {
@@ -207,13 +212,7 @@ TEST_F(ConvertTest, InterruptedRunLeavesOutputAsItWas) {
 // run over the complete checkpoint; a wait that throws, or a shard that arrives with another
 // header, leaves OUT_DIR as it was.
 TEST_F(ConvertTest, PendingShardsAreWaitedForAndGiveTheSameLayout) {
-  model::SynthOptions so;
-  so.arch = "llama";
-  so.layers = 3;
-  so.hidden = 64;
-  so.intermediate = 128;
-  so.heads = 4;
-  so.vocab = 64;
+  model::SynthOptions so = small_llama(3);
   so.shards = 3;
   const fs::path dir = tmp_ / "sharded", away = tmp_ / "away";
   model::synth_checkpoint(so, dir);

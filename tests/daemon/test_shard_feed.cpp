@@ -8,47 +8,27 @@
 #include <string>
 #include <vector>
 
-#include "fault/fault_server.h"
+#include "hub/hub_fixture.h"
 #include "support/test_util.h"
 
 namespace fs = std::filesystem;
 namespace hub = loftqd::hub;
 using loftqd::daemon::ShardFeed;
-using loftqd::testing::FaultServer;
 using loftqd::testing::random_bytes;
 using loftqd::testing::slurp;
-using loftqd::testing::TempDir;
 
 namespace {
 
-class ShardFeedTest : public ::testing::Test {
+// The hub suites' fault server (config.json, model.safetensors, sub/tokenizer.json) with three
+// shards more.
+class ShardFeedTest : public loftqd::testing::hubtest::HubFixture {
  protected:
-  ShardFeedTest() {
-    srv_.add_file("config.json", "{\"model_type\": \"llama\"}\n", false);
-    for (unsigned i = 0; i < 3; ++i) srv_.add_file(shards_[i], random_bytes(150000, i), true);
+  void SetUp() override {
+    HubFixture::SetUp();
+    for (unsigned i = 0; i < 3; ++i) srv.add_file(shards_[i], random_bytes(150000, i), true);
   }
-  hub::ClientOptions opts() const {
-    hub::ClientOptions o;
-    o.endpoint = srv_.url();
-    o.backoff_base_s = 0.01;
-    o.backoff_cap_s = 0.05;
-    o.max_retries = 1;
-    o.disk_reserve = 0;
-    return o;
-  }
-  hub::SnapshotRequest req() const {
-    hub::SnapshotRequest r;
-    r.repo = srv_.repo();
-    r.revision = srv_.commit();
-    r.store = tmp_ / "store";
-    return r;
-  }
-  fs::path snapshot() const {
-    return tmp_ / "store" / "models--org--model" / "snapshots" / srv_.commit();
-  }
+  uint64_t others() const { return total_size(); }  // the three files of the fixture
 
-  FaultServer srv_;
-  TempDir tmp_;
   const std::vector<std::string> shards_ = {"m-1.safetensors", "m-2.safetensors",
                                             "m-3.safetensors"};
 };
@@ -60,19 +40,19 @@ class ShardFeedTest : public ::testing::Test {
 TEST_F(ShardFeedTest, EachShardIsInPlaceWhenItsWaitReturns) {
   for (int jobs : {1, 2}) {
     SCOPED_TRACE(jobs);
-    fs::remove_all(tmp_ / "store");
-    ShardFeed feed(opts(), req(), shards_, jobs);
+    fs::remove_all(tmp / "store");
+    ShardFeed feed(opts(), store_req(), shards_, jobs);
     EXPECT_FALSE(feed.wait("not-a-shard.safetensors").has_value());  // not the feed's: at once
     for (const auto& s : shards_) {
       const auto e = feed.wait(s);
       ASSERT_FALSE(e.has_value()) << e->message;
-      EXPECT_EQ(slurp(snapshot() / s), srv_.content(s)) << s;
+      EXPECT_EQ(slurp(snapshot() / s), srv.content(s)) << s;
     }
     const auto r = feed.finish();
     ASSERT_TRUE(r.ok()) << r.error().message;
-    EXPECT_EQ(r.value().files, 4u);
-    EXPECT_EQ(r.value().downloaded, 4u);  // each file once, the shards by their own calls
-    EXPECT_EQ(r.value().bytes, 3 * 150000u + srv_.content("config.json").size());
+    EXPECT_EQ(r.value().files, 6u);
+    EXPECT_EQ(r.value().downloaded, 6u);  // each file once, the shards by their own calls
+    EXPECT_EQ(r.value().bytes, 3 * 150000u + others());
     EXPECT_EQ(r.value().dir, snapshot());
     EXPECT_TRUE(fs::exists(snapshot() / "config.json"));
     EXPECT_GT(feed.seconds(), 0);
@@ -82,8 +62,8 @@ TEST_F(ShardFeedTest, EachShardIsInPlaceWhenItsWaitReturns) {
 // A shard that fails ends the feed: the shards before it are in place, the failed one and those
 // after it are not, and their waits and finish() return the shard's error.
 TEST_F(ShardFeedTest, AFailedShardEndsTheFeedWithItsError) {
-  srv_.fail("m-2.safetensors", 404, 100, {{"X-Error-Code", "EntryNotFound"}});
-  ShardFeed feed(opts(), req(), shards_, 1);
+  srv.fail("m-2.safetensors", 404, 100, {{"X-Error-Code", "EntryNotFound"}});
+  ShardFeed feed(opts(), store_req(), shards_, 1);
   EXPECT_FALSE(feed.wait(shards_[0]).has_value());
   for (const auto& s : {shards_[1], shards_[2]}) {
     const auto e = feed.wait(s);
@@ -102,11 +82,11 @@ TEST_F(ShardFeedTest, AFailedShardEndsTheFeedWithItsError) {
 // Dropping a feed (a failed or stopped quantize step) stops it after the call in flight and
 // joins its threads; nothing half-written is left as a file of the snapshot.
 TEST_F(ShardFeedTest, DroppingAFeedStopsItAfterTheCallInFlight) {
-  { ShardFeed feed(opts(), req(), shards_, 1); }
+  { ShardFeed feed(opts(), store_req(), shards_, 1); }
   std::error_code ec;
   for (const auto& s : shards_)
     if (fs::exists(snapshot() / s, ec)) {
-      EXPECT_EQ(slurp(snapshot() / s), srv_.content(s)) << s;
+      EXPECT_EQ(slurp(snapshot() / s), srv.content(s)) << s;
     }
   EXPECT_FALSE(fs::exists(snapshot() / "config.json"));
 }
