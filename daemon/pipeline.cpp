@@ -389,7 +389,13 @@ bool Pipeline::quantize(const JobContext& ctx, const config::RepoConfig& rc, Sna
   qo.wait_for_shard = [&, this](const std::string& shard) {
     const Stopwatch waited;
     set_status("quantizing " + job.repo + ": waiting for " + shard);
-    if (auto e = snap.feed->wait(shard)) throw JobFailure{e->message, permanent(e->kind)};
+    const auto stop = [this] { return opt_.stop && opt_.stop->load(); };
+    if (auto e = snap.feed->wait(shard, stop)) {
+      if (stop())  // as before any other tensor: the staging dir goes, the checkpoints stay
+        throw convert::Interrupted(job.repo + ": interrupted while waiting for the download of '" +
+                                   shard + "'");
+      throw JobFailure{e->message, permanent(e->kind)};
+    }
     log(ctx.tag + " step=quantize shard=" + shard + " waited_s=" + waited.str());
   };
   qo.on_tensor_done = [this, &job](const std::string& tensor) {

@@ -1,12 +1,16 @@
 #include "daemon/shard_feed.h"
 
 #include <algorithm>
+#include <chrono>
 
 namespace loftqd::daemon {
 
 ShardFeed::ShardFeed(hub::ClientOptions opt, hub::SnapshotRequest sr,
                      std::vector<std::string> shards, int jobs, hub::ProgressFn progress)
-    : opt_(std::move(opt)),
+    : opt_([&] {
+        opt.cancel = &cancel_;
+        return std::move(opt);
+      }()),
       sr_(std::move(sr)),
       shards_(std::move(shards)),
       jobs_(std::clamp(jobs, 1, 64)),
@@ -19,6 +23,7 @@ ShardFeed::~ShardFeed() {
     std::lock_guard g(mu_);
     stop_ = true;
   }
+  cancel_ = true;
   thread_.join();
 }
 
@@ -84,12 +89,16 @@ void ShardFeed::run() {
   cv_.notify_all();
 }
 
-std::optional<hub::Error> ShardFeed::wait(const std::string& shard) {
+std::optional<hub::Error> ShardFeed::wait(const std::string& shard,
+                                          const std::function<bool()>& should_stop) {
   const auto it = std::find(shards_.begin(), shards_.end(), shard);
   if (it == shards_.end()) return std::nullopt;
   const size_t i = static_cast<size_t>(it - shards_.begin());
   std::unique_lock l(mu_);
-  cv_.wait(l, [&] { return done_[i] || finished_; });
+  while (!cv_.wait_for(l, std::chrono::milliseconds(100), [&] { return done_[i] || finished_; }))
+    if (should_stop && should_stop())
+      return hub::Error{hub::ErrorKind::Io,
+                        sr_.repo + ": stopped while waiting for the download of '" + shard + "'"};
   if (done_[i]) return std::nullopt;
   if (error_) return error_;
   return hub::Error{hub::ErrorKind::Io, sr_.repo + ": the download of '" + shard + "' was stopped"};

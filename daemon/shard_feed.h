@@ -8,7 +8,9 @@
 // call, which also finds everything in place and links it.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -26,15 +28,17 @@ class ShardFeed {
   // the order they will be waited for. `progress` is called from the feed's thread.
   ShardFeed(hub::ClientOptions opt, hub::SnapshotRequest sr, std::vector<std::string> shards,
             int jobs = 1, hub::ProgressFn progress = {});
-  // Asks the thread to stop after the call in flight (a download is not cut half-way: its
-  // partial would be resumed anyway) and joins it.
+  // Stops the feed: the transfers in flight are cancelled (ClientOptions::cancel; their
+  // partials stay for the next download to resume), no call starts, and the threads are joined.
   ~ShardFeed();
   ShardFeed(const ShardFeed&) = delete;
   ShardFeed& operator=(const ShardFeed&) = delete;
 
   // Blocks until `shard` is in the snapshot: nullopt then, or the error that ended the feed
-  // before it got there (a shard the feed does not fetch returns at once).
-  std::optional<hub::Error> wait(const std::string& shard);
+  // before it got there (a shard the feed does not fetch returns at once), or an error saying
+  // so when `should_stop` (polled every 100 ms) returns true first.
+  std::optional<hub::Error> wait(const std::string& shard,
+                                 const std::function<bool()>& should_stop = {});
   // Blocks until the whole selection is in place: the last call's result with the files
   // fetched and bytes received by every call added up, or the first error.
   hub::Result<hub::SnapshotResult> finish();
@@ -45,6 +49,7 @@ class ShardFeed {
   void run();
   void fetch_shards(hub::Client& client);  // one worker: the next shard until none is left
 
+  std::atomic<bool> cancel_{false};  // set by the destructor; opt_.cancel points here
   const hub::ClientOptions opt_;
   const hub::SnapshotRequest sr_;
   const std::vector<std::string> shards_;

@@ -120,8 +120,26 @@ bool Response::aborted_by_sink() const {
   return curl_code == CURLE_WRITE_ERROR;
 }
 
+bool Response::cancelled() const {
+  return curl_code == CURLE_ABORTED_BY_CALLBACK;
+}
+
+namespace {
+
+// CURLOPT_XFERINFOFUNCTION: libcurl calls it about once a second even when no byte moves.
+int on_progress(void* cancel, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
+  return static_cast<const std::atomic<bool>*>(cancel)->load() ? 1 : 0;
+}
+
+}  // namespace
+
 Response perform(const Request& req) {
   Response res;
+  if (req.cancel && req.cancel->load()) {
+    res.curl_code = CURLE_ABORTED_BY_CALLBACK;
+    res.curl_error = "cancelled";
+    return res;
+  }
   CURL* curl = thread_handle();
   Ctx ctx{&req, &res, curl};
   curl_slist* hdrs = nullptr;
@@ -139,6 +157,13 @@ Response perform(const Request& req) {
   if (req.max_recv_bytes_per_s > 0)
     curl_easy_setopt(curl, CURLOPT_MAX_RECV_SPEED_LARGE,
                      static_cast<curl_off_t>(req.max_recv_bytes_per_s));
+  if (req.cancel) {
+    curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl_easy_setopt(curl, CURLOPT_XFERINFODATA, const_cast<std::atomic<bool>*>(req.cancel));
+  } else {
+    curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 1L);
+  }
   curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, on_header);
   curl_easy_setopt(curl, CURLOPT_HEADERDATA, &ctx);
   curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_body);

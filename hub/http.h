@@ -1,6 +1,7 @@
 // Internal: one HTTP exchange over libcurl (no redirects, no retries: transport.h does those).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -29,6 +30,9 @@ struct Request {
   long stall_timeout_s = 30;
   long total_timeout_s = 0;           // 0: none
   uint64_t max_recv_bytes_per_s = 0;  // 0: unlimited
+  // When set, the exchange is aborted (CURLE_ABORTED_BY_CALLBACK) within about a second of it
+  // turning true, and not started when it already is.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 struct Response {
@@ -41,6 +45,7 @@ struct Response {
   bool transport_ok() const { return curl_code == 0; }
   bool timed_out() const;
   bool aborted_by_sink() const;
+  bool cancelled() const;  // by Request::cancel
 };
 
 Response perform(const Request& req);

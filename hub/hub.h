@@ -74,6 +74,10 @@ struct ClientOptions {
   uint64_t disk_reserve = uint64_t{1} << 30;       // keep this much free after a download
   uint64_t max_recv_bytes_per_s = 0;               // per connection; 0: unlimited
   std::string user_agent = "loftqd";
+  // When set: once it is true, transfers in flight are aborted within about a second and no
+  // request starts (an error that is never retried; a download's partial stays for the next
+  // call to resume). The daemon's shard feed stops with it.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 // Token lookup order: HF_TOKEN, then $HF_HOME/token (HF_HOME defaults to ~/.cache/huggingface),

@@ -295,7 +295,16 @@ double Transport::backoff(int attempt, const http::Response* r) const {
 }
 
 void Transport::sleep_s(double s) const {
-  std::this_thread::sleep_for(std::chrono::duration<double>(std::max(0.0, s)));
+  using Clock = std::chrono::steady_clock;
+  const Clock::time_point until =
+      Clock::now() +
+      std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(std::max(0.0, s)));
+  // In slices, so that a cancel (ClientOptions::cancel) ends a backoff too.
+  while (!(opt.cancel && opt.cancel->load())) {
+    const Clock::duration left = until - Clock::now();
+    if (left <= Clock::duration::zero()) return;
+    std::this_thread::sleep_for(std::min<Clock::duration>(left, std::chrono::milliseconds(100)));
+  }
 }
 
 http::Response Transport::send(http::Request req, bool auth, bool follow_cross_host,
@@ -310,6 +319,7 @@ http::Response Transport::send(http::Request req, bool auth, bool follow_cross_h
     req.connect_timeout_s = opt.connect_timeout_s;
     req.stall_timeout_s = opt.stall_timeout_s;
     if (req.method == "GET") req.max_recv_bytes_per_s = opt.max_recv_bytes_per_s;
+    req.cancel = opt.cancel;
     http::Response r = http::perform(req);
     if (!is_redirect(r)) {
       if (final_url) *final_url = req.url;

@@ -165,6 +165,36 @@ TEST_F(PipelineShardedTest, LaterShardsDownloadWhileTheFirstIsQuantized) {
   for (const auto& n : names) EXPECT_TRUE(fs::exists(published / n)) << n;
 }
 
+// A stop request while LoftQ waits for a shard interrupts the job as between two tensors (the
+// download in flight is cancelled); the next run resumes and publishes.
+TEST_F(PipelineShardedTest, AStopWhileWaitingForAShardInterruptsTheJob) {
+  const auto cfg = config();
+  auto po = options(cfg);
+  po.upstream.parallel = 1;
+  std::atomic<bool> stop{false};
+  po.stop = &stop;
+  const std::vector<std::string> names = shards();
+  po.status = [&](const std::string& s) {
+    if (s.find("waiting for " + names[1]) != std::string::npos) stop = true;
+  };
+  Pipeline p(cfg, *db_, po);
+  const SyncReport r = p.sync_once();
+  EXPECT_EQ(r.jobs_interrupted, 1) << log_;
+  EXPECT_EQ(r.jobs_failed, 0);
+  const auto job = jobs().at(0);
+  EXPECT_EQ(job.state, JobState::Quantizing);
+  EXPECT_EQ(job.attempts, 0);
+  EXPECT_THAT(log_, HasSubstr("step=interrupted"));
+  EXPECT_FALSE(fs::exists(work_dir(job.id) / "out"));
+  stop = false;
+  po.status = nullptr;
+  Pipeline again(cfg, *db_, po);
+  const SyncReport r2 = again.sync_once();
+  ASSERT_TRUE(r2.ok()) << ::testing::PrintToString(r2.errors) << log_;
+  EXPECT_EQ(r2.jobs_done, 1);
+  EXPECT_EQ(db_->job(job.id)->state, JobState::Done);
+}
+
 // A shard that fails its download while LoftQ runs fails the job with that shard's error;
 // nothing is published and the retry starts over from what was kept.
 TEST_F(PipelineShardedTest, AShardThatFailsInTheBackgroundFailsTheJob) {

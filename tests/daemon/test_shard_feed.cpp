@@ -4,8 +4,10 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <filesystem>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "hub/hub_fixture.h"
@@ -79,9 +81,9 @@ TEST_F(ShardFeedTest, AFailedShardEndsTheFeedWithItsError) {
   EXPECT_FALSE(fs::exists(snapshot() / "config.json"));  // the last call never ran
 }
 
-// Dropping a feed (a failed or stopped quantize step) stops it after the call in flight and
-// joins its threads; nothing half-written is left as a file of the snapshot.
-TEST_F(ShardFeedTest, DroppingAFeedStopsItAfterTheCallInFlight) {
+// Dropping a feed at once (a failed or stopped quantize step) stops it and joins its threads;
+// nothing half-written is left as a file of the snapshot.
+TEST_F(ShardFeedTest, DroppingAFeedAtOnceLeavesNoHalfWrittenShard) {
   { ShardFeed feed(opts(), store_req(), shards_, 1); }
   std::error_code ec;
   for (const auto& s : shards_)
@@ -89,4 +91,40 @@ TEST_F(ShardFeedTest, DroppingAFeedStopsItAfterTheCallInFlight) {
       EXPECT_EQ(slurp(snapshot() / s), srv.content(s)) << s;
     }
   EXPECT_FALSE(fs::exists(snapshot() / "config.json"));
+}
+
+// The transfer in flight is cancelled, not waited for: dropping a feed whose first shard is
+// stalled (3 s, under a 30 s stall timeout) returns within about a second.
+TEST_F(ShardFeedTest, DroppingAFeedCancelsTheTransferInFlight) {
+  srv.stall("m-1.safetensors", 50000, 3, 1);
+  auto o = opts();
+  o.stall_timeout_s = 30;
+  std::chrono::steady_clock::time_point t0;
+  {
+    ShardFeed feed(o, store_req(), shards_, 1);
+    for (int i = 0; i < 500 && srv.count("GET", "m-1.safetensors") == 0; ++i)  // the GET is in
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    ASSERT_GT(srv.count("GET", "m-1.safetensors"), 0u);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    t0 = std::chrono::steady_clock::now();
+  }
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 2.0);
+  EXPECT_FALSE(fs::exists(snapshot() / shards_[0]));
+}
+
+// A wait gives up when asked to stop, while the shard is still coming.
+TEST_F(ShardFeedTest, AWaitEndsWhenAskedToStop) {
+  srv.stall("m-1.safetensors", 50000, 3, 1);
+  auto o = opts();
+  o.stall_timeout_s = 30;
+  ShardFeed feed(o, store_req(), shards_, 1);
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto e = feed.wait(shards_[0], [&] {
+    return std::chrono::steady_clock::now() - t0 > std::chrono::milliseconds(300);
+  });
+  ASSERT_TRUE(e.has_value());
+  EXPECT_NE(e->message.find("stopped while waiting for the download of 'm-1.safetensors'"),
+            std::string::npos)
+      << e->message;
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 2.0);
 }

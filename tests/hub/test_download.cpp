@@ -3,7 +3,10 @@
 // mismatches, unsafe names, parallel ranges, offline mode and the disk reserve.
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "hub/hub.h"
@@ -385,4 +388,51 @@ TEST_F(HubClient, SafetensorsHeaderReadsTheHeaderBlockAndNoMore) {
   auto missing = c.safetensors_header(srv.repo(), "main", "nope.safetensors");
   ASSERT_FALSE(missing.ok());
   EXPECT_EQ(missing.error().kind, hub::ErrorKind::EntryNotFound);
+}
+
+// ClientOptions::cancel aborts a transfer in flight within about a second (here one stalled on
+// purpose for 3 s, with a 30 s stall timeout), starts no request while it is set, and leaves
+// the partial for the next download, which resumes it.
+TEST_F(HubClient, ACancelAbortsTheTransferInFlightAndTheNextDownloadResumes) {
+  srv.stall("model.safetensors", 100000, 3, 1);
+  std::atomic<bool> cancel{false};
+  auto o = opts();
+  o.stall_timeout_s = 30;
+  o.cancel = &cancel;
+  hub::Client c(o);
+  hub::Result<hub::SnapshotResult> r = hub::Error{hub::ErrorKind::Io, "not run"};
+  std::chrono::steady_clock::time_point cancelled_at;
+  std::thread t([&] { r = c.snapshot_download(store_req()); });
+  for (int i = 0; i < 500 && srv.count("GET", "model.safetensors") == 0; ++i)  // the GET is in
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  const bool started = srv.count("GET", "model.safetensors") > 0;
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // 100,000 bytes in, then stalled
+  cancelled_at = std::chrono::steady_clock::now();
+  cancel = true;
+  t.join();
+  ASSERT_TRUE(started);
+  const double took =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - cancelled_at).count();
+  ASSERT_FALSE(r.ok());
+  EXPECT_LT(took, 2.0);
+  EXPECT_FALSE(fs::exists(snapshot()));  // nothing linked...
+  const fs::path partial =
+      st::Store(tmp / "store")
+          .incomplete_path(srv.repo(), st::sha256_hex(srv.content("model.safetensors")));
+  ASSERT_TRUE(fs::exists(partial));  // ...but the partial is kept
+  const uint64_t had = fs::file_size(partial);
+  EXPECT_GE(had, 100000u);
+  const size_t before = srv.requests().size();
+  EXPECT_FALSE(c.snapshot_download(store_req()).ok());  // cancelled: no request at all
+  EXPECT_EQ(srv.requests().size(), before);
+  cancel = false;
+  auto again = c.snapshot_download(store_req());
+  ASSERT_TRUE(again.ok()) << again.error().message;
+  EXPECT_EQ(slurp(snapshot() / "model.safetensors"), srv.content("model.safetensors"));
+  bool resumed = false;
+  for (const auto& q : srv.requests())
+    if (q.path.find("model.safetensors") != std::string::npos &&
+        q.range == "bytes=" + std::to_string(had) + "-")
+      resumed = true;
+  EXPECT_TRUE(resumed);
 }
