@@ -45,6 +45,9 @@ struct JobFailure {
   bool permanent;
 };
 
+// A stop request ended the download step at a durable point (partials stay for the next run).
+struct DownloadInterrupted {};
+
 convert::QuantizeOptions quantize_options(const config::LoftqSettings& s) {
   convert::QuantizeOptions q;
   q.settings = s;
@@ -234,6 +237,9 @@ void Pipeline::run_job(const storage::Job& job, SyncReport& report) {
     if (snap.feed) download_done(ctx, snap);
     const std::string commit = publish(ctx);  // 3. one commit per target
     finish(ctx, commit, report);              // 4. recorded; work dir freed
+  } catch (const DownloadInterrupted&) {
+    ++report.jobs_interrupted;
+    log(ctx.tag + " step=interrupted during=download seconds=" + ctx.since_start.str());
   } catch (const JobFailure& f) {
     fail(ctx, f.message, f.permanent, backoff_s(job.attempts + 1), report);
   } catch (const std::exception& e) {
@@ -257,7 +263,10 @@ Pipeline::Snapshot Pipeline::download(const JobContext& ctx, const config::RepoC
   db_.set_state(job.id, storage::JobState::Downloading, now_s());
   log(ctx.tag + " step=download");
   set_status("downloading " + job.repo + "@" + job.upstream_commit.substr(0, 12));
-  hub::Client upstream(opt_.upstream);
+  // A stop request cancels the transfers in flight (within about a second).
+  hub::ClientOptions co = opt_.upstream;
+  co.cancel = opt_.stop;
+  hub::Client upstream(co);
   hub::SnapshotRequest sr;
   sr.repo = job.repo;
   sr.revision = job.upstream_commit;
@@ -267,6 +276,7 @@ Pipeline::Snapshot Pipeline::download(const JobContext& ctx, const config::RepoC
   const hub::ProgressFn progress = [this](uint64_t, uint64_t, const std::string&) { beat(); };
   auto fetch = [&](const hub::SnapshotRequest& req) {
     auto r = upstream.snapshot_download(req, progress);
+    if (!r && opt_.stop && opt_.stop->load()) throw DownloadInterrupted{};
     if (!r) throw JobFailure{r.error().message, permanent(r.error().kind)};
     add_fetched(snap.got, r.value());
   };

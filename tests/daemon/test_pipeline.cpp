@@ -195,6 +195,39 @@ TEST_F(PipelineShardedTest, AStopWhileWaitingForAShardInterruptsTheJob) {
   EXPECT_EQ(db_->job(job.id)->state, JobState::Done);
 }
 
+// A stop request during the download cancels the transfers in flight: the job is interrupted
+// (not failed: no attempt counted) and the next run resumes the partials and publishes.
+TEST_F(PipelineShardedTest, AStopDuringTheDownloadInterruptsTheJob) {
+  const auto cfg = config();
+  auto po = options(cfg);
+  po.overlap_download = false;  // the whole snapshot first
+  po.upstream.parallel = 1;
+  std::atomic<bool> stop{false}, downloading{false};
+  po.stop = &stop;
+  po.status = [&](const std::string& s) {
+    if (s.starts_with("downloading ")) downloading = true;
+  };
+  po.heartbeat = [&] {  // download progress
+    if (downloading) stop = true;
+  };
+  Pipeline p(cfg, *db_, po);
+  const SyncReport r = p.sync_once();
+  EXPECT_EQ(r.jobs_interrupted, 1) << log_;
+  EXPECT_EQ(r.jobs_failed, 0);
+  const auto job = jobs().at(0);
+  EXPECT_EQ(job.state, JobState::Downloading);
+  EXPECT_EQ(job.attempts, 0);
+  EXPECT_THAT(log_, HasSubstr("step=interrupted during=download"));
+  EXPECT_FALSE(fs::exists(our_snapshot() / shards()[2]));
+  stop = false;
+  po.status = nullptr;
+  po.heartbeat = nullptr;
+  Pipeline again(cfg, *db_, po);
+  const SyncReport r2 = again.sync_once();
+  ASSERT_TRUE(r2.ok()) << ::testing::PrintToString(r2.errors) << log_;
+  EXPECT_EQ(r2.jobs_done, 1);
+}
+
 // A shard that fails its download while LoftQ runs fails the job with that shard's error;
 // nothing is published and the retry starts over from what was kept.
 TEST_F(PipelineShardedTest, AShardThatFailsInTheBackgroundFailsTheJob) {
