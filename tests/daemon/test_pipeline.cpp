@@ -126,6 +126,31 @@ class PipelineShardedTest : public PipelineTest {
   fs::path our_snapshot() const {
     return tmp_ / "store" / "models--up--tiny" / "snapshots" / up_.commit();
   }
+  // Runs the job with `po`, whose callbacks set `stop`: it must be interrupted in `state`,
+  // logging `line`, with no failed attempt counted; then a run without those callbacks
+  // publishes it.
+  void expect_interrupted_then_published(PipelineOptions po, std::atomic<bool>& stop,
+                                         JobState state, const std::string& line) {
+    const auto cfg = config();
+    po.stop = &stop;
+    Pipeline p(cfg, *db_, po);
+    const SyncReport r = p.sync_once();
+    EXPECT_EQ(r.jobs_interrupted, 1) << log_;
+    EXPECT_EQ(r.jobs_failed, 0);
+    const auto job = jobs().at(0);
+    EXPECT_EQ(job.state, state);
+    EXPECT_EQ(job.attempts, 0);
+    EXPECT_THAT(log_, HasSubstr(line));
+    EXPECT_FALSE(fs::exists(work_dir(job.id) / "out"));
+    stop = false;
+    po.status = nullptr;
+    po.heartbeat = nullptr;
+    Pipeline again(cfg, *db_, po);
+    const SyncReport r2 = again.sync_once();
+    ASSERT_TRUE(r2.ok()) << ::testing::PrintToString(r2.errors) << log_;
+    EXPECT_EQ(r2.jobs_done, 1);
+    EXPECT_EQ(db_->job(job.id)->state, JobState::Done);
+  }
 };
 
 }  // namespace
@@ -168,64 +193,31 @@ TEST_F(PipelineShardedTest, LaterShardsDownloadWhileTheFirstIsQuantized) {
 // A stop request while LoftQ waits for a shard interrupts the job as between two tensors (the
 // download in flight is cancelled); the next run resumes and publishes.
 TEST_F(PipelineShardedTest, AStopWhileWaitingForAShardInterruptsTheJob) {
-  const auto cfg = config();
-  auto po = options(cfg);
+  auto po = options(config());
   po.upstream.parallel = 1;
   std::atomic<bool> stop{false};
-  po.stop = &stop;
   const std::vector<std::string> names = shards();
   po.status = [&](const std::string& s) {
     if (s.find("waiting for " + names[1]) != std::string::npos) stop = true;
   };
-  Pipeline p(cfg, *db_, po);
-  const SyncReport r = p.sync_once();
-  EXPECT_EQ(r.jobs_interrupted, 1) << log_;
-  EXPECT_EQ(r.jobs_failed, 0);
-  const auto job = jobs().at(0);
-  EXPECT_EQ(job.state, JobState::Quantizing);
-  EXPECT_EQ(job.attempts, 0);
-  EXPECT_THAT(log_, HasSubstr("step=interrupted"));
-  EXPECT_FALSE(fs::exists(work_dir(job.id) / "out"));
-  stop = false;
-  po.status = nullptr;
-  Pipeline again(cfg, *db_, po);
-  const SyncReport r2 = again.sync_once();
-  ASSERT_TRUE(r2.ok()) << ::testing::PrintToString(r2.errors) << log_;
-  EXPECT_EQ(r2.jobs_done, 1);
-  EXPECT_EQ(db_->job(job.id)->state, JobState::Done);
+  expect_interrupted_then_published(po, stop, JobState::Quantizing, "step=interrupted");
 }
 
 // A stop request during the download cancels the transfers in flight: the job is interrupted
 // (not failed: no attempt counted) and the next run resumes the partials and publishes.
 TEST_F(PipelineShardedTest, AStopDuringTheDownloadInterruptsTheJob) {
-  const auto cfg = config();
-  auto po = options(cfg);
+  auto po = options(config());
   po.overlap_download = false;  // the whole snapshot first
   po.upstream.parallel = 1;
   std::atomic<bool> stop{false}, downloading{false};
-  po.stop = &stop;
   po.status = [&](const std::string& s) {
     if (s.starts_with("downloading ")) downloading = true;
   };
   po.heartbeat = [&] {  // download progress
     if (downloading) stop = true;
   };
-  Pipeline p(cfg, *db_, po);
-  const SyncReport r = p.sync_once();
-  EXPECT_EQ(r.jobs_interrupted, 1) << log_;
-  EXPECT_EQ(r.jobs_failed, 0);
-  const auto job = jobs().at(0);
-  EXPECT_EQ(job.state, JobState::Downloading);
-  EXPECT_EQ(job.attempts, 0);
-  EXPECT_THAT(log_, HasSubstr("step=interrupted during=download"));
-  EXPECT_FALSE(fs::exists(our_snapshot() / shards()[2]));
-  stop = false;
-  po.status = nullptr;
-  po.heartbeat = nullptr;
-  Pipeline again(cfg, *db_, po);
-  const SyncReport r2 = again.sync_once();
-  ASSERT_TRUE(r2.ok()) << ::testing::PrintToString(r2.errors) << log_;
-  EXPECT_EQ(r2.jobs_done, 1);
+  expect_interrupted_then_published(po, stop, JobState::Downloading,
+                                    "step=interrupted during=download");
 }
 
 // A shard that fails its download while LoftQ runs fails the job with that shard's error;
