@@ -118,7 +118,9 @@ fs::path check_paths(const fs::path& model_dir, const fs::path& out_dir_in, bool
        it.increment(ec)) {
     std::error_code dec;
     if (it->is_directory(dec)) continue;
-    if (auto why = common::regular_file_problem(it->path()))
+    // An entry gone since the listing (a download's temporary link renamed into place) is no
+    // file of the model.
+    if (auto why = common::regular_file_problem(it->path()); why && *why != "does not exist")
       throw std::invalid_argument(it->path().string() + ": " + *why);
   }
   if (ec) throw std::invalid_argument(model_dir.string() + ": cannot list: " + ec.message());

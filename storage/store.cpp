@@ -639,8 +639,10 @@ Status Store::link_file(std::string_view repo_id, std::string_view commit, std::
   if (fs::is_symlink(fs::symlink_status(link, ec))) {
     if (fs::read_symlink(link, ec).string() == target) return ok_status();
   }
-  auto tmp = link;
-  tmp += ".tmp-" + common::random_hex(8);
+  // Hidden while it exists, so that a reader listing the snapshot meanwhile (the quantize step
+  // runs while the daemon's shard feed links shards) never takes it for a file of the model.
+  const fs::path tmp =
+      link.parent_path() / ("." + link.filename().string() + ".tmp-" + common::random_hex(8));
   if (::symlink(target.c_str(), tmp.c_str()) != 0) return io_error("cannot symlink", tmp, errno);
   if (::rename(tmp.c_str(), link.c_str()) != 0) {
     int e = errno;

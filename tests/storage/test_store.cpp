@@ -8,9 +8,13 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <ctime>
 #include <filesystem>
+#include <set>
+#include <string>
+#include <thread>
 
 #include "support/test_util.h"
 
@@ -322,4 +326,32 @@ TEST(StoreTemps, RemovesOnlyItsOwnStaleTemps) {
   // With a zero age the in-progress upload counts as stale too.
   EXPECT_EQ(store.remove_stale_temps(std::chrono::seconds(0)), 1u);
   EXPECT_FALSE(fs::exists(fresh));
+}
+
+// A reader listing a snapshot while links are (re)made in it (the quantize step runs while the
+// daemon's shard feed links shards) sees only the model's files: link_file's temporary link is
+// hidden (a dot name) until it is renamed into place.
+TEST(StoreLayout, ALinkBeingMadeIsNeverListedAsAFile) {
+  TempDir tmp;
+  st::Store store(tmp.path());
+  const std::string a = "first", b = "second";
+  const auto ea = st::sha256_hex(a), eb = st::sha256_hex(b);
+  ASSERT_TRUE(store.put_blob("org/m", a, st::Digest::lfs(ea, a.size())).ok());
+  ASSERT_TRUE(store.put_blob("org/m", b, st::Digest::lfs(eb, b.size())).ok());
+  const std::string commit(40, 'c');
+  ASSERT_TRUE(store.link_file("org/m", commit, "w.safetensors", ea).ok());
+  std::atomic<bool> done{false};
+  std::thread relink([&] {
+    for (int i = 0; i < 3000; ++i)
+      EXPECT_TRUE(store.link_file("org/m", commit, "w.safetensors", i % 2 ? ea : eb).ok());
+    done = true;
+  });
+  std::set<std::string> seen;
+  const fs::path dir = store.snapshot_dir("org/m", commit);
+  while (!done)
+    for (const auto& e : fs::directory_iterator(dir))
+      if (!e.path().filename().string().starts_with(".")) seen.insert(e.path().filename());
+  relink.join();
+  EXPECT_EQ(seen, std::set<std::string>{"w.safetensors"});
+  EXPECT_EQ(slurp(dir / "w.safetensors"), a);  // the last link made (i = 2999)
 }
