@@ -189,8 +189,13 @@ struct Pipeline::Snapshot {
   hub::SnapshotResult got;                     // what the calls made so far fetched
   std::map<std::string, std::string> pending;  // shard -> header block, for those still coming
   uint64_t pending_bytes = 0;                  // their sizes
-  std::unique_ptr<ShardFeed> feed;             // null: the snapshot is complete
-  double before_feed_s = 0;                    // the download's seconds before the feed began
+  // The shards' download, started by the quantize step once its disk check has passed.
+  hub::SnapshotRequest request;     // the whole selection
+  std::vector<std::string> shards;  // the pending ones, in the order they are read
+  int jobs = 1;                     // shards fetched at once
+  std::unique_ptr<ShardFeed> feed;  // null until started
+  double before_feed_s = 0;         // the download's seconds before the feed began
+  bool complete() const { return pending.empty(); }
 };
 
 namespace {
@@ -232,9 +237,9 @@ void Pipeline::run_job(const storage::Job& job, SyncReport& report) {
   try {
     const config::RepoConfig& rc = job_config(job);  // still watched, same settings
     Snapshot snap = download(ctx, rc);               // 1. the upstream snapshot, its missing shards
-    if (!snap.feed) download_done(ctx, snap);        // still coming (snap.feed) while step 2
+    if (snap.complete()) download_done(ctx, snap);   // still coming while step 2 runs
     if (!quantize_step(ctx, rc, snap, report)) return;  // 2. LoftQ (false: stopped)
-    if (snap.feed) download_done(ctx, snap);
+    if (!snap.complete()) download_done(ctx, snap);
     const std::string commit = publish(ctx);  // 3. one commit per target
     finish(ctx, commit, report);              // 4. recorded; work dir freed
   } catch (const DownloadInterrupted&) {
@@ -322,11 +327,11 @@ Pipeline::Snapshot Pipeline::download(const JobContext& ctx, const config::RepoC
   }
   log(ctx.tag + " step=download shards_in_background=" + std::to_string(shards.size()) +
       " bytes=" + std::to_string(snap.pending_bytes));
-  snap.before_feed_s = snap.since.seconds();
   // Shards below the range threshold come `parallel` at a time, as snapshot_download fetches
   // small files; larger ones one at a time, each in `parallel` byte ranges.
-  const int jobs = largest < opt_.upstream.range_threshold ? opt_.upstream.parallel : 1;
-  snap.feed = std::make_unique<ShardFeed>(opt_.upstream, sr, shards, jobs, progress);
+  snap.jobs = largest < opt_.upstream.range_threshold ? opt_.upstream.parallel : 1;
+  snap.request = sr;
+  snap.shards = shards;
   return snap;
 }
 
@@ -366,11 +371,19 @@ bool Pipeline::quantize_step(const JobContext& ctx, const config::RepoConfig& rc
   uint64_t snapshot = snap.pending_bytes;
   std::error_code ec;
   for (const auto& e : fs::recursive_directory_iterator(snap.dir, ec))
-    if (e.is_regular_file(ec)) snapshot += e.file_size(ec);  // follows the snapshot's symlinks
+    if (e.is_regular_file(ec) &&
+        !snap.pending.count(e.path().lexically_relative(snap.dir).string()))  // counted above
+      snapshot += e.file_size(ec);  // follows the snapshot's symlinks
   if (auto space = storage::check_space(cfg_.store, 2 * snapshot + snap.pending_bytes,
                                         cfg_.limits.disk_reserve_bytes);
       !space)
     throw JobFailure{"quantize: " + space.error().message + " (limits.disk_reserve)", false};
+  if (!snap.complete()) {  // the shards' download, now that there is room for it
+    snap.before_feed_s = snap.since.seconds();
+    snap.feed =
+        std::make_unique<ShardFeed>(opt_.upstream, snap.request, snap.shards, snap.jobs,
+                                    [this](uint64_t, uint64_t, const std::string&) { beat(); });
+  }
   if (quantize(ctx, rc, snap, report)) return true;
   log(ctx.tag + " step=interrupted tensors_done=" +
       std::to_string(db_.tensors_done(ctx.job.id).size()) + " seconds=" + ctx.since_start.str());

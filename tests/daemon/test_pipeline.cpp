@@ -220,6 +220,42 @@ TEST_F(PipelineShardedTest, AStopDuringTheDownloadInterruptsTheJob) {
                                     "step=interrupted during=download");
 }
 
+// The quantize step's disk check counts the shards still to come: the layout and checkpoints
+// need twice the whole snapshot, and the shards need their own room first. Their download
+// starts only once the check has passed.
+TEST_F(PipelineShardedTest, TheDiskCheckCountsTheShardsStillToCome) {
+  // Everything but the shards is in the store already, so the download itself writes no file
+  // before the shards (and is not held to the reserve), and the quantize step must refuse.
+  loftqd::hub::ClientOptions o;
+  o.endpoint = up_.url();
+  o.disk_reserve = 0;
+  loftqd::hub::SnapshotRequest sr;
+  sr.repo = "up/tiny";
+  sr.revision = up_.commit();
+  sr.store = tmp_ / "store";
+  sr.ignore = {"*.safetensors"};
+  ASSERT_TRUE(loftqd::hub::Client(o).snapshot_download(sr).ok());
+  uint64_t rest = 0, shards_bytes = 0;
+  for (const auto& e : fs::directory_iterator(our_snapshot())) rest += fs::file_size(e.path());
+  for (const auto& n : shards()) shards_bytes += fs::file_size(up_snapshot() / n);
+  const uint64_t reserve = uint64_t{1} << 60;
+  auto j = json{{"hub", {{"endpoint", up_.url()}}},
+                {"store", (tmp_ / "store").string()},
+                {"device", "cpu"},
+                {"repos", {{{"repo", "up/tiny"}, {"publish_as", "me/tiny-loftq"}}}},
+                {"limits", {{"disk_reserve", reserve}}}};
+  const auto cfg = loftqd::config::parse_config(j);
+  Pipeline p(cfg, *db_, options(cfg));
+  const SyncReport r = p.sync_once();
+  ASSERT_EQ(r.jobs_failed, 1) << log_;
+  EXPECT_THAT(log_, HasSubstr("shards_in_background=3 bytes=" + std::to_string(shards_bytes)));
+  const auto job = jobs().at(0);
+  EXPECT_THAT(
+      job.last_error,
+      HasSubstr("need " + std::to_string(2 * (rest + shards_bytes) + shards_bytes) + " bytes"));
+  EXPECT_FALSE(fs::exists(our_snapshot() / shards()[0]));
+}
+
 // A shard that fails its download while LoftQ runs fails the job with that shard's error;
 // nothing is published and the retry starts over from what was kept.
 TEST_F(PipelineShardedTest, AShardThatFailsInTheBackgroundFailsTheJob) {
