@@ -299,22 +299,19 @@ Pipeline::Snapshot Pipeline::download(const JobContext& ctx, const config::RepoC
   const std::vector<std::string> shards = missing_shards(snap.dir);
   std::string why_not;  // why the shards come in the foreground after all
   uint64_t largest = 0;
-  for (const auto& shard : shards) {
-    auto head = upstream.safetensors_header(job.repo, job.upstream_commit, shard);
-    if (!head) {
-      why_not = head.error().message;
-      break;
-    }
+  auto heads = upstream.safetensors_headers(job.repo, job.upstream_commit, shards);
+  if (!heads) why_not = heads.error().message;
+  for (size_t i = 0; heads && i < shards.size(); ++i) {
     try {
       const uint64_t size =
-          model::SafetensorsFile::from_header(snap.dir / shard, head.value())->file_size();
+          model::SafetensorsFile::from_header(snap.dir / shards[i], heads.value()[i])->file_size();
       snap.pending_bytes += size;
       largest = std::max(largest, size);
     } catch (const std::exception& e) {  // the download and the quantize step say it again
       why_not = e.what();
       break;
     }
-    snap.pending.emplace(shard, std::move(head.value()));
+    snap.pending.emplace(shards[i], std::move(heads.value()[i]));
   }
   if (shards.empty() || !why_not.empty()) {
     if (!why_not.empty())

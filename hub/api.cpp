@@ -239,4 +239,17 @@ Result<std::string> Client::safetensors_header(const std::string& repo, const st
   return std::move(head);
 }
 
+Result<std::vector<std::string>> Client::safetensors_headers(
+    const std::string& repo, const std::string& revision, const std::vector<std::string>& paths) {
+  std::vector<std::string> out(paths.size());
+  auto all = detail::parallel_each(paths.size(), opt_.parallel, [&](size_t i) -> Result<Ok> {
+    auto h = safetensors_header(repo, revision, paths[i]);
+    if (!h) return h.error();
+    out[i] = std::move(h.value());
+    return Ok{};
+  });
+  if (!all) return all.error();
+  return out;
+}
+
 }  // namespace loftqd::hub

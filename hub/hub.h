@@ -185,6 +185,11 @@ class Client {
   // more than asked is ever read: a server that ignores Range is InvalidResponse.
   Result<std::string> safetensors_header(const std::string& repo, const std::string& revision,
                                          const std::string& path);
+  // safetensors_header of each of `paths` (in that order), `parallel` at a time: a model's
+  // shards cost one round trip's latency, not one per shard. The first error ends it.
+  Result<std::vector<std::string>> safetensors_headers(const std::string& repo,
+                                                       const std::string& revision,
+                                                       const std::vector<std::string>& paths);
   // Downloads the selected files of a revision into the store or a local dir: partials
   // resumed with Range, every file verified before it is moved into place, the snapshot
   // linked and the ref written only when every file is there.

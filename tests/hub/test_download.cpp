@@ -436,3 +436,26 @@ TEST_F(HubClient, ACancelAbortsTheTransferInFlightAndTheNextDownloadResumes) {
       resumed = true;
   EXPECT_TRUE(resumed);
 }
+
+// The headers of several shards come `parallel` at a time and in the order asked; one missing
+// file fails the whole call.
+TEST_F(HubClient, SafetensorsHeadersOfSeveralFilesKeepTheirOrder) {
+  std::vector<std::string> names, want;
+  for (int i = 0; i < 5; ++i) {
+    const std::string h = "{\"w" + std::to_string(i) +
+                          "\":{\"dtype\":\"U8\",\"shape\":[120000],\"data_offsets\":[0,120000]}}";
+    names.push_back("s" + std::to_string(i) + ".safetensors");
+    srv.add_file(names.back(), st_bytes(h, 120000), true);
+    want.push_back(srv.content(names.back()).substr(0, 8 + h.size()));
+  }
+  hub::Client c(opts());
+  auto got = c.safetensors_headers(srv.repo(), "main", names);
+  ASSERT_TRUE(got.ok()) << got.error().message;
+  EXPECT_EQ(got.value(), want);
+  EXPECT_EQ(srv.count("GET", ".safetensors"), 5u);
+  names.insert(names.begin() + 2, "nope.safetensors");
+  auto bad = c.safetensors_headers(srv.repo(), "main", names);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.error().kind, hub::ErrorKind::EntryNotFound);
+  EXPECT_TRUE(c.safetensors_headers(srv.repo(), "main", {}).value().empty());
+}
