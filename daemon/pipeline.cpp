@@ -92,6 +92,10 @@ void Pipeline::set_status(const std::string& s) const {
   if (opt_.status) opt_.status(s);
 }
 
+bool Pipeline::stopping() const {
+  return opt_.stop && opt_.stop->load();
+}
+
 void Pipeline::beat() const {
   if (opt_.heartbeat) opt_.heartbeat();
 }
@@ -114,7 +118,7 @@ const config::RepoConfig* Pipeline::repo_config(const storage::Job& job, bool* r
 
 void Pipeline::check_repos(SyncReport& report) {
   for (const auto& r : cfg_.repos) {
-    if (opt_.stop && *opt_.stop) return;
+    if (stopping()) return;
     check_repo(r, report);
   }
 }
@@ -154,7 +158,7 @@ bool Pipeline::check_repo(const config::RepoConfig& r, SyncReport& report) {
 }
 
 void Pipeline::run_jobs(SyncReport& report) {
-  while (!(opt_.stop && *opt_.stop)) {
+  while (!stopping()) {
     auto job = db_.next_runnable(now_s());
     if (!job) return;
     run_job(*job, report);
@@ -191,7 +195,6 @@ struct Pipeline::Snapshot {
   uint64_t pending_bytes = 0;                  // their sizes
   // The shards' download, started by the quantize step once its disk check has passed.
   hub::SnapshotRequest request;     // the whole selection
-  std::vector<std::string> shards;  // the pending ones, in the order they are read
   int jobs = 1;                     // shards fetched at once
   std::unique_ptr<ShardFeed> feed;  // null until started
   double before_feed_s = 0;         // the download's seconds before the feed began
@@ -221,13 +224,6 @@ std::vector<std::string> missing_shards(const fs::path& dir) {
     if (!fs::exists(dir / n, ec)) out.push_back(n);
   }
   return out;
-}
-
-void add_fetched(hub::SnapshotResult& to, const hub::SnapshotResult& r) {
-  to.bytes += r.bytes;
-  to.downloaded += r.downloaded;
-  to.files = r.files;
-  to.dir = r.dir;
 }
 
 }  // namespace
@@ -281,9 +277,9 @@ Pipeline::Snapshot Pipeline::download(const JobContext& ctx, const config::RepoC
   const hub::ProgressFn progress = [this](uint64_t, uint64_t, const std::string&) { beat(); };
   auto fetch = [&](const hub::SnapshotRequest& req) {
     auto r = upstream.snapshot_download(req, progress);
-    if (!r && opt_.stop && opt_.stop->load()) throw DownloadInterrupted{};
+    if (!r && stopping()) throw DownloadInterrupted{};
     if (!r) throw JobFailure{r.error().message, permanent(r.error().kind)};
-    add_fetched(snap.got, r.value());
+    snap.got.add(r.value());
   };
   // Online, for a layout still to make, the shards come last and in the background: first
   // everything else (the index among it), then each missing shard's header, so that the
@@ -328,7 +324,6 @@ Pipeline::Snapshot Pipeline::download(const JobContext& ctx, const config::RepoC
   // small files; larger ones one at a time, each in `parallel` byte ranges.
   snap.jobs = largest < opt_.upstream.range_threshold ? opt_.upstream.parallel : 1;
   snap.request = sr;
-  snap.shards = shards;
   return snap;
 }
 
@@ -340,7 +335,7 @@ void Pipeline::download_done(const JobContext& ctx, Snapshot& snap) {
     seconds = snap.before_feed_s + snap.feed->seconds();
     snap.feed.reset();
     if (!r) throw JobFailure{r.error().message, permanent(r.error().kind)};
-    add_fetched(snap.got, r.value());
+    snap.got.add(r.value());
   }
   if (opt_.metrics) {
     opt_.metrics->add_downloaded(snap.got.bytes);
@@ -375,10 +370,12 @@ bool Pipeline::quantize_step(const JobContext& ctx, const config::RepoConfig& rc
                                         cfg_.limits.disk_reserve_bytes);
       !space)
     throw JobFailure{"quantize: " + space.error().message + " (limits.disk_reserve)", false};
-  if (!snap.complete()) {  // the shards' download, now that there is room for it
+  if (!snap.complete()) {             // the shards' download, now that there is room for it
+    std::vector<std::string> shards;  // in the order they are read (model::Checkpoint's: sorted)
+    for (const auto& [name, head] : snap.pending) shards.push_back(name);
     snap.before_feed_s = snap.since.seconds();
     snap.feed =
-        std::make_unique<ShardFeed>(opt_.upstream, snap.request, snap.shards, snap.jobs,
+        std::make_unique<ShardFeed>(opt_.upstream, snap.request, shards, snap.jobs,
                                     [this](uint64_t, uint64_t, const std::string&) { beat(); });
   }
   if (quantize(ctx, rc, snap, report)) return true;
@@ -404,14 +401,13 @@ bool Pipeline::quantize(const JobContext& ctx, const config::RepoConfig& rc, Sna
   // the ones whose checkpoint matches when it runs again (the checkpoint files are the one
   // source of truth for that; the state db only records progress for the log and status).
   qo.checkpoint_dir = ctx.work / "tensors";
-  qo.should_stop = [this] { return opt_.stop && opt_.stop->load(); };
+  qo.should_stop = [this] { return stopping(); };
   qo.pending_shards = snap.pending;
   qo.wait_for_shard = [&, this](const std::string& shard) {
     const Stopwatch waited;
     set_status("quantizing " + job.repo + ": waiting for " + shard);
-    const auto stop = [this] { return opt_.stop && opt_.stop->load(); };
-    if (auto e = snap.feed->wait(shard, stop)) {
-      if (stop())  // as before any other tensor: the staging dir goes, the checkpoints stay
+    if (auto e = snap.feed->wait(shard, [this] { return stopping(); })) {
+      if (stopping())  // as before any other tensor: the staging dir goes, the checkpoints stay
         throw convert::Interrupted(job.repo + ": interrupted while waiting for the download of '" +
                                    shard + "'");
       throw JobFailure{e->message, permanent(e->kind)};

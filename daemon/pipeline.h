@@ -113,6 +113,7 @@ class Pipeline {
   const config::RepoConfig* repo_config(const storage::Job& job, bool* repo_watched) const;
   void log(const std::string& line, spdlog::level::level_enum level = spdlog::level::info) const;
   void set_status(const std::string& s) const;
+  bool stopping() const;  // a stop request (PipelineOptions::stop) is in
   void beat() const;
   void failpoint(const std::string& name) const;
 

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <chrono>
 
+#include "common/parallel.h"
+
 namespace loftqd::daemon {
 
 ShardFeed::ShardFeed(hub::ClientOptions opt, hub::SnapshotRequest sr,
@@ -19,71 +21,45 @@ ShardFeed::ShardFeed(hub::ClientOptions opt, hub::SnapshotRequest sr,
       thread_([this] { run(); }) {}
 
 ShardFeed::~ShardFeed() {
-  {
-    std::lock_guard g(mu_);
-    stop_ = true;
-  }
   cancel_ = true;
   thread_.join();
 }
 
-void ShardFeed::fetch_shards(hub::Client& client) {
-  while (true) {
-    size_t i;
-    {
-      std::lock_guard g(mu_);
-      if (stop_ || error_ || next_ >= shards_.size()) return;
-      i = next_++;
-    }
-    hub::SnapshotRequest one = sr_;
-    one.files = {shards_[i]};
-    auto r = client.snapshot_download(one, progress_);
-    std::lock_guard g(mu_);
-    if (!r) {
-      if (!error_) error_ = r.error();
-      return;
-    }
-    result_.bytes += r.value().bytes;
-    result_.downloaded += r.value().downloaded;
-    done_[i] = true;
-    cv_.notify_all();
-  }
+std::optional<hub::Error> ShardFeed::stopped() const {
+  if (!cancel_) return std::nullopt;
+  return hub::Error{hub::ErrorKind::Io, sr_.repo + ": the download was stopped"};
+}
+
+hub::Result<hub::Ok> ShardFeed::fetch_shard(size_t i) {
+  if (auto e = stopped()) return *e;
+  hub::SnapshotRequest one = sr_;
+  one.files = {shards_[i]};
+  auto r = hub::Client(opt_).snapshot_download(one, progress_);
+  if (!r) return r.error();
+  std::lock_guard g(mu_);
+  result_.add(r.value());
+  done_[i] = true;
+  cv_.notify_all();
+  return hub::Ok{};
 }
 
 void ShardFeed::run() {
-  hub::Client client(opt_);
-  {
-    std::vector<std::thread> more;
-    const size_t extra = std::min(static_cast<size_t>(jobs_), shards_.size());
-    for (size_t k = 1; k < extra; ++k)
-      more.emplace_back([this] {
-        hub::Client c(opt_);
-        fetch_shards(c);
-      });
-    fetch_shards(client);
-    for (auto& t : more) t.join();
-  }
-  // The whole selection, which finds the shards in place (they count once, as fetched by
-  // their own calls).
-  bool go;
-  {
-    std::lock_guard g(mu_);
-    go = !stop_ && !error_;
-  }
-  if (go) {
-    auto r = client.snapshot_download(sr_, progress_);
-    std::lock_guard g(mu_);
-    if (!r) {
-      error_ = r.error();
+  // The shards, `jobs_` at a time, then the whole selection, which finds them in place (they
+  // count once, as fetched by their own calls).
+  auto shards = common::parallel_each<hub::Error>(shards_.size(), jobs_,
+                                                  [this](size_t i) { return fetch_shard(i); });
+  std::optional<hub::Error> error = shards ? stopped() : shards.error();
+  if (!error) {
+    auto r = hub::Client(opt_).snapshot_download(sr_, progress_);
+    if (r) {
+      std::lock_guard g(mu_);
+      result_.add(r.value());
     } else {
-      result_.bytes += r.value().bytes;
-      result_.downloaded += r.value().downloaded;
-      result_.commit = r.value().commit;
-      result_.dir = r.value().dir;
-      result_.files = r.value().files;
+      error = r.error();
     }
   }
   std::lock_guard g(mu_);
+  error_ = error;
   finished_ = true;
   seconds_ = clock_.seconds();
   cv_.notify_all();
@@ -100,16 +76,13 @@ std::optional<hub::Error> ShardFeed::wait(const std::string& shard,
       return hub::Error{hub::ErrorKind::Io,
                         sr_.repo + ": stopped while waiting for the download of '" + shard + "'"};
   if (done_[i]) return std::nullopt;
-  if (error_) return error_;
-  return hub::Error{hub::ErrorKind::Io, sr_.repo + ": the download of '" + shard + "' was stopped"};
+  return error_;  // finished without it: set whenever a shard is left out
 }
 
 hub::Result<hub::SnapshotResult> ShardFeed::finish() {
   std::unique_lock l(mu_);
   cv_.wait(l, [&] { return finished_; });
   if (error_) return *error_;
-  if (result_.dir.empty())
-    return hub::Error{hub::ErrorKind::Io, sr_.repo + ": the download was stopped"};
   return result_;
 }
 

@@ -47,7 +47,8 @@ class ShardFeed {
 
  private:
   void run();
-  void fetch_shards(hub::Client& client);  // one worker: the next shard until none is left
+  hub::Result<hub::Ok> fetch_shard(size_t i);
+  std::optional<hub::Error> stopped() const;  // the error of a feed stopped (cancel_) in between
 
   std::atomic<bool> cancel_{false};  // set by the destructor; opt_.cancel points here
   const hub::ClientOptions opt_;
@@ -57,11 +58,10 @@ class ShardFeed {
   const hub::ProgressFn progress_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  size_t next_ = 0;         // the next shard to start
   std::vector<bool> done_;  // per shard: in place
-  bool finished_ = false, stop_ = false;
+  bool finished_ = false;
   std::optional<hub::Error> error_;
-  hub::SnapshotResult result_;  // the sums so far; the last call's dir and commit
+  hub::SnapshotResult result_;  // every call's, added up (SnapshotResult::add)
   const common::Stopwatch clock_;
   double seconds_ = 0;
   std::thread thread_;  // last: started once every member above exists

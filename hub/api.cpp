@@ -8,6 +8,7 @@
 #include "common/env.h"
 #include "common/fs.h"
 #include "common/ids.h"
+#include "common/parallel.h"
 #include "common/strings.h"
 
 namespace fs = std::filesystem;
@@ -220,19 +221,16 @@ Result<std::string> Client::safetensors_header(const std::string& repo, const st
     return Error{ErrorKind::InvalidResponse, c.describe() + ": safetensors header length " +
                                                  std::to_string(n) + " exceeds the limit of " +
                                                  std::to_string(kMaxHeader)};
+  auto past_end = [&](size_t file_size) {
+    return Error{ErrorKind::InvalidResponse,
+                 c.describe() + ": safetensors header length " + std::to_string(n) +
+                     " goes past the end of the file (" + std::to_string(file_size) + " bytes)"};
+  };
   if (8 + n > head.size()) {
-    if (head.size() < kFirst)  // the whole file came, and the header goes past its end
-      return Error{ErrorKind::InvalidResponse, c.describe() + ": safetensors header length " +
-                                                   std::to_string(n) +
-                                                   " goes past the end of the file (" +
-                                                   std::to_string(head.size()) + " bytes)"};
+    if (head.size() < kFirst) return past_end(head.size());  // the whole file came
     auto all = file_prefix(t, url, 8 + n, c);
     if (!all) return all.error();
-    if (all.value().size() != 8 + n)
-      return Error{ErrorKind::InvalidResponse, c.describe() + ": safetensors header length " +
-                                                   std::to_string(n) +
-                                                   " goes past the end of the file (" +
-                                                   std::to_string(all.value().size()) + " bytes)"};
+    if (all.value().size() != 8 + n) return past_end(all.value().size());
     return std::move(all.value());
   }
   head.resize(8 + n);
@@ -242,7 +240,7 @@ Result<std::string> Client::safetensors_header(const std::string& repo, const st
 Result<std::vector<std::string>> Client::safetensors_headers(
     const std::string& repo, const std::string& revision, const std::vector<std::string>& paths) {
   std::vector<std::string> out(paths.size());
-  auto all = detail::parallel_each(paths.size(), opt_.parallel, [&](size_t i) -> Result<Ok> {
+  auto all = common::parallel_each<Error>(paths.size(), opt_.parallel, [&](size_t i) -> Result<Ok> {
     auto h = safetensors_header(repo, revision, paths[i]);
     if (!h) return h.error();
     out[i] = std::move(h.value());

@@ -24,6 +24,7 @@
 #include "hub/transport.h"
 
 #include "common/ids.h"
+#include "common/parallel.h"
 #include "storage/store.h"
 
 namespace fs = std::filesystem;
@@ -600,8 +601,8 @@ class SnapshotDownload {
     std::vector<const Job*> small, large;
     for (const auto& j : jobs_)
       (j.e->size >= t_.opt.range_threshold && t_.opt.parallel > 1 ? large : small).push_back(&j);
-    auto got = detail::parallel_each(small.size(), t_.opt.parallel,
-                                     [&](size_t k) { return run_job(*small[k]); });
+    auto got = common::parallel_each<Error>(small.size(), t_.opt.parallel,
+                                            [&](size_t k) { return run_job(*small[k]); });
     if (!got) return got.error();
     for (const Job* j : large)
       if (auto r = run_job(*j); !r) return r.error();

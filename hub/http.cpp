@@ -120,10 +120,6 @@ bool Response::aborted_by_sink() const {
   return curl_code == CURLE_WRITE_ERROR;
 }
 
-bool Response::cancelled() const {
-  return curl_code == CURLE_ABORTED_BY_CALLBACK;
-}
-
 namespace {
 
 // CURLOPT_XFERINFOFUNCTION: libcurl calls it about once a second even when no byte moves.
@@ -157,12 +153,10 @@ Response perform(const Request& req) {
   if (req.max_recv_bytes_per_s > 0)
     curl_easy_setopt(curl, CURLOPT_MAX_RECV_SPEED_LARGE,
                      static_cast<curl_off_t>(req.max_recv_bytes_per_s));
-  if (req.cancel) {
+  if (req.cancel) {  // (thread_handle()'s reset leaves progress callbacks off otherwise)
     curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
     curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, on_progress);
     curl_easy_setopt(curl, CURLOPT_XFERINFODATA, const_cast<std::atomic<bool>*>(req.cancel));
-  } else {
-    curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 1L);
   }
   curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, on_header);
   curl_easy_setopt(curl, CURLOPT_HEADERDATA, &ctx);

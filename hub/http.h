@@ -45,7 +45,6 @@ struct Response {
   bool transport_ok() const { return curl_code == 0; }
   bool timed_out() const;
   bool aborted_by_sink() const;
-  bool cancelled() const;  // by Request::cancel
 };
 
 Response perform(const Request& req);

@@ -143,6 +143,15 @@ struct SnapshotResult {
   // after a hash mismatch counts twice, and files already verified in the store or the local
   // dir count 0 (so a second download of the same snapshot reports 0).
   uint64_t bytes = 0;
+  // Adds what a later call for the same snapshot did: files fetched and bytes received add up;
+  // the commit, dir and file count become the later call's.
+  void add(const SnapshotResult& later) {
+    commit = later.commit;
+    dir = later.dir;
+    files = later.files;
+    downloaded += later.downloaded;
+    bytes += later.bytes;
+  }
 };
 
 struct PublishRequest {

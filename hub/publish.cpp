@@ -15,6 +15,7 @@
 
 #include "common/fs.h"
 #include "common/ids.h"
+#include "common/parallel.h"
 #include "common/strings.h"
 #include "storage/store.h"
 
@@ -225,7 +226,7 @@ class Publish {
   // once; their total size.
   Result<Ok> hash_locals() {
     for (const auto& l : locals_) total_ += l.size;
-    return detail::parallel_each(locals_.size(), t_.opt.parallel_uploads, [&](size_t i) {
+    return common::parallel_each<Error>(locals_.size(), t_.opt.parallel_uploads, [&](size_t i) {
       Local& l = locals_[i];
       auto h = st::hash_file(l.file, st::HashAlgo::Sha256);
       if (!h) return Result<Ok>(from_storage(h.error(), c_));
@@ -385,13 +386,13 @@ class Publish {
         p.etags.resize(p.a.parts.size());
         for (const auto& part : p.a.parts) units.emplace_back(k, part.first);
       }
-      auto up = detail::parallel_each(units.size(), t_.opt.parallel_uploads, [&](size_t u) {
+      auto up = common::parallel_each<Error>(units.size(), t_.opt.parallel_uploads, [&](size_t u) {
         Pending& p = todo[units[u].first];
         return units[u].second ? upload_part(p, units[u].second) : upload_basic(*p.l, p.a, p.fc);
       });
       if (!up) return up.error();
-      auto fin = detail::parallel_each(todo.size(), t_.opt.parallel_uploads,
-                                       [&](size_t k) { return finish_object(todo[k]); });
+      auto fin = common::parallel_each<Error>(todo.size(), t_.opt.parallel_uploads,
+                                              [&](size_t k) { return finish_object(todo[k]); });
       if (!fin) return fin.error();
     }
     return Ok{};

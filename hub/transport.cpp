@@ -4,14 +4,11 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cmath>
-#include <mutex>
 #include <random>
 #include <set>
 #include <thread>
-#include <vector>
 
 #include "common/ids.h"
 #include "common/strings.h"
@@ -390,34 +387,6 @@ Result<Ok> Transport::get_pages(
     if (!next) return Ok{};
     url = http::resolve_url(url, *next);
   }
-}
-
-Result<Ok> parallel_each(size_t n, int workers, const std::function<Result<Ok>(size_t)>& f) {
-  std::atomic<size_t> next{0};
-  std::mutex mu;
-  std::optional<Error> first;
-  auto work = [&] {
-    for (size_t i; (i = next.fetch_add(1)) < n;) {
-      {
-        std::lock_guard<std::mutex> g(mu);
-        if (first) return;
-      }
-      auto r = f(i);
-      if (!r) {
-        std::lock_guard<std::mutex> g(mu);
-        if (!first) first = r.error();
-        return;
-      }
-    }
-  };
-  // The calling thread is one of the workers.
-  const size_t threads = std::min<size_t>(n, static_cast<size_t>(std::max(workers, 1)));
-  std::vector<std::thread> pool;
-  for (size_t w = 1; w < threads; ++w) pool.emplace_back(work);
-  work();
-  for (auto& th : pool) th.join();
-  if (first) return *first;
-  return Ok{};
 }
 
 }  // namespace detail

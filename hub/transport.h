@@ -39,11 +39,6 @@ std::optional<std::string> next_link(const std::string& link);
 // An ETag without W/ and quotes.
 std::string unquote_etag(std::string e);
 
-// Runs f(0), ..., f(n - 1) on up to `workers` threads (the calling thread included), handing the
-// items out in order. After the first error no new item starts; the running ones finish. Returns
-// that first error, or Ok.
-Result<Ok> parallel_each(size_t n, int workers, const std::function<Result<Ok>(size_t)>& f);
-
 // The request side of a Client: holds its options (by reference) and the endpoint's origin.
 class Transport {
  public:

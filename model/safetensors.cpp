@@ -683,7 +683,6 @@ Checkpoint Checkpoint::open(const std::filesystem::path& dir,
   Checkpoint c;
   c.dir_ = dir;
   const auto index = dir / "model.safetensors.index.json";
-  const auto single = dir / "model.safetensors";
   if (checkpoint_file_present(index)) {
     c.index_path_ = index;
     c.sharded_ = true;

@@ -17,6 +17,7 @@
 namespace fs = std::filesystem;
 using loftqd::testing::FaultServer;
 using loftqd::testing::random_bytes;
+using loftqd::testing::raw_safetensors;
 using loftqd::testing::slurp;
 using loftqd::testing::spit;
 using loftqd::testing::TempDir;
@@ -345,28 +346,16 @@ TEST_F(HubClient, FilesNarrowTheSelectionToTheNamedPaths) {
   EXPECT_FALSE(fs::exists(snapshot() / "config.json"));
 }
 
-namespace {
-
-// A safetensors file built by hand: the length field, `header` and `buffer` bytes.
-std::string st_bytes(const std::string& header, size_t buffer) {
-  std::string out;
-  for (int i = 0; i < 8; ++i)
-    out.push_back(static_cast<char>((uint64_t{header.size()} >> (8 * i)) & 0xFF));
-  return out + header + random_bytes(buffer, 3);
-}
-
-}  // namespace
-
 // The header block comes with Range requests and no more: 100,000 bytes first, then exactly
 // the rest of a longer header; a server that ignores Range is refused without reading the file.
 // (Files shorter than the first read: tests/mirror/test_read_api.cpp, whose server clips ranges
 // as the Hub does.)
 TEST_F(HubClient, SafetensorsHeaderReadsTheHeaderBlockAndNoMore) {
   const std::string short_h = R"({"w":{"dtype":"U8","shape":[400000],"data_offsets":[0,400000]}})";
-  srv.add_file("a.safetensors", st_bytes(short_h, 400000), true);
+  srv.add_file("a.safetensors", raw_safetensors(short_h, random_bytes(400000, 3)), true);
   const std::string long_h = R"({"__metadata__":{"k":")" + std::string(150000, 'm') +
                              R"("},"w":{"dtype":"U8","shape":[10],"data_offsets":[0,10]}})";
-  srv.add_file("b.safetensors", st_bytes(long_h, 10), true);
+  srv.add_file("b.safetensors", raw_safetensors(long_h, random_bytes(10, 3)), true);
   hub::Client c(opts());
   auto a = c.safetensors_header(srv.repo(), "main", "a.safetensors");
   ASSERT_TRUE(a.ok()) << a.error().message;
@@ -445,7 +434,7 @@ TEST_F(HubClient, SafetensorsHeadersOfSeveralFilesKeepTheirOrder) {
     const std::string h = "{\"w" + std::to_string(i) +
                           "\":{\"dtype\":\"U8\",\"shape\":[120000],\"data_offsets\":[0,120000]}}";
     names.push_back("s" + std::to_string(i) + ".safetensors");
-    srv.add_file(names.back(), st_bytes(h, 120000), true);
+    srv.add_file(names.back(), raw_safetensors(h, random_bytes(120000, 3)), true);
     want.push_back(srv.content(names.back()).substr(0, 8 + h.size()));
   }
   hub::Client c(opts());

@@ -321,16 +321,11 @@ TEST_F(MirrorRead, RootPageSaysWhatThisIs) {
 // the mirror clips like the Hub: the whole small file is the header block; a file too short
 // for the length field, or whose header goes past its end, is refused naming it.
 TEST_F(MirrorRead, SafetensorsHeadersOfFilesShorterThanTheFirstRange) {
-  auto st_bytes = [](const std::string& header) {
-    std::string out;
-    for (int i = 0; i < 8; ++i)
-      out.push_back(static_cast<char>((uint64_t{header.size()} >> (8 * i)) & 0xFF));
-    return out + header;
-  };
   const std::map<std::string, std::string> content = {
-      {"tiny.safetensors", st_bytes(R"({"a":{"dtype":"U8","shape":[0],"data_offsets":[0,0]}})")},
+      {"tiny.safetensors", loftqd::testing::raw_safetensors(
+                               R"({"a":{"dtype":"U8","shape":[0],"data_offsets":[0,0]}})")},
       {"short.safetensors", "12345"},
-      {"past.safetensors", st_bytes(std::string(30, ' ')).substr(0, 20)}};
+      {"past.safetensors", loftqd::testing::raw_safetensors(std::string(30, ' ')).substr(0, 20)}};
   std::map<std::string, std::string> files;
   for (const auto& [path, bytes] : content) {
     auto d = st::Digest::lfs(st::sha256_hex(bytes), bytes.size());

@@ -22,6 +22,7 @@ namespace loftqd::model {
 namespace {
 
 namespace fs = std::filesystem;
+using loftqd::testing::safetensors_header_block;
 using loftqd::testing::slurp;
 using loftqd::testing::spit;
 using loftqd::testing::TempDir;
@@ -744,16 +745,6 @@ TEST(Checkpoint, UnrelatedSafetensorsFilesAreIgnored) {
   EXPECT_EQ(Checkpoint::open(single.path()).all_tensors().size(), 1u);
 }
 
-// The header block of a file as the daemon fetches it ahead (first 8 + N bytes), written by
-// hand from the file's length field, not by the reader under test.
-std::string header_block(const fs::path& p) {
-  const std::string all = slurp(p);
-  uint64_t n = 0;
-  for (int i = 7; i >= 0; --i)
-    n = (n << 8) | static_cast<unsigned char>(all[static_cast<size_t>(i)]);
-  return all.substr(0, static_cast<size_t>(8 + n));
-}
-
 // A shard still downloading is planned from its header block: its tensors, offsets and file
 // size are known, its data is not readable, and load() opens the file once it is there.
 TEST(Checkpoint, APendingShardIsKnownFromItsHeaderAndLoadedLater) {
@@ -765,7 +756,7 @@ TEST(Checkpoint, APendingShardIsKnownFromItsHeaderAndLoadedLater) {
   write_u8_shard(dir / kShard1, {"a"});
   spit(dir / "model.safetensors.index.json",
        index_json({{"a", kShard1}, {"b", kShard2}, {"c", kShard2}}));
-  const std::string head = header_block(away / kShard2);
+  const std::string head = safetensors_header_block(away / kShard2);
   auto c = Checkpoint::open(dir.path(), {{kShard2, head}});
   ASSERT_EQ(c.num_shards(), 2u);
   EXPECT_FALSE(c.pending(0));
@@ -800,7 +791,7 @@ TEST(Checkpoint, AShardWhoseHeaderChangedIsRefused) {
   write_u8_shard(dir / kShard1, {"a"});
   spit(dir / "model.safetensors.index.json", index_json({{"a", kShard1}, {"b", kShard2}}));
   write_u8_shard(other / kShard2, {"b"});
-  std::string head = header_block(other / kShard2);
+  std::string head = safetensors_header_block(other / kShard2);
   auto c = Checkpoint::open(dir.path(), {{kShard2, head}});
   // The same tensor, now with metadata: a different header block.
   write_safetensors(dir / kShard2, {{{"b", DType::U8, {1}}, as_bytes("x")}}, {{"k", "v"}});
@@ -810,7 +801,8 @@ TEST(Checkpoint, AShardWhoseHeaderChangedIsRefused) {
                 Checkpoint::open(dir.path(), {{kShard2, head}});
               }),
               HasSubstr("not the one fetched ahead"));
-  EXPECT_NO_THROW(Checkpoint::open(dir.path(), {{kShard2, header_block(dir / kShard2)}}));
+  EXPECT_NO_THROW(
+      Checkpoint::open(dir.path(), {{kShard2, safetensors_header_block(dir / kShard2)}}));
   // A missing shard without a header is still missing.
   fs::remove(dir / kShard2);
   expect_checkpoint_rejected(dir, {kShard2, "missing"});

@@ -192,6 +192,21 @@ int ServeProcess::stop() {
   return *exit_code_;
 }
 
+std::string raw_safetensors(const std::string& header, const std::string& buffer) {
+  std::string out;
+  for (int i = 0; i < 8; ++i)
+    out.push_back(static_cast<char>((uint64_t{header.size()} >> (8 * i)) & 0xFF));
+  return out + header + buffer;
+}
+
+std::string safetensors_header_block(const std::filesystem::path& p) {
+  const std::string all = slurp(p);
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i)
+    n = (n << 8) | static_cast<unsigned char>(all.at(static_cast<size_t>(i)));
+  return all.substr(0, static_cast<size_t>(8 + n));
+}
+
 std::string random_bytes(size_t n, unsigned seed) {
   std::mt19937 rng(seed);
   std::string s(n, '\0');

@@ -89,4 +89,11 @@ size_t count_of(const std::string& haystack, const std::string& needle);
 std::string slurp(const std::filesystem::path& p);
 void spit(const std::filesystem::path& p, const std::string& content);
 
+// safetensors bytes built by hand (not by the writer under test): the 8-byte little-endian
+// length of `header`, `header`, then `buffer`.
+std::string raw_safetensors(const std::string& header, const std::string& buffer = "");
+// The header block of the safetensors file `p` (its first 8 + N bytes), N read by hand from its
+// length field: what the daemon fetches ahead of a shard's download.
+std::string safetensors_header_block(const std::filesystem::path& p);
+
 }  // namespace loftqd::testing
