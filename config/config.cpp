@@ -371,9 +371,10 @@ RepoDefaults read_defaults(Reader& r, const json& j, Config& c) {
 void read_publish(Reader& r, const json& j, Config& c) {
   r.field(j, "", "publish", [&](const json& v, const std::string& p) {
     if (!r.object(v, p)) return;
-    r.known_keys(v, p, {"hub_org", "mirror", "private"});
+    r.known_keys(v, p, {"hub_org", "mirror", "private", "early_upload"});
     r.opt_str(v, p, "hub_org", c.publish.hub_org);
     r.boolean(v, p, "mirror", c.publish.mirror);
+    r.boolean(v, p, "early_upload", c.publish.early_upload);
     r.field(v, p, "private", [&](const json& x, const std::string& xp) {
       if (x.is_boolean())
         c.publish.visibility = x.get<bool>() ? Visibility::Private : Visibility::Public;

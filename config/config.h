@@ -55,6 +55,9 @@ struct PublishTargets {
   std::optional<std::string> hub_org;  // publish to the Hub under this org
   bool mirror = true;                  // publish to the built-in mirror
   Visibility visibility = Visibility::Inherit;
+  // Each backbone shard goes up (as an LFS object, no commit) as soon as it is written, while
+  // LoftQ runs on the next ones; the commit still comes only after the whole layout is made.
+  bool early_upload = true;
 };
 
 struct MirrorSettings {

@@ -159,6 +159,8 @@ class BackboneWriter {
         ckpt.load(i);
       }
       write_shard(ckpt.shard(i), stage / ckpt.shard_names()[i], workers.get());
+      if (opt_.on_backbone_file)
+        opt_.on_backbone_file(ckpt.shard_names()[i], stage / ckpt.shard_names()[i]);
     }
     if (opt_.progress) opt_.progress(total_, total_, "");
   }

@@ -55,6 +55,7 @@ hub::ClientOptions publish_client_options(const PublishEndpoint& ep) {
   o.endpoint = ep.endpoint;
   o.token = ep.token;
   o.offline = ep.offline;
+  o.max_send_bytes_per_s = ep.max_send_bytes_per_s;
   return o;
 }
 

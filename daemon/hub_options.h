@@ -12,6 +12,7 @@ struct PublishEndpoint {
   std::string endpoint;
   std::optional<std::string> token;
   bool offline = false;  // HF_HUB_OFFLINE, for the Hub (never for the daemon's own mirror)
+  uint64_t max_send_bytes_per_s = 0;  // per upload connection; 0: unlimited (bench_pipeline's)
 };
 
 // A secret named by the configuration key `key` (hub.token_file, mirror.write_token_file,

@@ -15,6 +15,7 @@
 #include "common/ids.h"
 #include "common/stopwatch.h"
 #include "convert/convert.h"
+#include "daemon/early_upload.h"
 #include "daemon/shard_feed.h"
 #include "hub/hub.h"
 #include "model/safetensors.h"
@@ -179,6 +180,9 @@ struct Pipeline::JobContext {
   fs::path work;          // the job's work dir under the store
   fs::path out;           // the LoftQ layout, inside `work`
   Stopwatch since_start;  // the job's whole duration
+  // The backbone shards going up while LoftQ runs (publish.early_upload); null when off, or
+  // when the layout was reused.
+  mutable std::unique_ptr<EarlyUpload> early;
 
   JobContext(const storage::Job& j, const std::string& store)
       : job(j),
@@ -414,6 +418,11 @@ bool Pipeline::quantize(const JobContext& ctx, const config::RepoConfig& rc, Sna
     }
     log(ctx.tag + " step=quantize shard=" + shard + " waited_s=" + waited.str());
   };
+  ctx.early = start_early_upload(ctx);
+  if (ctx.early)
+    qo.on_backbone_file = [&ctx](const std::string& name, const fs::path& file) {
+      ctx.early->add(name, file);
+    };
   qo.on_tensor_done = [this, &job](const std::string& tensor) {
     db_.tensor_done(job.id, tensor);
     failpoint("tensor");
@@ -523,26 +532,55 @@ bool Pipeline::publish_private(const JobContext& ctx) const {
   return info.value().is_private || info.value().gated;
 }
 
+std::unique_ptr<EarlyUpload> Pipeline::start_early_upload(const JobContext& ctx) const {
+  if (!cfg_.publish.early_upload) return nullptr;
+  std::vector<EarlyUpload::Target> targets;
+  auto add = [&](const std::optional<PublishEndpoint>& ep, const char* where) {
+    if (!ep || ep->offline) return;  // the publish step reports what is wrong with it
+    hub::ClientOptions co = publish_client_options(*ep);
+    co.parallel_uploads = cfg_.limits.concurrent_uploads;
+    targets.push_back({std::string(where) + "/" + ctx.job.target, co});
+  };
+  if (cfg_.publish.mirror) add(opt_.mirror, "mirror");
+  if (cfg_.publish.hub_org) add(opt_.hub, "hub");
+  if (targets.empty()) return nullptr;
+  return std::make_unique<EarlyUpload>(
+      std::move(targets), ctx.job.target, ctx.tag,
+      [this](spdlog::level::level_enum level, const std::string& line) { log(line, level); },
+      [this](const std::string& point) { failpoint(point); });
+}
+
 std::string Pipeline::publish(const JobContext& ctx) {
   db_.set_state(ctx.job.id, storage::JobState::Publishing, now_s());
   set_status("publishing " + ctx.job.target);
+  // The shards sent while LoftQ ran: the last ones finish first, and their hashes save the
+  // publish from reading the files again.
+  std::map<std::string, hub::KnownHash> hashes;
+  if (ctx.early) {
+    const EarlyUpload::Done d = ctx.early->finish();
+    ctx.early.reset();
+    hashes = d.hashes;
+    log(ctx.tag + " step=publish early done files=" + std::to_string(d.files) + " bytes_uploaded=" +
+        std::to_string(d.bytes_sent) + " waited_s=" + std::to_string(d.waited_s));
+  }
   failpoint("publish");
   const bool is_private = publish_private(ctx);
   std::string published;
   if (cfg_.publish.mirror) {
     if (!opt_.mirror) throw JobFailure{"publish.mirror is set but no mirror is running", true};
-    published = publish_to(ctx, *opt_.mirror, "mirror", is_private);
+    published = publish_to(ctx, *opt_.mirror, "mirror", is_private, hashes);
   }
   if (cfg_.publish.hub_org) {
     if (!opt_.hub) throw JobFailure{"publish.hub_org is set but no Hub token is configured", true};
-    published = publish_to(ctx, *opt_.hub, "hub", is_private);
+    published = publish_to(ctx, *opt_.hub, "hub", is_private, hashes);
   }
   failpoint("published");
   return published;
 }
 
 std::string Pipeline::publish_to(const JobContext& ctx, const PublishEndpoint& ep,
-                                 const std::string& where, bool is_private) {
+                                 const std::string& where, bool is_private,
+                                 const std::map<std::string, hub::KnownHash>& hashes) {
   const storage::Job& job = ctx.job;
   const Stopwatch sw;
   hub::ClientOptions co = publish_client_options(ep);
@@ -552,6 +590,7 @@ std::string Pipeline::publish_to(const JobContext& ctx, const PublishEndpoint& e
   pr.dir = ctx.out;
   pr.repo = job.target;
   pr.is_private = is_private;  // applies when the repo is created
+  pr.hashes = hashes;
   pr.summary = "LoftQ of " + job.repo + "@" + job.upstream_commit;
   pr.description = "loftqd " LOFTQD_VERSION "; upstream " + job.repo + " revision " + job.revision +
                    " commit " + job.upstream_commit + "; config " + job.config_hash;
@@ -564,7 +603,8 @@ std::string Pipeline::publish_to(const JobContext& ctx, const PublishEndpoint& e
   log(ctx.tag + " step=publish target=" + where + "/" + job.target +
       " private=" + (is_private ? "yes" : "no") + " commit_oid=" + c.value().commit_oid +
       (c.value().skipped ? " unchanged=yes" : "") +
-      " bytes_uploaded=" + std::to_string(c.value().bytes_uploaded) + " seconds=" + sw.str());
+      " bytes_uploaded=" + std::to_string(c.value().bytes_uploaded) +
+      " hashes_reused=" + std::to_string(c.value().hashes_reused) + " seconds=" + sw.str());
   return c.value().commit_oid;
 }
 

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -21,6 +23,8 @@
 #include "storage/state.h"
 
 namespace loftqd::daemon {
+
+class EarlyUpload;
 
 struct PipelineOptions {
   std::optional<PublishEndpoint> mirror;
@@ -44,8 +48,10 @@ struct PipelineOptions {
   // good; never a token.
   std::function<void(spdlog::level::level_enum, const std::string&)> log;
   // Test seam (null in production): called with a point's name at "tensor" (after each
-  // tensor's checkpoint is recorded), "publish" (before the upload) and "published" (after the
-  // commit, before the state db records it), so a crash test can stop or kill the job there.
+  // tensor's checkpoint is recorded), "publish" (before the upload), "published" (after the
+  // commit, before the state db records it) and "early_upload" (before each backbone shard's
+  // early upload to a target, on the upload's thread: a throw there fails that upload), so a
+  // crash test can stop or kill the job there.
   std::function<void(const std::string&)> failpoint;
 };
 
@@ -102,8 +108,11 @@ class Pipeline {
   convert::SourceInfo source_info(const storage::Job& job) const;
   // publish.private, or with "inherit" whether the upstream is private or gated (asked now).
   bool publish_private(const JobContext& ctx) const;
+  // The early upload of the job's backbone shards to every publish target (null when
+  // publish.early_upload is off or there is no target to send to).
+  std::unique_ptr<EarlyUpload> start_early_upload(const JobContext& ctx) const;
   std::string publish_to(const JobContext& ctx, const PublishEndpoint& ep, const std::string& where,
-                         bool is_private);
+                         bool is_private, const std::map<std::string, hub::KnownHash>& hashes);
   void finish(const JobContext& ctx, const std::string& published, SyncReport& report);
   void fail(const JobContext& ctx, const std::string& error, bool permanent, int64_t retry_in_s,
             SyncReport& report);

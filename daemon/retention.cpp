@@ -43,6 +43,9 @@ std::vector<storage::RepoPolicy> retention_policies(const config::Config& cfg,
     if (targets.count(repo)) {
       p.keep_snapshots = static_cast<size_t>(cfg.retention.keep_published_snapshots);
       p.min_blob_age = kUploadGrace;
+      // A running job uploads its backbone's objects before the commit that names them
+      // (publish.early_upload): however long its LoftQ takes, they stay until it is done.
+      p.sweep_blobs = !busy.count(repo);
     } else if (watched.count(repo)) {
       if (hosted) continue;  // the daemon watches a repo its own mirror hosts: not a download
       p.keep_snapshots = static_cast<size_t>(cfg.retention.keep_upstream_snapshots);

@@ -7,7 +7,8 @@
 //     (it may link what it has downloaded). A repo the store's mirror hosts (uploaded through its
 //     write API) is not a download and is left alone.
 //   - a configured target (published into the mirror): the newest keep_published_snapshots, plus
-//     whatever a branch or tag serves; blobs uploaded in the last kUploadGrace are spared.
+//     whatever a branch or tag serves; blobs uploaded in the last kUploadGrace are spared, and
+//     no blob is swept while a job for it is unfinished (early uploads precede their commit).
 //   - an orphan (a target or a downloaded upstream that a job named but no entry names now): the
 //     whole repo, only with prune_orphaned_targets, and never while a job still needs it.
 //   - any other repo in the store: untouched.

@@ -153,6 +153,9 @@ Response perform(const Request& req) {
   if (req.max_recv_bytes_per_s > 0)
     curl_easy_setopt(curl, CURLOPT_MAX_RECV_SPEED_LARGE,
                      static_cast<curl_off_t>(req.max_recv_bytes_per_s));
+  if (req.max_send_bytes_per_s > 0)
+    curl_easy_setopt(curl, CURLOPT_MAX_SEND_SPEED_LARGE,
+                     static_cast<curl_off_t>(req.max_send_bytes_per_s));
   if (req.cancel) {  // (thread_handle()'s reset leaves progress callbacks off otherwise)
     curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
     curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, on_progress);

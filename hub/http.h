@@ -30,6 +30,7 @@ struct Request {
   long stall_timeout_s = 30;
   long total_timeout_s = 0;           // 0: none
   uint64_t max_recv_bytes_per_s = 0;  // 0: unlimited
+  uint64_t max_send_bytes_per_s = 0;  // 0: unlimited
   // When set, the exchange is aborted (CURLE_ABORTED_BY_CALLBACK) within about a second of it
   // turning true, and not started when it already is.
   const std::atomic<bool>* cancel = nullptr;

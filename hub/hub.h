@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <utility>
@@ -73,6 +74,7 @@ struct ClientOptions {
   uint64_t range_threshold = uint64_t{256} << 20;  // files at least this large use ranges
   uint64_t disk_reserve = uint64_t{1} << 30;       // keep this much free after a download
   uint64_t max_recv_bytes_per_s = 0;               // per connection; 0: unlimited
+  uint64_t max_send_bytes_per_s = 0;  // per upload connection (file bodies); 0: unlimited
   std::string user_agent = "loftqd";
   // When set: once it is true, transfers in flight are aborted within about a second and no
   // request starts (an error that is never retried; a download's partial stays for the next
@@ -154,6 +156,18 @@ struct SnapshotResult {
   }
 };
 
+// A file's sha256 computed earlier (by preupload_lfs, or while the file was written) and what
+// identifies the version of the file it was computed from. upload_folder takes it instead of
+// hashing the file again only while the file still has this size, inode and modification time.
+struct KnownHash {
+  std::string sha256;
+  uint64_t size = 0, inode = 0;
+  int64_t mtime_ns = 0;
+};
+// `sha256` with `file`'s size, inode and modification time now (symlinks followed); Io when the
+// file cannot be stat'ed.
+Result<KnownHash> known_hash(const std::filesystem::path& file, std::string sha256);
+
 struct PublishRequest {
   std::filesystem::path dir;
   std::string repo;
@@ -162,6 +176,34 @@ struct PublishRequest {
   std::string summary;  // commit title; default "Upload with loftqd"
   std::string description;
   bool delete_missing = true;  // remove remote files that the dir lacks (branch == dir)
+  // Path in the repo -> its hash as computed before (see KnownHash); the rest are hashed.
+  std::map<std::string, KnownHash> hashes;
+};
+
+// LFS objects sent ahead of the commit that will name them (huggingface_hub's
+// preupload_lfs_files): the daemon uploads each backbone shard as soon as it is written, while
+// LoftQ runs on the next ones, and the publish's upload_folder then finds the objects stored.
+struct PreuploadRequest {
+  std::string repo;
+  std::string branch = "main";
+  // False: the repo and the branch must exist (RepoNotFound or RevisionNotFound otherwise), so
+  // nothing at all appears on the server before the commit.
+  bool create = true;
+  bool is_private = false;  // applies when the repo is created
+  struct File {
+    std::string path;            // in the repo
+    std::filesystem::path file;  // the local bytes
+    std::optional<KnownHash> hash;
+  };
+  std::vector<File> files;
+};
+
+struct PreuploadResult {
+  std::map<std::string, KnownHash> hashes;  // every file's, for the upload_folder to come
+  std::vector<std::string> lfs;             // paths whose objects the server holds now
+  std::vector<std::string> regular;         // paths the server wants inline in the commit: not sent
+  size_t lfs_uploaded = 0;                  // objects sent (those the server had are not)
+  uint64_t bytes_uploaded = 0;
 };
 
 struct CommitInfo {
@@ -170,6 +212,7 @@ struct CommitInfo {
   // Bytes of file content sent: LFS objects uploaded (objects the server already had count 0)
   // plus the regular files inlined in the commit. 0 when `skipped`.
   uint64_t bytes_uploaded = 0;
+  size_t hashes_reused = 0;  // files whose sha256 came with the request (PublishRequest::hashes)
   // No commit was made: the branch already held every file of the dir with the same content
   // (git blob sha1, or LFS sha256 and size) and there was nothing to delete. Never set when
   // the repo or the branch was created by this call.
@@ -213,6 +256,14 @@ class Client {
   // Like huggingface_hub, it makes no empty commit: when the branch already matches the dir
   // (see CommitInfo::skipped) nothing is uploaded and the head commit is returned.
   Result<CommitInfo> upload_folder(const PublishRequest& req, const ProgressFn& progress = {});
+  // Uploads the LFS objects of `req.files` and makes no commit: the repo and the branch are
+  // made when missing (as upload_folder would; not with create = false), preupload says which
+  // files are LFS, and the
+  // LFS batch API takes those (objects the server has are not sent again). Nothing becomes
+  // visible in the repo until a commit names the objects; one that never comes leaves only
+  // unreferenced objects, which the server's garbage collection removes.
+  Result<PreuploadResult> preupload_lfs(const PreuploadRequest& req,
+                                        const ProgressFn& progress = {});
 
  private:
   ClientOptions opt_;

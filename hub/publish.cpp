@@ -4,11 +4,14 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <atomic>
 #include <charconv>
 #include <fstream>
 #include <map>
 #include <mutex>
 #include <set>
+
+#include <sys/stat.h>
 
 #include "hub/hub.h"
 #include "hub/transport.h"
@@ -81,7 +84,24 @@ struct Local {
   uint64_t size = 0;
   std::string sha256, sample;  // sample: the first 512 bytes, for preupload
   bool lfs = false;            // preupload's answer
+  KnownHash id;                // the version hashed: sha256, size, inode, mtime
 };
+
+// The file's size, inode and modification time (symlinks followed); nullopt when it cannot be
+// stat'ed.
+std::optional<KnownHash> identity(const fs::path& file) {
+  struct stat sb {};
+  if (::stat(file.c_str(), &sb) != 0) return std::nullopt;
+  KnownHash k;
+  k.size = static_cast<uint64_t>(sb.st_size);
+  k.inode = static_cast<uint64_t>(sb.st_ino);
+  k.mtime_ns = static_cast<int64_t>(sb.st_mtim.tv_sec) * 1000000000 + sb.st_mtim.tv_nsec;
+  return k;
+}
+
+bool same_version(const KnownHash& a, const KnownHash& b) {
+  return a.size == b.size && a.inode == b.inode && a.mtime_ns == b.mtime_ns;
+}
 
 // An LFS upload action: where to PUT, its headers, and for multipart the part URLs.
 struct UploadAction {
@@ -161,6 +181,7 @@ class Publish {
     // Local files, hashed; then the repo and branch as they are.
     if (auto s = guarded("scan", [&] { return scan_dir(); }); !s) return s.error();
     if (auto s = guarded("hash", [&] { return hash_locals(); }); !s) return s.error();
+    out_.hashes_reused = hashes_reused_;
     if (auto s = guarded("repo and branch", [&] { return ensure_branch(); }); !s) return s.error();
     auto unchanged = guarded("compare", [&] { return compare_remote(); });
     if (!unchanged) return unchanged.error();
@@ -171,6 +192,34 @@ class Publish {
     auto nd = guarded("commit body", [&] { return commit_body(); });
     if (!nd) return nd.error();
     return guarded("commit", [&] { return post_commit(std::move(nd.value())); });
+  }
+
+  // preupload_lfs: the named files hashed, the repo and branch made when missing (`create`) or
+  // required, preupload, the LFS objects; no commit.
+  Result<PreuploadResult> run_preupload(const std::vector<PreuploadRequest::File>& files,
+                                        bool create) {
+    if (auto s = guarded("check", [&] { return check(false); }); !s) return s.error();
+    std::set<std::string> seen;
+    for (const auto& f : files) {
+      if (auto p = common::path_problem(f.path))
+        return Error{ErrorKind::UnsafePath, "cannot publish '" + f.path + "': " + *p};
+      if (!seen.insert(f.path).second)
+        return Error{ErrorKind::BadRequest, c_.describe() + ": '" + f.path + "' named twice"};
+      locals_.push_back(Local{f.path, f.file, 0, "", "", false, {}});
+    }
+    if (auto s = guarded("hash", [&] { return hash_locals(); }); !s) return s.error();
+    if (auto s = guarded("repo and branch", [&] { return ensure_branch(create); }); !s)
+      return s.error();
+    if (auto s = guarded("preupload", [&] { return preupload(); }); !s) return s.error();
+    if (auto s = guarded("LFS upload", [&] { return upload_lfs(); }); !s) return s.error();
+    PreuploadResult out;
+    for (const auto& l : locals_) {
+      out.hashes[l.path] = l.id;
+      (l.lfs ? out.lfs : out.regular).push_back(l.path);
+    }
+    out.lfs_uploaded = out_.lfs_uploaded;
+    out.bytes_uploaded = out_.bytes_uploaded;
+    return out;
   }
 
  private:
@@ -189,14 +238,15 @@ class Publish {
     }
   }
 
-  // Not offline, a token, and a directory to publish.
-  Result<Ok> check() const {
+  // Not offline, a token, and (for upload_folder) a directory to publish.
+  Result<Ok> check(bool needs_dir = true) const {
     if (t_.opt.offline) return Error{ErrorKind::Offline, c_.describe() + ": HF_HUB_OFFLINE is set"};
     if (!t_.opt.token)
       return Error{ErrorKind::Unauthorized,
                    c_.describe() + ": publishing needs a token (HF_TOKEN or $HF_HOME/token)"};
+    if (auto e = detail::check_repo_id(pr_.repo)) return *e;
     std::error_code ec;
-    if (!fs::is_directory(pr_.dir, ec))
+    if (needs_dir && !fs::is_directory(pr_.dir, ec))
       return Error{ErrorKind::Io, "not a directory: " + pr_.dir.string()};
     return Ok{};
   }
@@ -215,7 +265,7 @@ class Publish {
       if (!it->is_regular_file()) continue;
       if (auto p = common::path_problem(rel))
         return Error{ErrorKind::UnsafePath, "cannot publish '" + rel + "': " + *p};
-      locals_.push_back(Local{rel, it->path(), it->file_size(), "", "", false});
+      locals_.push_back(Local{rel, it->path(), it->file_size(), "", "", false, {}});
     }
     if (ec) return Error{ErrorKind::Io, "cannot list " + pr_.dir.string() + ": " + ec.message()};
     std::sort(locals_.begin(), locals_.end(), [](auto& a, auto& b) { return a.path < b.path; });
@@ -223,14 +273,28 @@ class Publish {
   }
 
   // The sha256 and the preupload sample of every local file, opt.parallel_uploads files at
-  // once; their total size.
+  // once; their total size. A hash the request brings (PublishRequest::hashes) is taken while
+  // the file is still the version it was computed from.
   Result<Ok> hash_locals() {
     for (const auto& l : locals_) total_ += l.size;
     return common::parallel_each<Error>(locals_.size(), t_.opt.parallel_uploads, [&](size_t i) {
       Local& l = locals_[i];
-      auto h = st::hash_file(l.file, st::HashAlgo::Sha256);
-      if (!h) return Result<Ok>(from_storage(h.error(), c_));
-      l.sha256 = h.value();
+      auto id = identity(l.file);
+      if (!id)
+        return Result<Ok>(Error{ErrorKind::Io, Ctx{pr_.repo, pr_.branch, l.path}.describe() +
+                                                   ": cannot stat " + l.file.string()});
+      l.id = *id;
+      l.size = id->size;
+      auto known = pr_.hashes.find(l.path);
+      if (known != pr_.hashes.end() && same_version(known->second, l.id)) {
+        l.sha256 = known->second.sha256;
+        ++hashes_reused_;
+      } else {
+        auto h = st::hash_file(l.file, st::HashAlgo::Sha256);
+        if (!h) return Result<Ok>(from_storage(h.error(), c_));
+        l.sha256 = h.value();
+      }
+      l.id.sha256 = l.sha256;
       std::ifstream f(l.file, std::ios::binary);
       l.sample.resize(512);
       f.read(l.sample.data(), 512);
@@ -241,12 +305,14 @@ class Publish {
 
   // The repo and the branch, made when missing (then the publish is never "unchanged"), and
   // the branch's head, the commit's parent.
-  Result<Ok> ensure_branch() {
-    auto made_repo = make_repo(t_, pr_.repo, pr_.is_private);
-    if (!made_repo) return made_repo.error();
-    fresh_ = made_repo.value();
+  Result<Ok> ensure_branch(bool create = true) {
+    if (create) {
+      auto made_repo = make_repo(t_, pr_.repo, pr_.is_private);
+      if (!made_repo) return made_repo.error();
+      fresh_ = made_repo.value();
+    }
     auto info = client_.repo_info(pr_.repo, pr_.branch);
-    if (!info && info.error().kind == ErrorKind::RevisionNotFound) {
+    if (create && !info && info.error().kind == ErrorKind::RevisionNotFound) {
       if (auto b = make_branch(t_, pr_.repo, pr_.branch, "main"); !b) return b.error();
       fresh_ = true;
       info = client_.repo_info(pr_.repo, pr_.branch);
@@ -299,6 +365,7 @@ class Publish {
     out.commit_oid = parent_;
     out.commit_url = t_.opt.endpoint + "/" + pr_.repo + "/commit/" + parent_;
     out.files = locals_.size();
+    out.hashes_reused = hashes_reused_;
     out.skipped = true;
     spdlog::info("hub: {}: every file is unchanged at commit {}; no commit made", c_.describe(),
                  parent_);
@@ -604,6 +671,7 @@ class Publish {
   std::vector<std::string> deletions_;
   std::mutex count_mu_;  // done_, out_'s counters and progress_ calls, from upload workers
   uint64_t done_ = 0;
+  std::atomic<size_t> hashes_reused_{0};
   CommitInfo out_;
 };
 
@@ -624,6 +692,24 @@ Result<Ok> Client::create_branch(const std::string& repo, const std::string& bra
 
 Result<CommitInfo> Client::upload_folder(const PublishRequest& pr, const ProgressFn& progress) {
   return Publish(*this, pr, progress).run();
+}
+
+Result<PreuploadResult> Client::preupload_lfs(const PreuploadRequest& req,
+                                              const ProgressFn& progress) {
+  PublishRequest pr;
+  pr.repo = req.repo;
+  pr.branch = req.branch;
+  pr.is_private = req.is_private;
+  for (const auto& f : req.files)
+    if (f.hash) pr.hashes[f.path] = *f.hash;
+  return Publish(*this, pr, progress).run_preupload(req.files, req.create);
+}
+
+Result<KnownHash> known_hash(const fs::path& file, std::string sha256) {
+  auto id = identity(file);
+  if (!id) return Error{ErrorKind::Io, "cannot stat " + file.string()};
+  id->sha256 = std::move(sha256);
+  return *id;
 }
 
 }  // namespace loftqd::hub

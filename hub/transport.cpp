@@ -316,6 +316,7 @@ http::Response Transport::send(http::Request req, bool auth, bool follow_cross_h
     req.connect_timeout_s = opt.connect_timeout_s;
     req.stall_timeout_s = opt.stall_timeout_s;
     if (req.method == "GET") req.max_recv_bytes_per_s = opt.max_recv_bytes_per_s;
+    if (req.upload_file) req.max_send_bytes_per_s = opt.max_send_bytes_per_s;
     req.cancel = opt.cancel;
     http::Response r = http::perform(req);
     if (!is_redirect(r)) {

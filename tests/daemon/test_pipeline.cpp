@@ -19,6 +19,7 @@
 #include "hub/hub.h"
 #include "integration/upstream.h"
 #include "mirror/mirror.h"
+#include "model/safetensors.h"
 #include "storage/store.h"
 #include "support/test_util.h"
 
@@ -79,6 +80,11 @@ class PipelineTest : public ::testing::Test {
   }
 
   std::vector<loftqd::storage::Job> jobs() const { return db_->jobs(); }
+  loftqd::storage::Job newest_job() const {
+    auto all = jobs();
+    return *std::max_element(all.begin(), all.end(),
+                             [](const auto& a, const auto& b) { return a.id < b.id; });
+  }
   fs::path work_dir(int64_t job) const {
     return tmp_ / "store" / ".loftqd-work" / ("job-" + std::to_string(job));
   }
@@ -281,6 +287,124 @@ TEST_F(PipelineShardedTest, AShardThatFailsInTheBackgroundFailsTheJob) {
   EXPECT_TRUE(fs::exists(our_snapshot() / names[1]));
 }
 
+// The number after `key=` on the first line of `log` holding `marker`; -1 when there is none.
+long long field_of(const std::string& log, const std::string& marker, const std::string& key) {
+  const size_t at = log.find(marker);
+  if (at == std::string::npos) return -1;
+  const size_t k = log.find(" " + key + "=", at), eol = log.find('\n', at);
+  if (k == std::string::npos || k > eol) return -1;
+  return std::atoll(log.c_str() + k + key.size() + 2);
+}
+
+// A refresh of a target published before: each backbone shard goes up while LoftQ runs on the
+// next ones (publish.early_upload), the commit sends none of their bytes, and the published
+// layout reads back whole (every file checked against its LFS oid by the download).
+TEST_F(PipelineShardedTest, ARefreshUploadsEachShardWhileLoftqRunsOnTheNext) {
+  const auto cfg = config();
+  {
+    Pipeline first(cfg, *db_, options(cfg));
+    ASSERT_TRUE(first.sync_once().ok()) << log_;
+  }
+  // A first publish has no repo to send to: nothing is made before the commit.
+  EXPECT_THAT(log_, HasSubstr("step=publish early=off target=mirror/me/tiny-loftq reason=\"no "
+                              "such repo or branch yet\""));
+  // Its shards were hashed while LoftQ ran all the same: the publish reads them once.
+  EXPECT_EQ(field_of(log_, "step=publish target=mirror/me/tiny-loftq", "hashes_reused"), 3);
+  // The same upstream, uniform quantization: a new job for the same target, with new backbone
+  // bytes in every shard.
+  const auto cfg4 = loftqd::config::parse_config(
+      json{{"hub", {{"endpoint", up_.url()}}},
+           {"store", (tmp_ / "store").string()},
+           {"device", "cpu"},
+           {"repos",
+            {{{"repo", "up/tiny"},
+              {"publish_as", "me/tiny-loftq"},
+              {"loftq", {{"rank", 4}, {"iters", 1}, {"avg_bits", 3}, {"quant", "uniform"}}}}}},
+           {"publish", {{"mirror", true}}}});
+  log_.clear();
+  Pipeline p(cfg4, *db_, options(cfg4));
+  const SyncReport r = p.sync_once();
+  ASSERT_TRUE(r.ok()) << ::testing::PrintToString(r.errors) << log_;
+  ASSERT_EQ(r.jobs_done, 1);
+  EXPECT_EQ(problems_, "");
+  const std::vector<std::string> names = shards();
+  long long early = 0;
+  for (const auto& n : names) {
+    const std::string line = "step=publish early target=mirror/me/tiny-loftq file=" + n;
+    const long long sent = field_of(log_, line, "bytes_uploaded");
+    EXPECT_GT(sent, 0) << n << "\n" << log_;
+    early += sent;
+  }
+  // The first shard went up before LoftQ was done with the last.
+  EXPECT_LT(log_.find("early target=mirror/me/tiny-loftq file=" + names[0]),
+            log_.find("step=quantize done"))
+      << log_;
+  EXPECT_EQ(field_of(log_, "step=publish early done", "files"), 3);
+  EXPECT_EQ(field_of(log_, "step=publish early done", "bytes_uploaded"), early);
+  EXPECT_EQ(field_of(log_, "step=publish target=mirror/me/tiny-loftq", "hashes_reused"), 3);
+  const long long commit_bytes =
+      field_of(log_, "step=publish target=mirror/me/tiny-loftq", "bytes_uploaded");
+  EXPECT_GT(commit_bytes, 0);  // the adapter, the card, loftq.json
+  EXPECT_LT(commit_bytes, early / 3);
+
+  loftqd::hub::ClientOptions o;
+  o.endpoint = mirror_->url();
+  loftqd::hub::SnapshotRequest sr;
+  sr.repo = "me/tiny-loftq";
+  sr.revision = newest_job().published_commit;
+  sr.local_dir = tmp_ / "back";
+  auto got = loftqd::hub::Client(o).snapshot_download(sr);
+  ASSERT_TRUE(got.ok()) << got.error().message;
+  uint64_t shard_bytes = 0;
+  for (const auto& n : names) shard_bytes += fs::file_size(tmp_ / "back" / n);
+  EXPECT_EQ(static_cast<uint64_t>(early), shard_bytes);
+  EXPECT_NO_THROW(loftqd::model::Checkpoint::open(tmp_ / "back"));
+  const json rec = json::parse(slurp(tmp_ / "back" / "loftq.json"));
+  ASSERT_EQ(rec.at("layers").size(), 14u);
+  for (const auto& l : rec.at("layers"))
+    EXPECT_EQ(l.at("quant").get<std::string>().rfind("uniform", 0), 0u) << l.dump();
+}
+
+// An early upload that fails is not the job's failure: a warning, no more early files to that
+// target, and the publish sends what is missing.
+TEST_F(PipelineShardedTest, AFailedEarlyUploadLeavesTheShardsToThePublish) {
+  const auto cfg = config();
+  {
+    Pipeline first(cfg, *db_, options(cfg));
+    ASSERT_TRUE(first.sync_once().ok()) << log_;
+  }
+  const auto cfg4 = loftqd::config::parse_config(
+      json{{"hub", {{"endpoint", up_.url()}}},
+           {"store", (tmp_ / "store").string()},
+           {"device", "cpu"},
+           {"repos",
+            {{{"repo", "up/tiny"},
+              {"publish_as", "me/tiny-loftq"},
+              {"loftq", {{"rank", 4}, {"iters", 1}, {"avg_bits", 3}, {"quant", "uniform"}}}}}},
+           {"publish", {{"mirror", true}}}});
+  log_.clear();
+  auto po = options(cfg4);
+  std::atomic<int> early_calls{0};
+  po.failpoint = [&](const std::string& point) {
+    if (point == "early_upload" && early_calls++ == 0) throw std::runtime_error("injected");
+  };
+  Pipeline p(cfg4, *db_, po);
+  const SyncReport r = p.sync_once();
+  ASSERT_TRUE(r.ok()) << ::testing::PrintToString(r.errors) << log_;
+  EXPECT_EQ(early_calls.load(), 1);
+  EXPECT_THAT(problems_, HasSubstr("step=publish early target=mirror/me/tiny-loftq file=" +
+                                   shards()[0] + " error=\"injected\""));
+  EXPECT_EQ(field_of(log_, "step=publish early done", "bytes_uploaded"), 0);
+  // Hashed all the same; the shards went up with the commit.
+  EXPECT_EQ(field_of(log_, "step=publish target=mirror/me/tiny-loftq", "hashes_reused"), 3);
+  uint64_t shard_bytes = 0;
+  const fs::path published =
+      tmp_ / "store" / "models--me--tiny-loftq" / "snapshots" / newest_job().published_commit;
+  for (const auto& n : shards()) shard_bytes += fs::file_size(published / n);
+  EXPECT_GT(field_of(log_, "step=publish target=mirror/me/tiny-loftq", "bytes_uploaded"),
+            static_cast<long long>(shard_bytes));
+}
+
 // The weights a job leaves out are logged at warn with the job, and counted in its done line.
 TEST_F(PipelineMixtralTest, LeftOutWeightsAreWarnedAboutWithTheJob) {
   const auto cfg = config();
@@ -426,14 +550,15 @@ TEST_F(PipelineTest, ThePrivateUpstreamsDerivativeIsPrivateUnlessConfiguredOther
   const loftqd::storage::Store ours(tmp_ / "store");
   for (const auto& [setting, want_private] :
        std::vector<std::pair<json, bool>>{{"inherit", true}, {false, false}}) {
-    auto j = json{{"hub", {{"endpoint", up_.url()}}},
-                  {"store", (tmp_ / "store").string()},
-                  {"device", "cpu"},
-                  {"repos",
-                   {{{"repo", "up/tiny"},
-                     {"publish_as", want_private ? "me/secret-loftq" : "me/open-loftq"},
-                     {"loftq", {{"rank", 4}, {"iters", 1}, {"bits", 4}}}}}},
-                  {"publish", {{"mirror", true}, {"private", setting}}}};
+    auto j =
+        json{{"hub", {{"endpoint", up_.url()}}},
+             {"store", (tmp_ / "store").string()},
+             {"device", "cpu"},
+             {"repos",
+              {{{"repo", "up/tiny"},
+                {"publish_as", want_private ? "me/secret-loftq" : "me/open-loftq"},
+                {"loftq", {{"rank", 4}, {"iters", 1}, {"avg_bits", 3}, {"quant", "uniform"}}}}}},
+             {"publish", {{"mirror", true}, {"private", setting}}}};
     const auto cfg = loftqd::config::parse_config(j);
     auto po = options(cfg);
     po.upstream.token = std::string(Upstream::kToken);  // may read the private upstream
@@ -580,14 +705,15 @@ json with_retention(json j, json retention) {
 // of the published target, and frees the old download's own blob.
 TEST_F(PipelineTest, RetentionKeepsTheConfiguredSnapshotsAndFreesTheRest) {
   const std::string c1 = up_.publish("first note");
-  auto base = json{{"hub", {{"endpoint", up_.url()}}},
-                   {"store", (tmp_ / "store").string()},
-                   {"device", "cpu"},
-                   {"repos",
-                    {{{"repo", "up/tiny"},
-                      {"publish_as", "me/tiny-loftq"},
-                      {"loftq", {{"rank", 4}, {"iters", 1}, {"bits", 4}}}}}},
-                   {"publish", {{"mirror", true}}}};
+  auto base =
+      json{{"hub", {{"endpoint", up_.url()}}},
+           {"store", (tmp_ / "store").string()},
+           {"device", "cpu"},
+           {"repos",
+            {{{"repo", "up/tiny"},
+              {"publish_as", "me/tiny-loftq"},
+              {"loftq", {{"rank", 4}, {"iters", 1}, {"avg_bits", 3}, {"quant", "uniform"}}}}}},
+           {"publish", {{"mirror", true}}}};
   const auto cfg = loftqd::config::parse_config(
       with_retention(base, {{"keep_upstream_snapshots", 1}, {"keep_published_snapshots", 1}}));
   Pipeline p(cfg, *db_, options(cfg));
@@ -647,6 +773,8 @@ TEST_F(PipelineTest, RetentionPlanProtectsJobsHostedReposAndAsksBeforePruning) {
   EXPECT_EQ(by_repo["up/tiny"].keep_snapshots, 1u);
   EXPECT_EQ(by_repo["me/tiny-loftq"].keep_snapshots, 2u);
   EXPECT_EQ(by_repo["me/tiny-loftq"].min_blob_age, loftqd::daemon::kUploadGrace);
+  // The queued job may upload the target's objects before its commit: none is swept meanwhile.
+  EXPECT_FALSE(by_repo["me/tiny-loftq"].sweep_blobs);
 
   // The entry now publishes elsewhere: the old target is an orphan, kept unless asked.
   ASSERT_TRUE(p.sync_once().ok()) << log_;  // the queued job ends first
@@ -726,7 +854,7 @@ TEST_F(PipelineTest, TheCardKeepsTheUpstreamsLicenceAndGatingNote) {
                  {{{"repo", "up/tiny"},
                    {"publish_as", "me/gated-loftq"},
                    {"allow_patterns", {"*.safetensors", "*.json"}},
-                   {"loftq", {{"rank", 4}, {"iters", 1}, {"bits", 4}}}}}},
+                   {"loftq", {{"rank", 4}, {"iters", 1}, {"avg_bits", 3}, {"quant", "uniform"}}}}}},
                 {"publish", {{"mirror", true}}}};
   const auto cfg = loftqd::config::parse_config(j);
   auto po = options(cfg);

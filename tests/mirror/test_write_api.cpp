@@ -2,6 +2,7 @@
 // mirror, commit validation (paths, LFS pointers, parentCommit), publish -> fetch byte-identical
 // with the hub client, readers during commits seeing one revision or the other, and folder
 // deletes in every client's form.
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
 
@@ -334,4 +335,139 @@ TEST_F(MirrorWrite, FolderDeletesWithAndWithoutTheTrailingSlash) {
     EXPECT_NE(r->body.find(path), std::string::npos) << r->body;
   }
   EXPECT_EQ(store.read_ref("org/m", "main"), head);
+}
+
+// preupload_lfs (the daemon's early upload of finished shards): the LFS objects are stored and
+// nothing else changes (no commit, no file in the tree); the upload_folder that follows takes
+// their hashes and sends none of their bytes, and what it publishes reads back byte for byte.
+TEST_F(MirrorWrite, PreuploadedObjectsAreStoredWithoutACommitAndTheCommitSendsNoneOfThem) {
+  start();
+  seed("org/loftq");
+  fs::path dir = tmp / "layout";
+  fs::create_directories(dir / "loftq_init");
+  const std::string shard1 = random_bytes(150001, 11), shard2 = random_bytes(90001, 12);
+  spit(dir / "model-00001-of-00002.safetensors", shard1);
+  spit(dir / "model-00002-of-00002.safetensors", shard2);
+  spit(dir / "config.json", "{\"a\": 1}\n");
+  spit(dir / "loftq_init/adapter_model.safetensors", random_bytes(4000, 13));
+  hub::Client c(client_opts());
+  hub::PreuploadRequest req;
+  req.repo = "org/loftq";
+  req.create = false;
+  for (auto name : {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"})
+    req.files.push_back({name, dir / name, std::nullopt});
+  auto pre = c.preupload_lfs(req);
+  ASSERT_TRUE(pre.ok()) << pre.error().message;
+  EXPECT_EQ(pre.value().lfs_uploaded, 2u);
+  EXPECT_EQ(pre.value().bytes_uploaded, shard1.size() + shard2.size());
+  EXPECT_EQ(pre.value().lfs.size(), 2u);
+  EXPECT_TRUE(pre.value().regular.empty());
+  ASSERT_EQ(pre.value().hashes.size(), 2u);
+  const hub::KnownHash h1 = pre.value().hashes.at("model-00001-of-00002.safetensors");
+  EXPECT_EQ(h1.sha256, st::sha256_hex(shard1));
+  EXPECT_EQ(h1.size, shard1.size());
+  EXPECT_TRUE(store.has_blob("org/loftq", h1.sha256));
+  // No commit: the branch and its tree are as seeded.
+  hub::Client reader(client_opts(false));
+  auto info = reader.repo_info("org/loftq");
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info.value().sha, commit);
+  EXPECT_EQ(info.value().siblings.size(), 3u);
+  // A second preupload finds the objects stored and sends nothing.
+  auto again = c.preupload_lfs(req);
+  ASSERT_TRUE(again.ok()) << again.error().message;
+  EXPECT_EQ(again.value().lfs_uploaded, 0u);
+  EXPECT_EQ(again.value().bytes_uploaded, 0u);
+
+  hub::PublishRequest pr;
+  pr.dir = dir;
+  pr.repo = "org/loftq";
+  pr.hashes = pre.value().hashes;
+  auto pub = c.upload_folder(pr);
+  ASSERT_TRUE(pub.ok()) << pub.error().message;
+  EXPECT_EQ(pub.value().hashes_reused, 2u);
+  EXPECT_EQ(pub.value().lfs_uploaded, 1u);  // the adapter only
+  EXPECT_EQ(pub.value().bytes_uploaded, 4000u + 9u);
+  hub::SnapshotRequest sr;
+  sr.repo = "org/loftq";
+  sr.local_dir = tmp / "back";
+  auto got = reader.snapshot_download(sr);
+  ASSERT_TRUE(got.ok()) << got.error().message;
+  EXPECT_EQ(got.value().commit, pub.value().commit_oid);
+  EXPECT_EQ(got.value().files, 4u);  // the seeded files are deleted: the dir is the branch
+  for (auto p : {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+                 "config.json", "loftq_init/adapter_model.safetensors"})
+    EXPECT_EQ(slurp(tmp / "back" / p), slurp(dir / p)) << p;
+}
+
+// With create = false nothing appears on a server that has no such repo (or branch): the
+// daemon's early upload never makes the repo of a job that may still fail.
+TEST_F(MirrorWrite, PreuploadWithoutCreateNeedsTheRepoAndTheBranch) {
+  start();
+  spit(tmp / "shard.safetensors", random_bytes(5000, 14));
+  hub::Client c(client_opts());
+  hub::PreuploadRequest req;
+  req.repo = "org/new";
+  req.create = false;
+  req.files.push_back({"shard.safetensors", tmp / "shard.safetensors", std::nullopt});
+  auto pre = c.preupload_lfs(req);
+  ASSERT_FALSE(pre.ok());
+  EXPECT_EQ(pre.error().kind, hub::ErrorKind::RepoNotFound) << pre.error().message;
+  EXPECT_FALSE(store.has_repo("org/new"));
+  seed("org/new");
+  req.branch = "dev";
+  pre = c.preupload_lfs(req);
+  ASSERT_FALSE(pre.ok());
+  EXPECT_EQ(pre.error().kind, hub::ErrorKind::RevisionNotFound) << pre.error().message;
+  EXPECT_FALSE(store.has_blob("org/new", st::sha256_hex(slurp(tmp / "shard.safetensors"))));
+  // With create (the default) the repo and branch are made, as upload_folder makes them.
+  req.repo = "org/made";
+  req.create = true;
+  pre = c.preupload_lfs(req);
+  ASSERT_TRUE(pre.ok()) << pre.error().message;
+  EXPECT_TRUE(store.has_repo("org/made"));
+  EXPECT_EQ(pre.value().lfs_uploaded, 1u);
+}
+
+// A hash brought to upload_folder (PublishRequest::hashes) is taken only while the file is the
+// version it came from; a rewritten file (same size, same path) is hashed again. A hash that
+// does not match a file still at that version is refused by the server, which hashes what it
+// receives: the branch does not move.
+TEST_F(MirrorWrite, AKnownHashIsTakenOnlyForTheFileVersionItCameFrom) {
+  start();
+  fs::path dir = tmp / "layout";
+  fs::create_directories(dir);
+  spit(dir / "model.safetensors", random_bytes(20000, 15));
+  auto stale =
+      hub::known_hash(dir / "model.safetensors", st::sha256_hex(slurp(dir / "model.safetensors")));
+  ASSERT_TRUE(stale.ok());
+  // Rewritten through a new file and a rename, as every writer here does: a new inode.
+  spit(dir / "model.safetensors.tmp", random_bytes(20000, 16));
+  fs::rename(dir / "model.safetensors.tmp", dir / "model.safetensors");
+  hub::Client c(client_opts());
+  hub::PublishRequest pr;
+  pr.dir = dir;
+  pr.repo = "org/k";
+  pr.hashes["model.safetensors"] = stale.value();
+  auto pub = c.upload_folder(pr);
+  ASSERT_TRUE(pub.ok()) << pub.error().message;
+  EXPECT_EQ(pub.value().hashes_reused, 0u);
+  hub::Client reader(client_opts(false));
+  hub::SnapshotRequest sr;
+  sr.repo = "org/k";
+  sr.local_dir = tmp / "back";
+  ASSERT_TRUE(reader.snapshot_download(sr).ok());
+  EXPECT_EQ(slurp(tmp / "back" / "model.safetensors"), slurp(dir / "model.safetensors"));
+
+  spit(dir / "model.safetensors.tmp", random_bytes(20000, 17));
+  fs::rename(dir / "model.safetensors.tmp", dir / "model.safetensors");
+  auto wrong = hub::known_hash(dir / "model.safetensors", st::sha256_hex("not these bytes"));
+  ASSERT_TRUE(wrong.ok());
+  pr.hashes["model.safetensors"] = wrong.value();
+  auto bad = c.upload_folder(pr);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(bad.error().message, ::testing::HasSubstr("sha256")) << bad.error().message;
+  auto info = reader.repo_info("org/k");
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info.value().sha, pub.value().commit_oid);
 }
