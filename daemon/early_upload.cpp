@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -15,18 +16,18 @@ namespace fs = std::filesystem;
 namespace loftqd::daemon {
 
 EarlyUpload::EarlyUpload(std::vector<Target> targets, std::string repo, std::string tag, LogFn log,
-                         std::function<void(const std::string&)> failpoint)
+                         std::function<void(const std::string&)> failpoint, int jobs)
     : targets_([&] {
         for (auto& t : targets) t.options.cancel = &cancel_;
         return std::move(targets);
       }()),
-      failed_(targets_.size(), false),
-      checked_(targets_.size(), false),
       repo_(std::move(repo)),
       tag_(std::move(tag)),
       log_(std::move(log)),
       failpoint_(std::move(failpoint)),
-      thread_([this] { run(); }) {}
+      off_(targets_.size(), false) {
+  for (int i = 0; i < std::clamp(jobs, 1, 16); ++i) threads_.emplace_back([this] { run(); });
+}
 
 EarlyUpload::~EarlyUpload() {
   cancel_ = true;
@@ -35,7 +36,7 @@ EarlyUpload::~EarlyUpload() {
     closing_ = true;
   }
   cv_.notify_all();
-  thread_.join();
+  for (auto& t : threads_) t.join();
   for (const auto& item : queue_) ::close(item.fd);
 }
 
@@ -66,12 +67,12 @@ void EarlyUpload::run() {
     if (closing_) return;
     Item item = queue_.front();
     queue_.pop_front();
-    busy_ = true;
+    ++busy_;
     l.unlock();
     upload(item);
     ::close(item.fd);
     l.lock();
-    busy_ = false;
+    --busy_;
     cv_.notify_all();
   }
 }
@@ -96,8 +97,9 @@ void EarlyUpload::upload(const Item& item) {
     std::lock_guard g(mu_);
     done_.hashes[item.path] = known;
   }
+  std::call_once(checked_, [this] { check_repos(); });
   for (size_t t = 0; t < targets_.size() && !cancel_; ++t) {
-    if (failed_[t] || !repo_exists(t)) continue;
+    if (target_off(t)) continue;
     const common::Stopwatch sw;
     hub::PreuploadRequest req;
     req.repo = repo_;
@@ -123,7 +125,7 @@ void EarlyUpload::upload(const Item& item) {
       error = e.what();
     }
     if (cancel_) return;  // stopped: not a failure of the target
-    failed_[t] = true;
+    turn_off(t);
     say(spdlog::level::warn, "step=publish early target=" + targets_[t].where +
                                  " file=" + item.path + " error=\"" + error +
                                  "\" (no more early uploads there; the publish step uploads "
@@ -131,27 +133,38 @@ void EarlyUpload::upload(const Item& item) {
   }
 }
 
-// Whether target t has the repo and its main branch, asked once: a first publish has neither,
-// and its publish step makes them. A failed check is a failed upload.
-bool EarlyUpload::repo_exists(size_t t) {
-  if (checked_[t]) return true;
-  auto info = hub::Client(targets_[t].options).repo_info(repo_, "main");
-  if (info) return checked_[t] = true;
-  failed_[t] = true;
-  const hub::ErrorKind k = info.error().kind;
-  if (k == hub::ErrorKind::RepoNotFound || k == hub::ErrorKind::RevisionNotFound)
-    say(spdlog::level::info, "step=publish early=off target=" + targets_[t].where +
-                                 " reason=\"no such repo or branch yet\"");
-  else if (!cancel_)
-    say(spdlog::level::warn, "step=publish early=off target=" + targets_[t].where + " error=\"" +
-                                 info.error().message + "\" (the publish step uploads everything)");
-  return false;
+// Whether each target has the repo and its main branch: a first publish has neither, and its
+// publish step makes them. A failed check counts as a failed upload.
+void EarlyUpload::check_repos() {
+  for (size_t t = 0; t < targets_.size() && !cancel_; ++t) {
+    auto info = hub::Client(targets_[t].options).repo_info(repo_, "main");
+    if (info) continue;
+    turn_off(t);
+    const hub::ErrorKind k = info.error().kind;
+    if (k == hub::ErrorKind::RepoNotFound || k == hub::ErrorKind::RevisionNotFound)
+      say(spdlog::level::info, "step=publish early=off target=" + targets_[t].where +
+                                   " reason=\"no such repo or branch yet\"");
+    else if (!cancel_)
+      say(spdlog::level::warn, "step=publish early=off target=" + targets_[t].where + " error=\"" +
+                                   info.error().message +
+                                   "\" (the publish step uploads everything)");
+  }
+}
+
+bool EarlyUpload::target_off(size_t t) {
+  std::lock_guard g(target_mu_);
+  return off_[t];
+}
+
+void EarlyUpload::turn_off(size_t t) {
+  std::lock_guard g(target_mu_);
+  off_[t] = true;
 }
 
 EarlyUpload::Done EarlyUpload::finish() {
   const common::Stopwatch sw;
   std::unique_lock l(mu_);
-  cv_.wait(l, [&] { return queue_.empty() && !busy_; });
+  cv_.wait(l, [&] { return queue_.empty() && busy_ == 0; });
   Done d = done_;
   d.waited_s = sw.seconds();
   return d;

@@ -36,14 +36,16 @@ class EarlyUpload {
   };
   using LogFn = std::function<void(spdlog::level::level_enum, const std::string&)>;
 
-  // Starts its thread. `repo` is the target repo on every target. It is never created here: a
+  // Starts its threads. `repo` is the target repo on every target. It is never created here: a
   // target where it (or its main branch) does not exist yet gets no early upload, so a job that
   // fails leaves nothing on a server where it published nothing before (the publish step makes
   // the repo; the nightly refreshes after it overlap). `log` gets the lines (prefixed with
   // `tag`); `failpoint` (a test seam, may be null) is called with "early_upload" before each
   // file's upload to a target, and what it throws counts as that upload's failure.
+  // `jobs` files go up at once (limits.concurrent_uploads: a real Hub's throughput is per
+  // connection, and shards below its multipart size go up in one).
   EarlyUpload(std::vector<Target> targets, std::string repo, std::string tag, LogFn log,
-              std::function<void(const std::string&)> failpoint = {});
+              std::function<void(const std::string&)> failpoint = {}, int jobs = 1);
   // Cancels the transfers in flight (ClientOptions::cancel), drops what is queued, joins.
   ~EarlyUpload();
   EarlyUpload(const EarlyUpload&) = delete;
@@ -73,23 +75,26 @@ class EarlyUpload {
   };
   void run();
   void upload(const Item& item);
-  bool repo_exists(size_t t);
+  void check_repos();
+  bool target_off(size_t t);
+  void turn_off(size_t t);
   void say(spdlog::level::level_enum level, const std::string& line) const;
 
   std::atomic<bool> cancel_{false};
   std::vector<Target> targets_;  // each target's options.cancel points at cancel_
-  std::vector<bool> failed_;     // per target: an upload failed, no more files go there
-  std::vector<bool> checked_;    // per target: the repo and its branch were seen to exist
   const std::string repo_, tag_;
   const LogFn log_;
   const std::function<void(const std::string&)> failpoint_;
+  std::mutex target_mu_;
+  std::vector<bool> off_;   // per target (under target_mu_): no repo yet, or an upload failed
+  std::once_flag checked_;  // every target's repo asked for once, before the first upload
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Item> queue_;
-  bool busy_ = false;     // the thread is uploading an item
-  bool closing_ = false;  // the destructor: the thread ends
+  int busy_ = 0;          // items being uploaded
+  bool closing_ = false;  // the destructor: the threads end
   Done done_;
-  std::thread thread_;  // last: started once every member above exists
+  std::vector<std::thread> threads_;  // last: started once every member above exists
 };
 
 }  // namespace loftqd::daemon

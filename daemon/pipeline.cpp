@@ -547,7 +547,7 @@ std::unique_ptr<EarlyUpload> Pipeline::start_early_upload(const JobContext& ctx)
   return std::make_unique<EarlyUpload>(
       std::move(targets), ctx.job.target, ctx.tag,
       [this](spdlog::level::level_enum level, const std::string& line) { log(line, level); },
-      [this](const std::string& point) { failpoint(point); });
+      [this](const std::string& point) { failpoint(point); }, cfg_.limits.concurrent_uploads);
 }
 
 std::string Pipeline::publish(const JobContext& ctx) {

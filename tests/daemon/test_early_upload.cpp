@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <filesystem>
 #include <memory>
 #include <mutex>
@@ -183,4 +184,39 @@ TEST_F(EarlyUploadTest, DroppingItCancelsTheUploadInFlight) {
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(3));
   EXPECT_FALSE(st::Store(tmp_ / "store").has_blob("me/m", st::sha256_hex(big)));
   EXPECT_EQ(problems(), "");  // a cancel is not a failure
+}
+
+// With jobs > 1, that many files go up at once (a real Hub's throughput is per connection): both
+// uploads reach the server side by side, and both objects are stored.
+TEST_F(EarlyUploadTest, SeveralFilesGoUpAtOnce) {
+  seed("me/m");
+  const std::string a = random_bytes(30000, 7), b = random_bytes(30000, 8);
+  spit(tmp_ / "a", a);
+  spit(tmp_ / "b", b);
+  std::mutex m;
+  std::condition_variable cv;
+  int inside = 0;
+  bool side_by_side = false;
+  EarlyUpload::Done d;
+  {
+    EarlyUpload eu(
+        {{"mirror/me/m", opts()}}, "me/m", "job=5", logger(),
+        [&](const std::string&) {
+          std::unique_lock l(m);
+          ++inside;
+          cv.notify_all();
+          if (cv.wait_for(l, std::chrono::seconds(10), [&] { return inside >= 2; }))
+            side_by_side = true;
+        },
+        2);
+    eu.add(kShard1, tmp_ / "a");
+    eu.add(kShard2, tmp_ / "b");
+    d = eu.finish();
+  }
+  EXPECT_TRUE(side_by_side);
+  EXPECT_EQ(d.bytes_sent, a.size() + b.size());
+  const st::Store store(tmp_ / "store");
+  EXPECT_TRUE(store.has_blob("me/m", st::sha256_hex(a)));
+  EXPECT_TRUE(store.has_blob("me/m", st::sha256_hex(b)));
+  EXPECT_EQ(problems(), "");
 }
