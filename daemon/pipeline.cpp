@@ -560,6 +560,7 @@ std::string Pipeline::publish(const JobContext& ctx) {
     const EarlyUpload::Done d = ctx.early->finish();
     ctx.early.reset();
     hashes = d.hashes;
+    if (opt_.metrics) opt_.metrics->add_uploaded(d.bytes_sent);  // the commit counts the rest
     log(ctx.tag + " step=publish early done files=" + std::to_string(d.files) + " bytes_uploaded=" +
         std::to_string(d.bytes_sent) + " waited_s=" + std::to_string(d.waited_s));
   }

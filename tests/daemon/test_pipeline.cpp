@@ -322,7 +322,10 @@ TEST_F(PipelineShardedTest, ARefreshUploadsEachShardWhileLoftqRunsOnTheNext) {
               {"loftq", {{"rank", 4}, {"iters", 1}, {"avg_bits", 3}, {"quant", "uniform"}}}}}},
            {"publish", {{"mirror", true}}}});
   log_.clear();
-  Pipeline p(cfg4, *db_, options(cfg4));
+  loftqd::daemon::Metrics m;
+  auto po = options(cfg4);
+  po.metrics = &m;
+  Pipeline p(cfg4, *db_, po);
   const SyncReport r = p.sync_once();
   ASSERT_TRUE(r.ok()) << ::testing::PrintToString(r.errors) << log_;
   ASSERT_EQ(r.jobs_done, 1);
@@ -346,6 +349,9 @@ TEST_F(PipelineShardedTest, ARefreshUploadsEachShardWhileLoftqRunsOnTheNext) {
       field_of(log_, "step=publish target=mirror/me/tiny-loftq", "bytes_uploaded");
   EXPECT_GT(commit_bytes, 0);  // the adapter, the card, loftq.json
   EXPECT_LT(commit_bytes, early / 3);
+  // The metrics count what went up early and with the commit.
+  EXPECT_THAT(m.render(db_.get()), HasSubstr("loftqd_uploaded_bytes_total " +
+                                             std::to_string(early + commit_bytes) + "\n"));
 
   loftqd::hub::ClientOptions o;
   o.endpoint = mirror_->url();
