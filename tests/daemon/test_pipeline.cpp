@@ -56,14 +56,15 @@ class PipelineTest : public ::testing::Test {
   ~PipelineTest() override { mirror_->stop(); }
 
   loftqd::config::Config config(int rank = 4) const {
+    return config_with({{"rank", rank}, {"iters", 1}, {"avg_bits", 3}});
+  }
+  // up/tiny -> me/tiny-loftq with these LoftQ settings.
+  loftqd::config::Config config_with(const json& loftq) const {
     return loftqd::config::parse_config(
         json{{"hub", {{"endpoint", up_.url()}}},
              {"store", (tmp_ / "store").string()},
              {"device", "cpu"},
-             {"repos",
-              {{{"repo", "up/tiny"},
-                {"publish_as", "me/tiny-loftq"},
-                {"loftq", {{"rank", rank}, {"iters", 1}, {"avg_bits", 3}}}}}},
+             {"repos", {{{"repo", "up/tiny"}, {"publish_as", "me/tiny-loftq"}, {"loftq", loftq}}}},
              {"publish", {{"mirror", true}}}});
   }
 
@@ -117,6 +118,17 @@ class PipelineShardedTest : public PipelineTest {
     auto so = Upstream::small();
     so.shards = 3;
     return so;
+  }
+  // The first publish of the target (the default config).
+  void publish_first() {
+    const auto cfg = config();
+    Pipeline first(cfg, *db_, options(cfg));
+    ASSERT_TRUE(first.sync_once().ok()) << log_;
+  }
+  // The same entry with uniform quantization: a new job for the same target, with new
+  // backbone bytes in every shard (a refresh).
+  loftqd::config::Config uniform_config() const {
+    return config_with({{"rank", 4}, {"iters", 1}, {"avg_bits", 3}, {"quant", "uniform"}});
   }
   // The upstream snapshot's shard files, in order.
   std::vector<std::string> shards() const {
@@ -300,27 +312,13 @@ long long field_of(const std::string& log, const std::string& marker, const std:
 // next ones (publish.early_upload), the commit sends none of their bytes, and the published
 // layout reads back whole (every file checked against its LFS oid by the download).
 TEST_F(PipelineShardedTest, ARefreshUploadsEachShardWhileLoftqRunsOnTheNext) {
-  const auto cfg = config();
-  {
-    Pipeline first(cfg, *db_, options(cfg));
-    ASSERT_TRUE(first.sync_once().ok()) << log_;
-  }
+  ASSERT_NO_FATAL_FAILURE(publish_first());
   // A first publish has no repo to send to: nothing is made before the commit.
   EXPECT_THAT(log_, HasSubstr("step=publish early=off target=mirror/me/tiny-loftq reason=\"no "
                               "such repo or branch yet\""));
   // Its shards were hashed while LoftQ ran all the same: the publish reads them once.
   EXPECT_EQ(field_of(log_, "step=publish target=mirror/me/tiny-loftq", "hashes_reused"), 3);
-  // The same upstream, uniform quantization: a new job for the same target, with new backbone
-  // bytes in every shard.
-  const auto cfg4 = loftqd::config::parse_config(
-      json{{"hub", {{"endpoint", up_.url()}}},
-           {"store", (tmp_ / "store").string()},
-           {"device", "cpu"},
-           {"repos",
-            {{{"repo", "up/tiny"},
-              {"publish_as", "me/tiny-loftq"},
-              {"loftq", {{"rank", 4}, {"iters", 1}, {"avg_bits", 3}, {"quant", "uniform"}}}}}},
-           {"publish", {{"mirror", true}}}});
+  const auto cfg4 = uniform_config();
   log_.clear();
   loftqd::daemon::Metrics m;
   auto po = options(cfg4);
@@ -374,20 +372,8 @@ TEST_F(PipelineShardedTest, ARefreshUploadsEachShardWhileLoftqRunsOnTheNext) {
 // An early upload that fails is not the job's failure: a warning, no more early files to that
 // target, and the publish sends what is missing.
 TEST_F(PipelineShardedTest, AFailedEarlyUploadLeavesTheShardsToThePublish) {
-  const auto cfg = config();
-  {
-    Pipeline first(cfg, *db_, options(cfg));
-    ASSERT_TRUE(first.sync_once().ok()) << log_;
-  }
-  const auto cfg4 = loftqd::config::parse_config(
-      json{{"hub", {{"endpoint", up_.url()}}},
-           {"store", (tmp_ / "store").string()},
-           {"device", "cpu"},
-           {"repos",
-            {{{"repo", "up/tiny"},
-              {"publish_as", "me/tiny-loftq"},
-              {"loftq", {{"rank", 4}, {"iters", 1}, {"avg_bits", 3}, {"quant", "uniform"}}}}}},
-           {"publish", {{"mirror", true}}}});
+  ASSERT_NO_FATAL_FAILURE(publish_first());
+  const auto cfg4 = uniform_config();
   log_.clear();
   auto po = options(cfg4);
   std::atomic<int> early_calls{0};
