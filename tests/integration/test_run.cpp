@@ -641,6 +641,55 @@ TEST(Crash, KillAroundThePublishCommitPublishesExactlyOnce) {
   EXPECT_EQ(job->published_commit, first);
 }
 
+// A refresh killed while its backbone goes up early: nothing is committed by it (a reader still
+// sees the first publish); the restart sends the file again and publishes exactly one new
+// revision, complete.
+TEST(Crash, KillDuringAnEarlyUploadCommitsNothingAndTheRestartPublishesOnce) {
+  TempDir tmp;
+  Upstream up(tmp.path());
+  json config = base_config(tmp, up.url(), 8);
+  const auto cfg = write_config(tmp, config);
+  {
+    Child d(run_args(cfg), tmp / "run0.log");
+    ASSERT_TRUE(d.wait_for_log("step=done", 120s)) << d.log();
+    d.signal(SIGTERM);
+    EXPECT_EQ(d.wait(30s).value_or(-1), 0);
+  }
+  const std::string first = read_published(tmp, "first");
+  ASSERT_FALSE(first.empty());
+  const size_t revisions = published_revisions(tmp);
+  config["repos"][0]["loftq"]["quant"] = "uniform";  // new backbone bytes for the same target
+  write_config(tmp, config);
+  {
+    auto d = with_failpoints(run_args(cfg), tmp / "run1.log", "early_upload:30000");
+    ASSERT_TRUE(d->wait_for_log("failpoint=early_upload", 120s)) << d->log();
+    d->signal(SIGKILL);
+    d->wait(10s);
+  }
+  EXPECT_EQ(read_published(tmp, "killed"), first);
+  EXPECT_EQ(published_revisions(tmp), revisions);
+  EXPECT_THAT(slurp(tmp / "run1.log"), HasSubstr("step=quantize done"));
+  Child again(run_args(cfg), tmp / "run2.log");
+  ASSERT_TRUE(again.wait_for_log("step=done", 120s)) << again.log();
+  // The one backbone file is the layout's last: the layout was whole when the kill came (the
+  // publish was waiting for the early upload), so the restart reuses it and uploads it all.
+  EXPECT_THAT(again.log(), HasSubstr("step=quantize reused="));
+  EXPECT_THAT(again.log(), ::testing::Not(HasSubstr("step=publish early")));
+  again.signal(SIGTERM);
+  EXPECT_EQ(again.wait(30s).value_or(-1), 0);
+  const std::string second = read_published(tmp, "final");
+  EXPECT_FALSE(second.empty());
+  EXPECT_NE(second, first);
+  // One commit, by the restart (retention then keeps the newest snapshots, so count lines).
+  EXPECT_EQ(count_of(slurp(tmp / "run1.log"), "step=publish target="), 0u);
+  EXPECT_EQ(count_of(again.log(), "step=publish target="), 1u);
+  auto db = loftqd::storage::StateDb::open(tmp / "store" / "loftqd.db");
+  size_t done = 0;
+  for (const auto& j : db->jobs())
+    if (j.published_commit == second) done += j.state == loftqd::storage::JobState::Done;
+  EXPECT_EQ(done, 1u);
+}
+
 TEST(Failpoints, TheLoftqdBinaryIgnoresLoftqdFailpoint) {
   TempDir tmp;
   Upstream up(tmp.path());
