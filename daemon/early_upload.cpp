@@ -16,7 +16,8 @@ namespace fs = std::filesystem;
 namespace loftqd::daemon {
 
 EarlyUpload::EarlyUpload(std::vector<Target> targets, std::string repo, std::string tag, LogFn log,
-                         std::function<void(const std::string&)> failpoint, int jobs)
+                         std::function<void(const std::string&)> failpoint, int jobs,
+                         std::function<void()> heartbeat)
     : targets_([&] {
         for (auto& t : targets) t.options.cancel = &cancel_;
         return std::move(targets);
@@ -25,6 +26,7 @@ EarlyUpload::EarlyUpload(std::vector<Target> targets, std::string repo, std::str
       tag_(std::move(tag)),
       log_(std::move(log)),
       failpoint_(std::move(failpoint)),
+      heartbeat_(std::move(heartbeat)),
       off_(targets_.size(), false) {
   for (int i = 0; i < std::clamp(jobs, 1, 16); ++i) threads_.emplace_back([this] { run(); });
 }
@@ -108,7 +110,10 @@ void EarlyUpload::upload(const Item& item) {
     std::string error;
     try {
       if (failpoint_) failpoint_("early_upload");
-      auto r = hub::Client(targets_[t].options).preupload_lfs(req);
+      auto r = hub::Client(targets_[t].options)
+                   .preupload_lfs(req, [this](uint64_t, uint64_t, const std::string&) {
+                     if (heartbeat_) heartbeat_();
+                   });
       if (r) {
         {
           std::lock_guard g(mu_);

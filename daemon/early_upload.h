@@ -44,8 +44,10 @@ class EarlyUpload {
   // file's upload to a target, and what it throws counts as that upload's failure.
   // `jobs` files go up at once (limits.concurrent_uploads: a real Hub's throughput is per
   // connection, and shards below its multipart size go up in one).
+  // `heartbeat` (may be null) is called from the upload threads as files and parts go up.
   EarlyUpload(std::vector<Target> targets, std::string repo, std::string tag, LogFn log,
-              std::function<void(const std::string&)> failpoint = {}, int jobs = 1);
+              std::function<void(const std::string&)> failpoint = {}, int jobs = 1,
+              std::function<void()> heartbeat = {});
   // Cancels the transfers in flight (ClientOptions::cancel), drops what is queued, joins.
   ~EarlyUpload();
   EarlyUpload(const EarlyUpload&) = delete;
@@ -85,6 +87,7 @@ class EarlyUpload {
   const std::string repo_, tag_;
   const LogFn log_;
   const std::function<void(const std::string&)> failpoint_;
+  const std::function<void()> heartbeat_;
   std::mutex target_mu_;
   std::vector<bool> off_;   // per target (under target_mu_): no repo yet, or an upload failed
   std::once_flag checked_;  // every target's repo asked for once, before the first upload

@@ -86,7 +86,9 @@ Pipeline::Pipeline(config::Config cfg, storage::StateDb& db, PipelineOptions opt
     : cfg_(std::move(cfg)), db_(db), opt_(std::move(opt)) {}
 
 void Pipeline::log(const std::string& line, spdlog::level::level_enum level) const {
-  if (opt_.log) opt_.log(level, line);
+  if (!opt_.log) return;
+  std::lock_guard g(log_mu_);  // the early upload's threads log too
+  opt_.log(level, line);
 }
 
 void Pipeline::set_status(const std::string& s) const {
@@ -547,7 +549,8 @@ std::unique_ptr<EarlyUpload> Pipeline::start_early_upload(const JobContext& ctx)
   return std::make_unique<EarlyUpload>(
       std::move(targets), ctx.job.target, ctx.tag,
       [this](spdlog::level::level_enum level, const std::string& line) { log(line, level); },
-      [this](const std::string& point) { failpoint(point); }, cfg_.limits.concurrent_uploads);
+      [this](const std::string& point) { failpoint(point); }, cfg_.limits.concurrent_uploads,
+      [this] { beat(); });
 }
 
 std::string Pipeline::publish(const JobContext& ctx) {
@@ -595,7 +598,7 @@ std::string Pipeline::publish_to(const JobContext& ctx, const PublishEndpoint& e
   pr.summary = "LoftQ of " + job.repo + "@" + job.upstream_commit;
   pr.description = "loftqd " LOFTQD_VERSION "; upstream " + job.repo + " revision " + job.revision +
                    " commit " + job.upstream_commit + "; config " + job.config_hash;
-  auto c = client.upload_folder(pr);
+  auto c = client.upload_folder(pr, [this](uint64_t, uint64_t, const std::string&) { beat(); });
   if (!c) throw JobFailure{where + ": " + c.error().message, permanent(c.error().kind)};
   if (opt_.metrics) {
     opt_.metrics->add_uploaded(c.value().bytes_uploaded);

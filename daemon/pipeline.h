@@ -8,6 +8,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -41,16 +42,18 @@ struct PipelineOptions {
   // A sharded snapshot's missing shards download while the first ones are quantized (false:
   // the whole snapshot first, as before; bench_pipeline's baseline).
   bool overlap_download = true;
-  // Called whenever work makes progress (a tensor, download bytes): the watchdog's heartbeat.
+  // Called whenever work makes progress (a tensor, download bytes, an upload): the watchdog's
+  // heartbeat. The shard feed and the early upload call it from their own threads.
   std::function<void()> heartbeat;
   // Called with one line per event (repo, commit, job id, step, duration) and its level: warn
   // for a failed check or a job failure that will be retried, error for a job that failed for
-  // good; never a token.
+  // good; never a token. Calls come from the early upload's threads too, one at a time.
   std::function<void(spdlog::level::level_enum, const std::string&)> log;
   // Test seam (null in production): called with a point's name at "tensor" (after each
   // tensor's checkpoint is recorded), "publish" (before the upload), "published" (after the
   // commit, before the state db records it) and "early_upload" (before each backbone shard's
-  // early upload to a target, on the upload's thread: a throw there fails that upload), so a
+  // early upload to a target, on an upload thread, maybe while another point is reached on the
+  // job's thread: a throw there fails that upload), so a
   // crash test can stop or kill the job there.
   std::function<void(const std::string&)> failpoint;
 };
@@ -129,6 +132,7 @@ class Pipeline {
   config::Config cfg_;
   storage::StateDb& db_;
   PipelineOptions opt_;
+  mutable std::mutex log_mu_;  // opt_.log is called one line at a time
 };
 
 // Options shared by `sync`, `run` and `demo`: the upstream client (upstream_client_options, with
