@@ -371,7 +371,7 @@ bool Pipeline::quantize_step(const JobContext& ctx, const config::RepoConfig& rc
   for (const auto& e : fs::recursive_directory_iterator(snap.dir, ec))
     if (e.is_regular_file(ec) &&
         !snap.pending.count(e.path().lexically_relative(snap.dir).string()))  // counted above
-      snapshot += e.file_size(ec);  // follows the snapshot's symlinks
+      if (const uint64_t n = e.file_size(ec); !ec) snapshot += n;  // follows the symlinks
   if (auto space = storage::check_space(cfg_.store, 2 * snapshot + snap.pending_bytes,
                                         cfg_.limits.disk_reserve_bytes);
       !space)

@@ -524,8 +524,14 @@ TEST(Crash, KillDuringDownloadResumesAndNeverRefetchesAVerifiedBlob) {
     uint64_t n = 0;
     std::error_code ec;
     if (fs::exists(blobs, ec))
-      for (const auto& e : fs::directory_iterator(blobs, ec))
-        if (e.path().extension() == ".incomplete") n += fs::file_size(e.path(), ec);
+      for (const auto& e : fs::directory_iterator(blobs, ec)) {
+        if (e.path().extension() != ".incomplete") continue;
+        // A small file's partial may be renamed into place between the listing and the size:
+        // file_size's error value (all ones) is no size.
+        std::error_code size_ec;
+        const uint64_t size = fs::file_size(e.path(), size_ec);
+        if (!size_ec) n += size;
+      }
     return n;
   };
   {
