@@ -258,10 +258,10 @@ class Client {
   Result<CommitInfo> upload_folder(const PublishRequest& req, const ProgressFn& progress = {});
   // Uploads the LFS objects of `req.files` and makes no commit: the repo and the branch are
   // made when missing (as upload_folder would; not with create = false), preupload says which
-  // files are LFS, and the
-  // LFS batch API takes those (objects the server has are not sent again). Nothing becomes
-  // visible in the repo until a commit names the objects; one that never comes leaves only
-  // unreferenced objects, which the server's garbage collection removes.
+  // files are LFS, and the LFS batch API takes those (objects the server has are not sent
+  // again). Nothing becomes visible in the repo until a commit names the objects; one that
+  // never comes leaves only objects no revision references (the daemon's own mirror sweeps
+  // them in its retention pass once no job for the target is unfinished).
   Result<PreuploadResult> preupload_lfs(const PreuploadRequest& req,
                                         const ProgressFn& progress = {});
 
