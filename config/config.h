@@ -56,7 +56,8 @@ struct PublishTargets {
   bool mirror = true;                  // publish to the built-in mirror
   Visibility visibility = Visibility::Inherit;
   // Each backbone shard goes up (as an LFS object, no commit) as soon as it is written, while
-  // LoftQ runs on the next ones; the commit still comes only after the whole layout is made.
+  // LoftQ runs on the next ones, and the adapter once LoftQ is done; the commit still comes only
+  // after the whole layout is made.
   bool early_upload = true;
 };
 

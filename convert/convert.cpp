@@ -159,8 +159,8 @@ class BackboneWriter {
         ckpt.load(i);
       }
       write_shard(ckpt.shard(i), stage / ckpt.shard_names()[i], workers.get());
-      if (opt_.on_backbone_file)
-        opt_.on_backbone_file(ckpt.shard_names()[i], stage / ckpt.shard_names()[i]);
+      if (opt_.on_weights_file)
+        opt_.on_weights_file(ckpt.shard_names()[i], stage / ckpt.shard_names()[i]);
     }
     if (opt_.progress) opt_.progress(total_, total_, "");
   }
@@ -455,6 +455,9 @@ QuantizeReport quantize_model(const fs::path& model_dir, const fs::path& out_dir
     copy_file_atomic(ckpt.index_path(), stage.path() / "model.safetensors.index.json");
   model::write_safetensors(stage.path() / "loftq_init" / "adapter_model.safetensors",
                            backbone.adapter());
+  if (opt.on_weights_file)
+    opt.on_weights_file("loftq_init/adapter_model.safetensors",
+                        stage.path() / "loftq_init" / "adapter_model.safetensors");
   const json acfg = detail::adapter_config(opt.settings, tp, base_model);
   write_file_atomic(stage.path() / "loftq_init" / "adapter_config.json", acfg.dump(2) + "\n");
 

@@ -69,12 +69,13 @@ struct QuantizeOptions {
   // was). A shard whose file then differs from its header is a FormatError.
   std::map<std::string, std::string> pending_shards;
   std::function<void(const std::string& shard)> wait_for_shard;
-  // Called on the writer's thread as each backbone file is complete and durable in the staging
-  // directory, with its name in the layout and its path there (the daemon uploads it while
-  // LoftQ runs on the next shards). The path holds that file only during the call: the staging
-  // directory is renamed when the run ends, so a callee that reads the file later opens it in
-  // the call. What it throws abandons the run like any other failure.
-  std::function<void(const std::string& name, const std::filesystem::path& file)> on_backbone_file;
+  // Called as each weights file of the layout is complete and durable in the staging
+  // directory (each backbone shard as soon as it is written, then the adapter's
+  // loftq_init/adapter_model.safetensors), with its path in the layout and its path there (the
+  // daemon uploads it while LoftQ runs on the next shards). The path holds that file only
+  // during the call: the staging directory is renamed when the run ends, so a callee that reads
+  // the file later opens it in the call. What it throws abandons the run like any other failure.
+  std::function<void(const std::string& name, const std::filesystem::path& file)> on_weights_file;
 };
 
 struct LayerReport {

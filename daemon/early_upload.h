@@ -1,9 +1,10 @@
-// Backbone files uploaded while LoftQ runs on the next ones (issue 14): the quantize step hands
-// each shard over as soon as it is written, and a thread of its own hashes it once and sends it
-// to every publish target as an LFS object (hub::Client::preupload_lfs), with no commit. The
-// publish step's upload_folder then takes the hashes from here instead of reading the files
-// again, and the LFS batch API answers that the objects are stored, so the commit comes right
-// after LoftQ's last shard instead of after a whole upload.
+// Weights files uploaded while LoftQ runs on the next ones (issue 14): the quantize step hands
+// each backbone shard over as soon as it is written (and the adapter when LoftQ is done), and a
+// thread of its own hashes it once and sends it to every publish target as an LFS object
+// (hub::Client::preupload_lfs), with no commit. The publish step's upload_folder then takes the
+// hashes from here instead of reading the files again, and the LFS batch API answers that the
+// objects are stored, so the commit comes right after LoftQ's last shard instead of after a whole
+// upload.
 //
 // It never decides the job: nothing is visible in a repo until the publish step's commit names
 // the objects, and a target whose early upload fails (the first failure is logged at warn) gets

@@ -422,7 +422,7 @@ bool Pipeline::quantize(const JobContext& ctx, const config::RepoConfig& rc, Sna
   };
   ctx.early = start_early_upload(ctx);
   if (ctx.early)
-    qo.on_backbone_file = [&ctx](const std::string& name, const fs::path& file) {
+    qo.on_weights_file = [&ctx](const std::string& name, const fs::path& file) {
       ctx.early->add(name, file);
     };
   qo.on_tensor_done = [this, &job](const std::string& tensor) {

@@ -282,10 +282,11 @@ TEST_F(ConvertTest, PendingShardsAreWaitedForAndGiveTheSameLayout) {
     EXPECT_FALSE(e.path().filename().string().starts_with(".")) << e.path();
 }
 
-// Each backbone shard is handed over as soon as it is complete: in file order, with its final
-// bytes already there (what the daemon uploads early is what the layout publishes), the first
-// before the tensors of the last shard are computed. What the callee throws abandons the run.
-TEST_F(ConvertTest, EachBackboneFileIsHandedOverCompleteAsItIsWritten) {
+// Each backbone shard is handed over as soon as it is complete, then the adapter: in file
+// order, with its final bytes already there (what the daemon uploads early is what the layout
+// publishes), the first before the tensors of the last shard are computed. What the callee
+// throws abandons the run.
+TEST_F(ConvertTest, EachWeightsFileIsHandedOverCompleteAsItIsWritten) {
   model::SynthOptions so = small_llama(3);
   so.shards = 3;
   const fs::path dir = tmp_ / "sharded";
@@ -296,7 +297,7 @@ TEST_F(ConvertTest, EachBackboneFileIsHandedOverCompleteAsItIsWritten) {
   std::vector<size_t> done_at;
   size_t done = 0;
   o.on_tensor_done = [&](const std::string&) { ++done; };
-  o.on_backbone_file = [&](const std::string& name, const fs::path& file) {
+  o.on_weights_file = [&](const std::string& name, const fs::path& file) {
     names.push_back(name);
     bytes[name] = slurp(file);
     done_at.push_back(done);
@@ -307,14 +308,15 @@ TEST_F(ConvertTest, EachBackboneFileIsHandedOverCompleteAsItIsWritten) {
     if (e.path().filename().string().starts_with("model-")) want.push_back(e.path().filename());
   std::sort(want.begin(), want.end());
   ASSERT_EQ(want.size(), 3u);
+  want.push_back("loftq_init/adapter_model.safetensors");  // the adapter, once LoftQ is done
   EXPECT_EQ(names, want);
   for (const auto& n : want) EXPECT_EQ(bytes[n], slurp(tmp_ / "out" / n)) << n;
-  ASSERT_EQ(done_at.size(), 3u);
+  ASSERT_EQ(done_at.size(), 4u);
   EXPECT_LT(done_at[0], r.layers.size());  // shard 1 came before LoftQ was done
   EXPECT_EQ(done_at[2], r.layers.size());
 
   struct Refused {};
-  o.on_backbone_file = [](const std::string&, const fs::path&) { throw Refused{}; };
+  o.on_weights_file = [](const std::string&, const fs::path&) { throw Refused{}; };
   EXPECT_THROW(quantize_model(dir, tmp_ / "refused", o, *backend_), Refused);
   EXPECT_FALSE(fs::exists(tmp_ / "refused"));
 }

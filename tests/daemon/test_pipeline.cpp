@@ -309,15 +309,16 @@ long long field_of(const std::string& log, const std::string& marker, const std:
 }
 
 // A refresh of a target published before: each backbone shard goes up while LoftQ runs on the
-// next ones (publish.early_upload), the commit sends none of their bytes, and the published
-// layout reads back whole (every file checked against its LFS oid by the download).
+// next ones, and the adapter when LoftQ is done (publish.early_upload); the commit sends none of
+// their bytes, and the published layout reads back whole (every file checked against its LFS
+// oid by the download).
 TEST_F(PipelineShardedTest, ARefreshUploadsEachShardWhileLoftqRunsOnTheNext) {
   ASSERT_NO_FATAL_FAILURE(publish_first());
   // A first publish has no repo to send to: nothing is made before the commit.
   EXPECT_THAT(log_, HasSubstr("step=publish early=off target=mirror/me/tiny-loftq reason=\"no "
                               "such repo or branch yet\""));
-  // Its shards were hashed while LoftQ ran all the same: the publish reads them once.
-  EXPECT_EQ(field_of(log_, "step=publish target=mirror/me/tiny-loftq", "hashes_reused"), 3);
+  // Its shards and adapter were hashed while LoftQ ran all the same: the publish reads them once.
+  EXPECT_EQ(field_of(log_, "step=publish target=mirror/me/tiny-loftq", "hashes_reused"), 4);
   const auto cfg4 = uniform_config();
   log_.clear();
   loftqd::daemon::Metrics m;
@@ -340,16 +341,21 @@ TEST_F(PipelineShardedTest, ARefreshUploadsEachShardWhileLoftqRunsOnTheNext) {
   EXPECT_LT(log_.find("early target=mirror/me/tiny-loftq file=" + names[0]),
             log_.find("step=quantize done"))
       << log_;
-  EXPECT_EQ(field_of(log_, "step=publish early done", "files"), 3);
-  EXPECT_EQ(field_of(log_, "step=publish early done", "bytes_uploaded"), early);
-  EXPECT_EQ(field_of(log_, "step=publish target=mirror/me/tiny-loftq", "hashes_reused"), 3);
+  const long long adapter =
+      field_of(log_, "early target=mirror/me/tiny-loftq file=loftq_init/adapter_model.safetensors",
+               "bytes_uploaded");
+  EXPECT_GT(adapter, 0);
+  EXPECT_EQ(field_of(log_, "step=publish early done", "files"), 4);  // the shards, the adapter
+  EXPECT_EQ(field_of(log_, "step=publish early done", "bytes_uploaded"), early + adapter);
+  EXPECT_EQ(field_of(log_, "step=publish target=mirror/me/tiny-loftq", "hashes_reused"), 4);
   const long long commit_bytes =
       field_of(log_, "step=publish target=mirror/me/tiny-loftq", "bytes_uploaded");
-  EXPECT_GT(commit_bytes, 0);  // the adapter, the card, loftq.json
-  EXPECT_LT(commit_bytes, early / 3);
+  EXPECT_GT(commit_bytes, 0);  // the card, loftq.json, the configs
+  EXPECT_LT(commit_bytes, adapter);
   // The metrics count what went up early and with the commit.
-  EXPECT_THAT(m.render(db_.get()), HasSubstr("loftqd_uploaded_bytes_total " +
-                                             std::to_string(early + commit_bytes) + "\n"));
+  EXPECT_THAT(m.render(db_.get()),
+              HasSubstr("loftqd_uploaded_bytes_total " +
+                        std::to_string(early + adapter + commit_bytes) + "\n"));
 
   loftqd::hub::ClientOptions o;
   o.endpoint = mirror_->url();
@@ -362,6 +368,8 @@ TEST_F(PipelineShardedTest, ARefreshUploadsEachShardWhileLoftqRunsOnTheNext) {
   uint64_t shard_bytes = 0;
   for (const auto& n : names) shard_bytes += fs::file_size(tmp_ / "back" / n);
   EXPECT_EQ(static_cast<uint64_t>(early), shard_bytes);
+  EXPECT_EQ(static_cast<uint64_t>(adapter),
+            fs::file_size(tmp_ / "back" / "loftq_init" / "adapter_model.safetensors"));
   EXPECT_NO_THROW(loftqd::model::Checkpoint::open(tmp_ / "back"));
   const json rec = json::parse(slurp(tmp_ / "back" / "loftq.json"));
   ASSERT_EQ(rec.at("layers").size(), 14u);
@@ -388,7 +396,7 @@ TEST_F(PipelineShardedTest, AFailedEarlyUploadLeavesTheShardsToThePublish) {
                                    shards()[0] + " error=\"injected\""));
   EXPECT_EQ(field_of(log_, "step=publish early done", "bytes_uploaded"), 0);
   // Hashed all the same; the shards went up with the commit.
-  EXPECT_EQ(field_of(log_, "step=publish target=mirror/me/tiny-loftq", "hashes_reused"), 3);
+  EXPECT_EQ(field_of(log_, "step=publish target=mirror/me/tiny-loftq", "hashes_reused"), 4);
   uint64_t shard_bytes = 0;
   const fs::path published =
       tmp_ / "store" / "models--me--tiny-loftq" / "snapshots" / newest_job().published_commit;
