@@ -8,12 +8,14 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "hub/hub.h"
@@ -324,12 +326,31 @@ TEST_F(PipelineShardedTest, ARefreshUploadsEachShardWhileLoftqRunsOnTheNext) {
   loftqd::daemon::Metrics m;
   auto po = options(cfg4);
   po.metrics = &m;
+  // LoftQ's last tensor waits (up to 20 s) for the first shard's upload to be done: on a slow
+  // machine too, it went up while LoftQ still had work.
+  const std::vector<std::string> names = shards();
+  std::atomic<bool> first_up{false};
+  bool first_up_before_last_tensor = false;
+  po.log = [&, inner = po.log](spdlog::level::level_enum level, const std::string& line) {
+    if (line.find("step=publish early target=mirror/me/tiny-loftq file=" + names[0]) !=
+        std::string::npos)
+      first_up = true;
+    inner(level, line);
+  };
+  int tensors = 0;
+  po.failpoint = [&](const std::string& point) {
+    if (point != "tensor" || ++tensors != 13) return;  // the 13th of 14: one is still to come
+    for (int i = 0; i < 2000 && !first_up; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    first_up_before_last_tensor = first_up;
+  };
   Pipeline p(cfg4, *db_, po);
   const SyncReport r = p.sync_once();
   ASSERT_TRUE(r.ok()) << ::testing::PrintToString(r.errors) << log_;
   ASSERT_EQ(r.jobs_done, 1);
+  EXPECT_EQ(tensors, 14);
+  EXPECT_TRUE(first_up_before_last_tensor) << log_;
   EXPECT_EQ(problems_, "");
-  const std::vector<std::string> names = shards();
   long long early = 0;
   for (const auto& n : names) {
     const std::string line = "step=publish early target=mirror/me/tiny-loftq file=" + n;
@@ -337,7 +358,7 @@ TEST_F(PipelineShardedTest, ARefreshUploadsEachShardWhileLoftqRunsOnTheNext) {
     EXPECT_GT(sent, 0) << n << "\n" << log_;
     early += sent;
   }
-  // The first shard went up before LoftQ was done with the last.
+  // The first shard was up before LoftQ was done with the last.
   EXPECT_LT(log_.find("early target=mirror/me/tiny-loftq file=" + names[0]),
             log_.find("step=quantize done"))
       << log_;
