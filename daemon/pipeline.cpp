@@ -182,8 +182,8 @@ struct Pipeline::JobContext {
   fs::path work;          // the job's work dir under the store
   fs::path out;           // the LoftQ layout, inside `work`
   Stopwatch since_start;  // the job's whole duration
-  // The backbone shards going up while LoftQ runs (publish.early_upload); null when off, or
-  // when the layout was reused.
+  // The weights files going up while LoftQ runs (publish.early_upload): each backbone shard,
+  // then the adapter. Null when off, or when the layout was reused.
   mutable std::unique_ptr<EarlyUpload> early;
 
   JobContext(const storage::Job& j, const std::string& store)
@@ -556,7 +556,7 @@ std::unique_ptr<EarlyUpload> Pipeline::start_early_upload(const JobContext& ctx)
 std::string Pipeline::publish(const JobContext& ctx) {
   db_.set_state(ctx.job.id, storage::JobState::Publishing, now_s());
   set_status("publishing " + ctx.job.target);
-  // The shards sent while LoftQ ran: the last ones finish first, and their hashes save the
+  // The files sent while LoftQ ran: the last ones finish first, and their hashes save the
   // publish from reading the files again.
   std::map<std::string, hub::KnownHash> hashes;
   if (ctx.early) {
