@@ -81,6 +81,18 @@ double field(const std::string& log, const std::string& marker, const std::strin
   return std::atof(log.c_str() + k + key.size() + 2);
 }
 
+// Uploads `src` as one commit of `repo` on the mirror at `url`; exits when that fails.
+void publish(const std::string& url, const fs::path& src, const std::string& repo) {
+  loftqd::hub::ClientOptions o;
+  o.endpoint = url;
+  o.token = kToken;
+  loftqd::hub::PublishRequest pr;
+  pr.dir = src;
+  pr.repo = repo;
+  auto c = loftqd::hub::Client(o).upload_folder(pr);
+  if (!c) usage("cannot publish " + repo + ": " + c.error().message);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -148,16 +160,7 @@ int main(int argc, char** argv) {
   fs::create_directories(mo.store);
   loftqd::mirror::Mirror upstream(mo);
   upstream.start();
-  {
-    loftqd::hub::ClientOptions o;
-    o.endpoint = upstream.url();
-    o.token = kToken;
-    loftqd::hub::PublishRequest pr;
-    pr.dir = dir / "src";
-    pr.repo = "up/model";
-    auto c = loftqd::hub::Client(o).upload_folder(pr);
-    if (!c) usage("cannot publish the model upstream: " + c.error().message);
-  }
+  publish(upstream.url(), dir / "src", "up/model");
   uint64_t bytes = 0;
   for (const auto& e : fs::directory_iterator(dir / "src")) bytes += e.file_size();
   fs::remove_all(dir / "src");
@@ -201,14 +204,7 @@ int main(int argc, char** argv) {
       if (!f) usage("cannot write " + (root / "seed").string());
       std::fputs("# me/model-loftq\n", f);
       std::fclose(f);
-      loftqd::hub::ClientOptions o;
-      o.endpoint = mirror.url();
-      o.token = kToken;
-      loftqd::hub::PublishRequest pr;
-      pr.dir = root / "seed";
-      pr.repo = "me/model-loftq";
-      auto c = loftqd::hub::Client(o).upload_folder(pr);
-      if (!c) usage("cannot seed the target: " + c.error().message);
+      publish(mirror.url(), root / "seed", "me/model-loftq");
     }
     auto db = loftqd::storage::StateDb::open(cfg.state_db);
     auto po = loftqd::daemon::pipeline_options(cfg, threads, loftqd::daemon::no_env);
