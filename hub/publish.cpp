@@ -276,31 +276,34 @@ class Publish {
   // once; their total size. A hash the request brings (PublishRequest::hashes) is taken while
   // the file is still the version it was computed from.
   Result<Ok> hash_locals() {
+    auto hashed =
+        common::parallel_each<Error>(locals_.size(), t_.opt.parallel_uploads, [&](size_t i) {
+          Local& l = locals_[i];
+          auto id = identity(l.file);
+          if (!id)
+            return Result<Ok>(Error{ErrorKind::Io, Ctx{pr_.repo, pr_.branch, l.path}.describe() +
+                                                       ": cannot stat " + l.file.string()});
+          l.id = *id;
+          l.size = id->size;
+          auto known = pr_.hashes.find(l.path);
+          if (known != pr_.hashes.end() && same_version(known->second, l.id)) {
+            l.sha256 = known->second.sha256;
+            ++hashes_reused_;
+          } else {
+            auto h = st::hash_file(l.file, st::HashAlgo::Sha256);
+            if (!h) return Result<Ok>(from_storage(h.error(), c_));
+            l.sha256 = h.value();
+          }
+          l.id.sha256 = l.sha256;
+          std::ifstream f(l.file, std::ios::binary);
+          l.sample.resize(512);
+          f.read(l.sample.data(), 512);
+          l.sample.resize(static_cast<size_t>(f.gcount()));
+          return Result<Ok>(Ok{});
+        });
+    // Summed from the sizes stat'ed above: preupload_lfs's files come without one.
     for (const auto& l : locals_) total_ += l.size;
-    return common::parallel_each<Error>(locals_.size(), t_.opt.parallel_uploads, [&](size_t i) {
-      Local& l = locals_[i];
-      auto id = identity(l.file);
-      if (!id)
-        return Result<Ok>(Error{ErrorKind::Io, Ctx{pr_.repo, pr_.branch, l.path}.describe() +
-                                                   ": cannot stat " + l.file.string()});
-      l.id = *id;
-      l.size = id->size;
-      auto known = pr_.hashes.find(l.path);
-      if (known != pr_.hashes.end() && same_version(known->second, l.id)) {
-        l.sha256 = known->second.sha256;
-        ++hashes_reused_;
-      } else {
-        auto h = st::hash_file(l.file, st::HashAlgo::Sha256);
-        if (!h) return Result<Ok>(from_storage(h.error(), c_));
-        l.sha256 = h.value();
-      }
-      l.id.sha256 = l.sha256;
-      std::ifstream f(l.file, std::ios::binary);
-      l.sample.resize(512);
-      f.read(l.sample.data(), 512);
-      l.sample.resize(static_cast<size_t>(f.gcount()));
-      return Result<Ok>(Ok{});
-    });
+    return hashed;
   }
 
   // The repo and the branch, made when missing (then the publish is never "unchanged"), and

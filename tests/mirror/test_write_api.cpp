@@ -356,8 +356,14 @@ TEST_F(MirrorWrite, PreuploadedObjectsAreStoredWithoutACommitAndTheCommitSendsNo
   req.create = false;
   for (auto name : {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"})
     req.files.push_back({name, dir / name, std::nullopt});
-  auto pre = c.preupload_lfs(req);
+  uint64_t last_done = 0, last_total = 0;
+  auto pre = c.preupload_lfs(req, [&](uint64_t done, uint64_t total, const std::string&) {
+    last_done = done;  // called under the client's lock, one at a time
+    last_total = total;
+  });
   ASSERT_TRUE(pre.ok()) << pre.error().message;
+  EXPECT_EQ(last_total, shard1.size() + shard2.size());
+  EXPECT_EQ(last_done, last_total);
   EXPECT_EQ(pre.value().lfs_uploaded, 2u);
   EXPECT_EQ(pre.value().bytes_uploaded, shard1.size() + shard2.size());
   EXPECT_EQ(pre.value().lfs.size(), 2u);
