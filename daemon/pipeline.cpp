@@ -534,14 +534,18 @@ bool Pipeline::publish_private(const JobContext& ctx) const {
   return info.value().is_private || info.value().gated;
 }
 
+hub::ClientOptions Pipeline::upload_options(const PublishEndpoint& ep) const {
+  hub::ClientOptions co = publish_client_options(ep);
+  co.parallel_uploads = cfg_.limits.concurrent_uploads;
+  return co;
+}
+
 std::unique_ptr<EarlyUpload> Pipeline::start_early_upload(const JobContext& ctx) const {
   if (!cfg_.publish.early_upload) return nullptr;
   std::vector<EarlyUpload::Target> targets;
   auto add = [&](const std::optional<PublishEndpoint>& ep, const char* where) {
     if (!ep || ep->offline) return;  // the publish step reports what is wrong with it
-    hub::ClientOptions co = publish_client_options(*ep);
-    co.parallel_uploads = cfg_.limits.concurrent_uploads;
-    targets.push_back({std::string(where) + "/" + ctx.job.target, co});
+    targets.push_back({std::string(where) + "/" + ctx.job.target, upload_options(*ep)});
   };
   if (cfg_.publish.mirror) add(opt_.mirror, "mirror");
   if (cfg_.publish.hub_org) add(opt_.hub, "hub");
@@ -587,9 +591,7 @@ std::string Pipeline::publish_to(const JobContext& ctx, const PublishEndpoint& e
                                  const std::map<std::string, hub::KnownHash>& hashes) {
   const storage::Job& job = ctx.job;
   const Stopwatch sw;
-  hub::ClientOptions co = publish_client_options(ep);
-  co.parallel_uploads = cfg_.limits.concurrent_uploads;
-  hub::Client client(co);
+  hub::Client client(upload_options(ep));
   hub::PublishRequest pr;
   pr.dir = ctx.out;
   pr.repo = job.target;

@@ -111,6 +111,9 @@ class Pipeline {
   convert::SourceInfo source_info(const storage::Job& job) const;
   // publish.private, or with "inherit" whether the upstream is private or gated (asked now).
   bool publish_private(const JobContext& ctx) const;
+  // Client options for uploads to `ep`, limits.concurrent_uploads at once (the publish step's
+  // and the early upload's).
+  hub::ClientOptions upload_options(const PublishEndpoint& ep) const;
   // The early upload of the job's backbone shards to every publish target (null when
   // publish.early_upload is off or there is no target to send to).
   std::unique_ptr<EarlyUpload> start_early_upload(const JobContext& ctx) const;
